@@ -1,0 +1,76 @@
+"""The one place exceptions become HTTP error responses (the unified error body)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Send
+
+from chatgate.errors import BadRequest, ChatgateError, MethodNotAllowed, NotFound
+
+JSON = "application/json"
+
+
+def error_bytes(exc: ChatgateError) -> bytes:
+    return orjson.dumps(exc.body())
+
+
+def error_response(exc: ChatgateError) -> Response:
+    return Response(error_bytes(exc), status_code=exc.status, media_type=JSON, headers=exc.headers)
+
+
+async def send_error(send: Send, exc: ChatgateError, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+    """Answer from plain ASGI middleware, before any route ran."""
+    body = error_bytes(exc)
+    headers = [
+        (b"content-type", JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in exc.headers.items()),
+        *extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    return {"field": ".".join(loc) or None, "reason": first.get("msg")}
+
+
+async def _chatgate(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ChatgateError)
+    return error_response(exc)
+
+
+async def _validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    details = _validation_details(exc)
+    where = f" in '{details['field']}'" if details["field"] else ""
+    return error_response(BadRequest(f"Invalid request{where}: {details['reason']}", details=details))
+
+
+async def _http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No route {request.method} {request.url.path}.", details={"path": request.url.path}))
+    if exc.status_code == 405:
+        return error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.", headers=dict(exc.headers or {}))
+        )
+    error = ChatgateError(str(exc.detail), status=exc.status_code)
+    error.code, error.type = "HTTP_ERROR", "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error_response(error)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ChatgateError, _chatgate)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)

@@ -1,0 +1,174 @@
+"""Plain ASGI middleware: request id + access log + last-resort errors, body limit, API keys.
+
+Outermost first: ``RequestLog`` -> ``BodyLimit`` -> ``ApiKeyAuth`` -> routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chatgate.api.errors import send_error
+from chatgate.errors import ChatgateError, PayloadTooLarge, Unauthorized
+from chatgate.identity.keys import Authenticator, Principal
+from chatgate.observe.logging import ACCESS_LOGGER
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+error_log = logging.getLogger("chatgate.api")
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestInfo:
+    """Per-request facts the routes fill in and the access log writes out."""
+
+    __slots__ = ("model", "principal", "request_id", "retries", "status", "upstream", "usage")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.principal: Principal | None = None
+        self.model: str | None = None
+        self.upstream: str | None = None
+        self.retries = 0
+        self.status = 0
+        self.usage: dict[str, Any] | None = None
+
+
+def info(scope: Scope) -> RequestInfo:
+    return scope["chatgate"]  # type: ignore[no-any-return]
+
+
+class RequestLog:
+    """Request id in and out, one access-log line per request, and a 500 for anything unhandled."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = value
+                break
+        request_id = rid.decode() if rid and _REQUEST_ID.match(rid) else os.urandom(12).hex()
+        req = RequestInfo(request_id)
+        scope["chatgate"] = req
+        rid_header = (b"x-request-id", request_id.encode())
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                req.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:  # the last resort: no route should let anything reach here
+            error_log.error(
+                "unhandled error", extra={"request_id": request_id, "error": type(exc).__name__, "path": scope["path"]}
+            )
+            if not started:
+                req.status = 500
+                await send_error(send, ChatgateError("Internal error; the request id identifies it in our logs."),
+                                 [rid_header])
+        finally:
+            route = scope.get("route")
+            access_log.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": getattr(route, "path", scope["path"]),
+                    "status": req.status,
+                    "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "model": req.model,
+                    "upstream": req.upstream,
+                    "retries": req.retries,
+                    "key_id": req.principal.key_id if req.principal else None,
+                    "usage": req.usage,
+                },
+            )
+
+
+class BodyLimit:
+    """413 for bodies over the limit: by ``Content-Length`` up front, or by counting as they stream in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await send_error(send, self._error())
+                    return
+                await self.app(scope, receive, send)  # the server enforces Content-Length itself
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._error()
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _error(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"The request body is larger than {self.max_bytes} bytes.", details={"max_bytes": self.max_bytes}
+        )
+
+
+class ApiKeyAuth:
+    """Every path except the public ones needs a key: ``Authorization: Bearer`` or ``x-api-key``."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator, public_paths: list[str]) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.public = frozenset(public_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public:
+            await self.app(scope, receive, send)
+            return
+        key = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and token.strip():
+                    key = token.strip()
+                    break
+            elif name == b"x-api-key" and value:
+                key = value.decode("latin-1").strip()
+                break
+        if key is None:
+            await send_error(send, Unauthorized(
+                "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."),
+                [(b"www-authenticate", b"Bearer")])
+            return
+        principal = await self.authenticator.authenticate(key)
+        if principal is None:
+            await send_error(send, Unauthorized("Invalid API key."), [(b"www-authenticate", b"Bearer")])
+            return
+        scope["chatgate"].principal = principal
+        await self.app(scope, receive, send)

@@ -1,0 +1,207 @@
+"""Wire formats: the OpenAI request checks we make, and pydantic models for the OpenAPI docs.
+
+Requests are not parsed into these models (the whole OpenAI schema, unknown fields included,
+passes through untouched); ``parse_object`` checks the fields we rely on and the types of the
+well-known ones, naming the field that is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatgate.errors import BadRequest, InvalidJSON
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+# field -> accepted JSON types (None always allowed for optional fields, as OpenAI does)
+CHAT_FIELDS: dict[str, tuple[type, ...]] = {
+    "stream": (bool,),
+    "stream_options": (dict,),
+    "n": (int,),
+    "max_tokens": (int,),
+    "max_completion_tokens": (int,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "presence_penalty": (int, float),
+    "frequency_penalty": (int, float),
+    "seed": (int,),
+    "stop": (str, list),
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "response_format": (dict,),
+    "logprobs": (bool,),
+    "top_logprobs": (int,),
+    "logit_bias": (dict,),
+    "user": (str,),
+    "metadata": (dict,),
+}
+EMBEDDING_FIELDS: dict[str, tuple[type, ...]] = {"encoding_format": (str,), "dimensions": (int,), "user": (str,)}
+
+
+def _fail(field: str, expected: str, got: Any = None) -> BadRequest:
+    got_name = type(got).__name__ if got is not None else "nothing"
+    return BadRequest(f"'{field}' must be {expected}.", details={"field": field, "expected": expected, "got": got_name})
+
+
+def _check_type(field: str, value: Any, types: tuple[type, ...]) -> None:
+    # bool is an int in Python; JSON keeps them apart
+    if isinstance(value, bool) and bool not in types:
+        raise _fail(field, " or ".join(_TYPE_NAMES[t] for t in types), value)
+    if not isinstance(value, types):
+        raise _fail(field, " or ".join(_TYPE_NAMES[t] for t in types), value)
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise InvalidJSON("The request body is empty; expected a JSON object.")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.",
+                          details={"position": exc.pos}) from None
+    if not isinstance(data, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    return data
+
+
+def _check_model(data: dict[str, Any]) -> None:
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise _fail("model", "a non-empty string", model)
+
+
+def _check_fields(data: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
+    for name, types in fields.items():
+        value = data.get(name)
+        if value is not None:
+            _check_type(name, value, types)
+
+
+def check_chat(data: dict[str, Any]) -> None:
+    _check_model(data)
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _fail("messages", "a non-empty array", messages)
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _fail(f"messages[{i}]", "an object", msg)
+        if not isinstance(msg.get("role"), str):
+            raise _fail(f"messages[{i}].role", "a string", msg.get("role"))
+    _check_fields(data, CHAT_FIELDS)
+    n = data.get("n")
+    if n is not None and n < 1:
+        raise BadRequest("'n' must be at least 1.", details={"field": "n"})
+
+
+def check_embeddings(data: dict[str, Any]) -> None:
+    _check_model(data)
+    value = data.get("input")
+    if not isinstance(value, str | list) or (isinstance(value, list) and not value):
+        raise _fail("input", "a string or a non-empty array", value)
+    _check_fields(data, EMBEDDING_FIELDS)
+
+
+# ---- models for the OpenAPI docs -------------------------------------------------------------
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """The OpenAI chat request. Every field, known or not, is passed to the upstream."""
+
+    model: str = Field(description="A served model, an alias, or `local` for the bundled model.")
+    messages: list[ChatMessage]
+    stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
+    n: int | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+
+
+class ChatCompletion(_Open):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+
+
+class EmbeddingRequest(_Open):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+class ModelObject(_Open):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Our error code, e.g. MODEL_NOT_FOUND, RATE_LIMIT, UPSTREAM_TIMEOUT.")
+    message: str
+    type: str = Field(description="OpenAI's error type, e.g. invalid_request_error.")
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    uptime_s: float
+
+
+class Ready(BaseModel):
+    status: Literal["ready", "not_ready"]
+    upstreams: dict[str, dict[str, Any]]
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Malformed JSON or a field of the wrong type (`details.field` names it).",
+        401: "Missing or invalid API key.",
+        404: "Unknown model or route.",
+        413: "Body over `server.max_body_bytes`.",
+        429: "Rate limited (by the upstream, after retries); `Retry-After` says when to come back.",
+        502: "The upstream failed after retries.",
+        503: "Every upstream for the model has its circuit open.",
+        504: "The upstream timed out.",
+    }.items()
+}
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON body that the route reads itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }

@@ -1,0 +1,134 @@
+"""The command line: ``chatgate serve | version | config show | config docs``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from chatgate import __version__
+from chatgate.settings import Settings, load_settings, masked
+
+log = logging.getLogger("chatgate")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        return load_settings(getattr(args, "config", None))
+    except FileNotFoundError as exc:
+        raise SystemExit(f"chatgate: {exc}") from None
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise SystemExit(f"chatgate: invalid configuration:\n{exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chatgate.app import print_new_admin_key
+    from chatgate.identity.keys import bootstrap_admin_digest
+    from chatgate.observe.logging import configure
+    from chatgate.upstream.local import LocalModel
+
+    settings = _settings(args)
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    workers = args.workers or settings.server.workers
+    configure(settings.log)
+    # Before the workers start, so they all share one key and none prints it again.
+    _, new_key = bootstrap_admin_digest(settings.data_dir, settings.admin_key and settings.admin_key.get_secret_value())
+    if new_key:
+        print_new_admin_key(new_key, settings)
+
+    local = None
+    if settings.wants_local_model():
+        log.info("no upstream configured: starting the bundled local model")
+        local = LocalModel(settings.local, settings.data_dir)
+        try:
+            os.environ["CHATGATE_LOCAL__BASE_URL"] = local.start()
+        except (RuntimeError, TimeoutError) as exc:
+            local.stop()
+            raise SystemExit(f"chatgate: the local model did not start: {exc}") from None
+        os.environ["CHATGATE_LOCAL__API_KEY"] = local.api_key
+    try:
+        uvicorn.run(
+            "chatgate.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if local is not None:
+            local.stop()
+    return 0
+
+
+def cmd_version(_: argparse.Namespace) -> int:
+    print(f"chatgate {__version__}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    data = masked(_settings(args))
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
+
+
+def cmd_config_docs(args: argparse.Namespace) -> int:
+    from chatgate.settings_doc import render
+
+    text = render()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chatgate", description="A self-hosted, OpenAI-compatible chat gateway.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="bind address (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: server.port, 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: server.workers, 1)")
+    serve.add_argument("--config", help="YAML config file (or CHATGATE_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=cmd_version)
+
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the effective configuration, secrets masked")
+    show.add_argument("--config", help="YAML config file (or CHATGATE_CONFIG)")
+    show.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    show.set_defaults(func=cmd_config_show)
+    docs = config_sub.add_parser("docs", help="print the configuration reference (Markdown)")
+    docs.add_argument("--output", help="write to this file instead of stdout")
+    docs.set_defaults(func=cmd_config_docs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

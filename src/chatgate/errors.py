@@ -1,0 +1,104 @@
+"""The one exception tree. ``api/errors.py`` maps it to the unified error body.
+
+Body: ``{"error": {"code": ..., "message": ..., "type": ..., "details": {...}}}``. ``type`` uses
+OpenAI's vocabulary so OpenAI clients classify the error; ``code`` and ``details`` are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChatgateError(Exception):
+    status = 500
+    code = "INTERNAL"
+    type = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "type": self.type, "details": self.details}}
+
+
+class BadRequest(ChatgateError):
+    status = 400
+    code = "BAD_REQUEST"
+    type = "invalid_request_error"
+
+
+class InvalidJSON(BadRequest):
+    code = "INVALID_JSON"
+
+
+class PayloadTooLarge(ChatgateError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+    type = "invalid_request_error"
+
+
+class Unauthorized(ChatgateError):
+    status = 401
+    code = "UNAUTHORIZED"
+    type = "authentication_error"
+
+
+class NotFound(ChatgateError):
+    status = 404
+    code = "NOT_FOUND"
+    type = "invalid_request_error"
+
+
+class ModelNotFound(NotFound):
+    code = "MODEL_NOT_FOUND"
+
+
+class MethodNotAllowed(ChatgateError):
+    status = 405
+    code = "METHOD_NOT_ALLOWED"
+    type = "invalid_request_error"
+
+
+class RateLimited(ChatgateError):
+    status = 429
+    code = "RATE_LIMIT"
+    type = "rate_limit_error"
+
+
+class UpstreamError(ChatgateError):
+    """The upstream failed (after retries) or answered something unusable."""
+
+    status = 502
+    code = "UPSTREAM_ERROR"
+    type = "api_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "UPSTREAM_TIMEOUT"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Every upstream for the model has its circuit open."""
+
+    status = 503
+    code = "UPSTREAM_UNAVAILABLE"
+
+
+class UpstreamRejected(ChatgateError):
+    """The upstream refused the request itself (a 4xx other than 429): passed on with its status."""
+
+    code = "UPSTREAM_REJECTED"
+    type = "invalid_request_error"

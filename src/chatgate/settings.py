@@ -1,0 +1,221 @@
+"""Every setting, declared once.
+
+Sources, highest priority first: explicit arguments, environment (``CHATGATE_`` prefix,
+``__`` between nested names), ``.env``, the YAML config file (``CHATGATE_CONFIG`` or
+``--config``), then the defaults below. Each field's description is its documentation:
+``docs/configuration.md`` is generated from this module (``chatgate config docs``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV = "CHATGATE_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UpstreamSettings(_Section):
+    name: str = Field(description="Unique name, used in logs, metrics and `/ready`.")
+    base_url: str = Field(description="OpenAI-compatible base URL, including `/v1` (e.g. `http://vllm:8000/v1`).")
+    api_key: SecretStr | None = Field(None, description="Bearer key sent to this upstream.")
+    models: list[str] = Field(
+        default_factory=list,
+        description="Models this upstream serves. Empty: discovered from its `GET /models`.",
+    )
+    timeout: float | None = Field(None, description="Total timeout in seconds; overrides `timeouts.total`.")
+    max_retries: int | None = Field(None, ge=0, description="Retries for this upstream; overrides `retry.max_retries`.")
+    weight: float = Field(1.0, gt=0, description="Share of traffic relative to other upstreams serving a model.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+
+class RetrySettings(_Section):
+    max_retries: int = Field(3, ge=0, description="Retries after the first attempt (connect errors, timeouts, 429, 5xx).")
+    base: float = Field(0.5, ge=0, description="Backoff base in seconds (full jitter: sleep uniform(0, min(cap, base*2^n))).")
+    cap: float = Field(8.0, ge=0, description="Longest single backoff sleep, and the most `Retry-After` is honoured.")
+
+
+class TimeoutSettings(_Section):
+    connect: float = Field(5.0, gt=0, description="Seconds to open a connection to an upstream.")
+    first_byte: float = Field(60.0, gt=0, description="Seconds from sending the request to the upstream's response headers.")
+    total: float = Field(600.0, gt=0, description="Seconds for a whole upstream call, streaming included.")
+
+
+class BreakerSettings(_Section):
+    failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open an upstream's circuit.")
+    reset_timeout: float = Field(30.0, gt=0, description="Seconds an open circuit waits before letting one probe through.")
+
+
+class LocalModelSettings(_Section):
+    enabled: Literal["auto", "always", "never"] = Field(
+        "auto", description="Start the bundled local model: `auto` only when no upstream is configured."
+    )
+    model_path: Path | None = Field(None, description="GGUF file to serve instead of the bundled Gemma 3 270M.")
+    served_name: str = Field("gemma-3-270m-it", description="The local model's own name; it is also routed as `local`.")
+    n_ctx: int = Field(8192, ge=512, description="Context window the local model is started with.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads for the local model (default: llama.cpp's choice).")
+    startup_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the local model to become healthy.")
+    base_url: str | None = Field(
+        None,
+        description="Set by `chatgate serve` for its workers once the local model runs; not normally set by hand.",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="Per-run key between chatgate and the local model; set by `chatgate serve`."
+    )
+
+
+class LogSettings(_Section):
+    level: str = Field("info", description="Log level: debug, info, warning, error.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`auto`: readable console lines on a terminal, JSON lines otherwise."
+    )
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Address `chatgate serve` binds.")
+    port: int = Field(8080, ge=0, le=65535, description="Port `chatgate serve` binds.")
+    workers: int = Field(1, ge=1, description="Worker processes.")
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/health"],
+        description="Paths served without an API key. Add `/ready`, `/docs`, `/openapi.json` to open them.",
+    )
+    models_cache_ttl: float = Field(60.0, gt=0, description="Seconds model lists discovered from upstreams are cached.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATGATE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path("./data"), description="Every file the server writes lives under this directory.")
+    admin_key: SecretStr | None = Field(
+        None, description="Bootstrap admin API key. Unset: generated on first start, printed once, stored hashed."
+    )
+    upstream_base_url: str | None = Field(None, description="Shortcut for a single upstream named `default`.")
+    upstream_api_key: SecretStr | None = Field(None, description="API key for `upstream_base_url`.")
+    upstreams: list[UpstreamSettings] = Field(default_factory=list, description="Upstream servers (see below).")
+    aliases: dict[str, str] = Field(default_factory=dict, description="Public model name -> served model name.")
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict, description="Model -> models tried in order when it fails after retries."
+    )
+    database_url: str | None = Field(None, description="Store URL (used from the store issue on).")
+    redis_url: str | None = Field(None, description="Redis URL (used from the limits and cache issues on).")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
+    retry: RetrySettings = Field(default_factory=RetrySettings, description="Upstream retries.")
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings, description="Upstream timeouts.")
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings, description="Per-upstream circuit breaker.")
+    local: LocalModelSettings = Field(default_factory=LocalModelSettings, description="The bundled local model.")
+    log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get(CONFIG_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    def all_upstreams(self) -> list[UpstreamSettings]:
+        """Configured upstreams, with the single-upstream shortcut and the local model folded in."""
+        ups = list(self.upstreams)
+        if self.upstream_base_url:
+            ups.append(
+                UpstreamSettings(name="default", base_url=self.upstream_base_url, api_key=self.upstream_api_key)
+            )
+        if self.local.base_url:
+            ups.append(
+                UpstreamSettings(
+                    name="local", base_url=self.local.base_url, api_key=self.local.api_key, models=[self.local.served_name]
+                )
+            )
+        return ups
+
+    def all_aliases(self) -> dict[str, str]:
+        aliases = dict(self.aliases)
+        if self.local.base_url:
+            aliases.setdefault("local", self.local.served_name)
+        return aliases
+
+    def wants_local_model(self) -> bool:
+        if self.local.enabled == "never" or self.local.base_url:
+            return False
+        return self.local.enabled == "always" or not (self.upstreams or self.upstream_base_url)
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from every source. ``config_file`` wins over ``CHATGATE_CONFIG``."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        os.environ[CONFIG_ENV] = str(path.resolve())
+    elif (env_path := os.environ.get(CONFIG_ENV)) and not Path(env_path).is_file():
+        raise FileNotFoundError(f"config file not found: {env_path}")
+    return Settings(**overrides)
+
+
+SECRET_MASK = "**********"
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret masked."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return SECRET_MASK
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    out = walk(settings)
+    for key in ("database_url", "redis_url"):
+        if out.get(key):
+            out[key] = _mask_url_password(out[key])
+    for up in out["upstreams"]:
+        up["base_url"] = _mask_url_password(up["base_url"])
+    return out  # type: ignore[no-any-return]
+
+
+def _mask_url_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username}:{SECRET_MASK}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

@@ -1,0 +1,94 @@
+"""What models exist: discovered from upstreams' ``GET /models`` (cached with a TTL), plus aliases."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from chatgate.upstream.client import UpstreamClient
+from chatgate.upstream.routing import Upstream
+
+log = logging.getLogger("chatgate.upstream")
+
+PROBE_TIMEOUT = 3.0
+
+
+class ModelCatalog:
+    def __init__(self, client: UpstreamClient, ttl: float) -> None:
+        self.client = client
+        self.router = client.router
+        self.ttl = ttl
+        self._objects: dict[str, dict[str, Any]] = {}
+        self._fetched_at: dict[str, float] = {}
+        self._refresh_lock = asyncio.Lock()
+
+    async def fetch(self, up: Upstream, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:
+        """The upstream's model objects. Raises on any failure."""
+        async with asyncio.timeout(timeout):
+            async with self.client.session.get(
+                up.base_url + "/models", headers=self.client.headers_for(up)
+            ) as resp:
+                resp.raise_for_status()
+                data = orjson.loads(await resp.read())
+        items = data.get("data", []) if isinstance(data, dict) else []
+        return [m for m in items if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    async def refresh(self, force: bool = False) -> None:
+        """Re-read model lists whose cache entry is older than the TTL (all of them when forced)."""
+        async with self._refresh_lock:
+            now = time.monotonic()
+            stale = [
+                u
+                for u in self.router.upstreams
+                if u.discovers and (force or now - self._fetched_at.get(u.name, -1e18) >= self.ttl)
+            ]
+            if not stale:
+                return
+            results = await asyncio.gather(*(self.fetch(u) for u in stale), return_exceptions=True)
+            changed = False
+            for up, result in zip(stale, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("model discovery failed", extra={"upstream": up.name, "error": type(result).__name__})
+                    continue  # keep what we knew; try again after the TTL
+                self._fetched_at[up.name] = now
+                for obj in result:
+                    self._objects[f"{up.name}\0{obj['id']}"] = obj
+                names = frozenset(m["id"] for m in result)
+                changed = changed or names != up.discovered_models
+                up.discovered_models = names
+            if changed:
+                self.router.rebuild()
+
+    async def listing(self) -> list[dict[str, Any]]:
+        """``GET /v1/models``: served models, then aliases, each once."""
+        await self.refresh()
+        out: dict[str, dict[str, Any]] = {}
+        for model, ups in self.router.served_models().items():
+            for up in ups:
+                obj = self._objects.get(f"{up.name}\0{model}")
+                if obj is not None:
+                    out.setdefault(model, {**obj, "object": "model"})
+            out.setdefault(model, {"id": model, "object": "model", "created": 0, "owned_by": ups[0].name})
+        for alias, target in self.router.aliases.items():
+            served = self.router.resolve(alias)
+            if alias not in out and served in out:
+                out[alias] = {"id": alias, "object": "model", "created": out[served].get("created", 0),
+                              "owned_by": "chatgate", "root": served}
+        return list(out.values())
+
+    async def find(self, model_id: str) -> dict[str, Any] | None:
+        for obj in await self.listing():
+            if obj["id"] == model_id:
+                return obj
+        return None
+
+    async def reachable(self) -> dict[str, bool]:
+        """Upstream name -> whether it answered ``GET /models`` just now (for ``/ready``)."""
+        ups = self.router.upstreams
+        results = await asyncio.gather(*(self.fetch(u, timeout=2.0) for u in ups), return_exceptions=True)
+        return {u.name: not isinstance(r, BaseException) for u, r in zip(ups, results, strict=True)}
+

@@ -1,0 +1,245 @@
+"""The upstream call: pick an upstream, send, retry with backoff, fall back, keep breakers honest.
+
+``UpstreamClient.open`` returns once an upstream has answered 200 with its headers; nothing has
+gone to our client by then, so every failure before that point may be retried. What comes after
+(reading the body or the stream) is the caller's, and is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from chatgate.errors import (
+    ChatgateError,
+    RateLimited,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from chatgate.settings import RetrySettings, TimeoutSettings
+from chatgate.upstream.backoff import RETRYABLE_STATUSES, Backoff, parse_retry_after
+from chatgate.upstream.routing import Router, Upstream
+
+_CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+
+
+@dataclass(slots=True)
+class CallTrace:
+    """What the call did, for logs, metrics and the account step."""
+
+    upstream: str | None = None
+    model: str | None = None
+    retries: int = 0
+
+
+class Opened:
+    """An upstream response with status 200, headers read. Close it when done."""
+
+    __slots__ = ("_closed", "deadline", "model", "response", "upstream")
+
+    def __init__(self, response: aiohttp.ClientResponse, upstream: Upstream, model: str, deadline: float) -> None:
+        self.response = response
+        self.upstream = upstream
+        self.model = model
+        self.deadline = deadline
+        self._closed = False
+
+    async def read(self) -> bytes:
+        """The whole body (non-streaming), within the call's total deadline."""
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                body = await self.response.read()
+            self.close()
+            return body
+        except TimeoutError:
+            self.close(failed=True)
+            raise UpstreamTimeout("The model took too long to answer.") from None
+        except _CONNECT_ERRORS:
+            self.close(failed=True)
+            raise UpstreamError("The model's server closed the connection before answering in full.") from None
+        except BaseException:
+            self.close(abort=True)
+            raise
+
+    def close(self, *, failed: bool = False, abort: bool = False) -> None:
+        """Give the connection back (or drop it, when the body was not read in full)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.upstream.in_flight -= 1
+        if failed:
+            self.upstream.breaker.record_failure()
+        if failed or abort:
+            self.response.close()
+        else:
+            self.response.release()
+
+
+class _Attempt(Exception):
+    """One failed attempt that may be retried."""
+
+    def __init__(self, error: ChatgateError, retry_after: float | None = None) -> None:
+        self.error = error
+        self.retry_after = retry_after
+
+
+class UpstreamClient:
+    def __init__(
+        self,
+        router: Router,
+        retry: RetrySettings,
+        timeouts: TimeoutSettings,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.router = router
+        self.retry = retry
+        self.timeouts = timeouts
+        self.backoff = Backoff(base=retry.base, cap=retry.cap)
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_connect=self.timeouts.connect)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @staticmethod
+    def headers_for(up: Upstream) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if up.api_key:
+            headers["Authorization"] = f"Bearer {up.api_key}"
+        return headers
+
+    async def open(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        raw: bytes | None,
+        trace: CallTrace,
+    ) -> Opened:
+        """Send ``payload`` (``raw`` is its exact bytes, reused when no field changes) to ``path``.
+
+        Tries the requested model, then its fallbacks; each with retries and backoff.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.total
+        requested = payload.get("model")
+        last: _Attempt | None = None
+        made = 0
+        for served in self.router.plan(str(requested)):
+            body = raw if (raw is not None and served == requested) else orjson.dumps({**payload, "model": served})
+            tries = 0
+            tried: set[Upstream] = set()
+            while (up := self.router.pick(served, avoid=tried)) is not None:
+                trace.upstream, trace.model, trace.retries = up.name, served, made
+                made += 1
+                try:
+                    return await self._attempt(up, path, body, served, deadline)
+                except _Attempt as failed:
+                    last = failed
+                tries += 1
+                tried.add(up)
+                limit = up.max_retries if up.max_retries is not None else self.retry.max_retries
+                wait = self.backoff.delay(tries - 1, last.retry_after)
+                if tries > limit or loop.time() + wait >= deadline:
+                    break
+                await self._sleep(wait)
+            if last is None:
+                unavailable = UpstreamUnavailable(
+                    "No server for this model is accepting requests right now.", details={"model": served}
+                )
+                wait = self.router.retry_in(served)
+                unavailable.headers["Retry-After"] = str(max(1, round(wait)))
+                last = _Attempt(unavailable, wait)
+            if loop.time() >= deadline:
+                break
+        assert last is not None
+        raise last.error
+
+    async def _attempt(self, up: Upstream, path: str, body: bytes, served: str, deadline: float) -> Opened:
+        loop = asyncio.get_running_loop()
+        attempt_deadline = deadline if up.timeout is None else min(deadline, loop.time() + up.timeout)
+        first_byte = min(attempt_deadline, loop.time() + self.timeouts.first_byte)
+        up.in_flight += 1
+        opened = False
+        try:
+            async with asyncio.timeout_at(first_byte):
+                resp = await self.session.post(up.base_url + path, data=body, headers=self.headers_for(up))
+                if resp.status == 200:
+                    up.breaker.record_success()
+                    opened = True
+                    return Opened(resp, up, served, attempt_deadline)
+                try:
+                    error_body = await resp.read()
+                finally:
+                    resp.release()
+        except TimeoutError:
+            up.breaker.record_failure()
+            raise _Attempt(UpstreamTimeout("The model took too long to start answering.")) from None
+        except _CONNECT_ERRORS:
+            up.breaker.record_failure()
+            raise _Attempt(UpstreamError("Could not reach the model's server.")) from None
+        except BaseException:
+            up.breaker.release()
+            raise
+        finally:
+            if not opened:
+                up.in_flight -= 1
+        raise _status_failure(up, resp.status, resp.headers.get("Retry-After"), error_body)
+
+
+def _status_failure(up: Upstream, status: int, retry_after: str | None, body: bytes) -> Exception:
+    """A non-200 answer: a retryable ``_Attempt`` or, for the caller's own mistakes, the error to return."""
+    details: dict[str, Any] = {"upstream": up.name, "upstream_status": status}
+    if status == 429:
+        up.breaker.release()
+        wait = parse_retry_after(retry_after)
+        headers = {"Retry-After": str(max(1, round(wait)))} if wait is not None else {}
+        return _Attempt(RateLimited("The model's server is rate limiting requests.", details=details, headers=headers), wait)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        up.breaker.record_failure()
+        error: ChatgateError = UpstreamError(f"The model's server failed (HTTP {status}).", details=details)
+        return _Attempt(error, parse_retry_after(retry_after)) if status in RETRYABLE_STATUSES else error
+    up.breaker.record_success()  # the server is healthy; it refused this request
+    message, kind = _upstream_message(body)
+    rejected = UpstreamRejected(message or f"The model's server refused the request (HTTP {status}).", details=details,
+                                status=status)
+    if kind:
+        rejected.type = kind
+    return rejected
+
+
+def _upstream_message(body: bytes) -> tuple[str | None, str | None]:
+    """The message and type out of an upstream's error body, whatever its shape."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text[:500] or None), None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            msg = err.get("message") or err.get("detail")
+            kind = err.get("type")
+            return (str(msg)[:2000] if msg else None), (kind if isinstance(kind, str) else None)
+        if isinstance(err, str):
+            return err[:2000], None
+    return None, None

@@ -1,0 +1,87 @@
+"""Relaying an upstream SSE stream to our client, chunk by chunk as it arrives.
+
+The upstream is always asked for usage; the usage-only chunk goes on to the client only if the
+client asked for it. A failure mid-stream becomes an error event and ``[DONE]``: once bytes have
+gone out there is no retry and no status code left to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from chatgate.errors import UpstreamError, UpstreamTimeout
+from chatgate.upstream.client import Opened
+from chatgate.upstream.sse import DONE_EVENT, SSEDecoder, encode_comment, encode_data, error_event
+
+UsageSink = Callable[[dict[str, Any]], None]
+
+
+def ask_for_usage(payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The payload with ``stream_options.include_usage`` on, and whether the client asked for it."""
+    options = payload.get("stream_options")
+    wanted = isinstance(options, dict) and options.get("include_usage") is True
+    if wanted:
+        return payload, True
+    merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    return {**payload, "stream_options": merged}, False
+
+
+def _is_usage_only(data: bytes) -> tuple[bool, dict[str, Any] | None]:
+    """(drop-able usage-only chunk?, the usage) for one data payload. Cheap when there is no usage."""
+    if b'"usage"' not in data:
+        return False, None
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False, None
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("usage"), dict):
+        return False, None
+    return not chunk.get("choices"), chunk["usage"]
+
+
+async def relay(opened: Opened, *, include_usage: bool, on_usage: UsageSink | None = None) -> AsyncIterator[bytes]:
+    """Yield SSE bytes for our client. Always ends with ``data: [DONE]``."""
+    decoder = SSEDecoder()
+    failed = False
+    done = False
+    try:
+        async with asyncio.timeout_at(opened.deadline):
+            async for chunk in opened.response.content.iter_any():
+                out: list[bytes] = []
+                for ev in decoder.feed(chunk):
+                    if ev.data is None:
+                        out.extend(encode_comment(c) for c in ev.comments)
+                        continue
+                    if ev.is_done:
+                        done = True
+                        break
+                    usage_only, usage = _is_usage_only(ev.data)
+                    if usage is not None and on_usage is not None:
+                        on_usage(usage)
+                    if usage_only and not include_usage:
+                        continue
+                    out.append(encode_data(ev.data))
+                if out:
+                    yield b"".join(out)
+                if done:
+                    break
+            if not done:  # ended without [DONE]: pass on what is pending, then end it ourselves
+                for ev in decoder.flush():
+                    if ev.data is not None and not ev.is_done:
+                        yield encode_data(ev.data)
+                done = True
+    except TimeoutError:
+        failed = True
+        yield error_event(UpstreamTimeout("The model took too long to finish its answer.").body())
+    except (aiohttp.ClientError, ConnectionError):
+        failed = True
+        yield error_event(UpstreamError("The model's server broke off the answer.").body())
+    finally:
+        # Not done here means failed, or our client left: drop the upstream connection at once.
+        opened.close(failed=failed, abort=not done)
+    yield DONE_EVENT

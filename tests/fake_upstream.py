@@ -1,0 +1,220 @@
+"""A deterministic OpenAI-compatible upstream for tests, with knobs for faults.
+
+Run: ``python tests/fake_upstream.py --port 9001 --name a --models fake-model,fake-other``.
+
+Knobs come in the request body under ``"fake"`` (unknown fields pass through chatgate, so
+tests set them on the client request):
+
+- ``id``: key for per-scenario counters (``GET /_stats/<id>``).
+- ``fail``: statuses for the first attempts, e.g. ``[500, 429]``; later attempts succeed.
+- ``retry_after``: ``Retry-After`` value sent with those failures.
+- ``reset``: this many first attempts get their connection dropped with no answer.
+- ``delay``: seconds before the response headers (slow first byte).
+- ``chunk_delay``: seconds between stream chunks.
+- ``abort_after``: streams are cut (connection dropped) after this many chunks.
+- ``hang``: never answer (until the client goes away; counted as ``cancelled``).
+- ``style``: ``multiline`` (JSON split over several ``data:`` lines), ``crlf``, ``keepalive``.
+- ``no_done``: end the stream without ``data: [DONE]``.
+
+The answer is ``"echo: <last user text>"``; usage counts words. With ``tools``, the answer
+calls the first tool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import time
+from collections import defaultdict
+from typing import Any
+
+from aiohttp import web
+
+STATS: dict[str, dict[str, Any]] = defaultdict(lambda: {"attempts": 0, "cancelled": 0, "completed": 0, "bodies": []})
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for msg in reversed(body.get("messages") or []):
+        if msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content)
+    return ""
+
+
+def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+    completion = len(text.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _faults(request: web.Request, body: dict[str, Any]) -> web.StreamResponse | None:
+    knobs = body.get("fake") or {}
+    stats = STATS[knobs.get("id", "default")]
+    attempt = stats["attempts"]
+    stats["attempts"] += 1
+    stats["bodies"].append(body)
+    if attempt < int(knobs.get("reset", 0)):
+        assert request.transport is not None
+        request.transport.abort()
+        raise asyncio.CancelledError
+    fail = knobs.get("fail") or []
+    if attempt < len(fail):
+        status = int(fail[attempt])
+        headers = {"Retry-After": str(knobs["retry_after"])} if "retry_after" in knobs else {}
+        return web.json_response(
+            {"error": {"message": f"fake failure {status}", "type": "fake_error"}}, status=status, headers=headers
+        )
+    if knobs.get("hang"):
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stats["cancelled"] += 1
+            raise
+    if knobs.get("delay"):
+        try:
+            await asyncio.sleep(float(knobs["delay"]))
+        except asyncio.CancelledError:
+            stats["cancelled"] += 1
+            raise
+    return None
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    if not isinstance(body.get("messages"), list):
+        return web.json_response({"error": {"message": "messages is required", "type": "invalid_request_error"}},
+                                 status=400)
+    faulted = await _faults(request, body)
+    if faulted is not None:
+        return faulted
+    knobs = body.get("fake") or {}
+    name = request.app["name"]
+    text = "echo: " + _last_user_text(body)
+    created = int(time.time())
+    base = {"id": "chatcmpl-fake", "created": created, "model": body.get("model"), "system_fingerprint": name}
+    tool_calls = None
+    if body.get("tools"):
+        fn = body["tools"][0]["function"]["name"]
+        tool_calls = [{"id": "call_1", "type": "function", "function": {"name": fn, "arguments": "{\"x\": 1}"}}]
+    if not body.get("stream"):
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        STATS[knobs.get("id", "default")]["completed"] += 1
+        return web.json_response({
+            **base, "object": "chat.completion",
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": "tool_calls" if tool_calls else "stop", "logprobs": None}],
+            "usage": _usage(body, text),
+        })
+    return await _stream(request, body, base, text, tool_calls)
+
+
+async def _stream(request: web.Request, body: dict[str, Any], base: dict[str, Any], text: str,
+                  tool_calls: list[dict[str, Any]] | None) -> web.StreamResponse:
+    knobs = body.get("fake") or {}
+    stats = STATS[knobs.get("id", "default")]
+    style = knobs.get("style")
+    nl = b"\r\n" if style == "crlf" else b"\n"
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+
+    def event(obj: Any) -> bytes:
+        data = json.dumps(obj, indent=1 if style == "multiline" else None).encode()
+        lines = data.split(b"\n")
+        return b"".join(b"data: " + line + nl for line in lines) + nl
+
+    chunks = [{**base, "object": "chat.completion.chunk",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    if tool_calls:
+        chunks.append({**base, "object": "chat.completion.chunk",
+                       "choices": [{"index": 0, "delta": {"tool_calls": [{**tool_calls[0], "index": 0}]},
+                                    "finish_reason": None}]})
+    else:
+        for word in text.split(" "):
+            chunks.append({**base, "object": "chat.completion.chunk",
+                           "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]})
+    chunks.append({**base, "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_calls else "stop"}]})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(body, text)})
+    try:
+        for i, chunk in enumerate(chunks):
+            if "abort_after" in knobs and i >= int(knobs["abort_after"]):
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            if style == "keepalive":
+                await resp.write(b": keep-alive" + nl + nl)
+            await resp.write(event(chunk))
+            if knobs.get("chunk_delay"):
+                await asyncio.sleep(float(knobs["chunk_delay"]))
+        if not knobs.get("no_done"):
+            await resp.write(b"data: [DONE]" + nl + nl)
+        await resp.write_eof()
+        stats["completed"] += 1
+    except (asyncio.CancelledError, ConnectionResetError):
+        stats["cancelled"] += 1
+        raise
+    return resp
+
+
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    faulted = await _faults(request, body)
+    if faulted is not None:
+        return faulted
+    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    data = []
+    for i, text in enumerate(inputs):
+        digest = hashlib.sha256(str(text).encode()).digest()
+        data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
+    return web.json_response({"object": "list", "data": data, "model": body.get("model"),
+                              "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+
+async def models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [
+        {"id": m, "object": "model", "created": 1700000000, "owned_by": request.app["name"]}
+        for m in request.app["models"]
+    ]})
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(STATS[request.match_info["id"]])
+
+
+def make_app(name: str, model_names: list[str], api_key: str | None = None) -> web.Application:
+    @web.middleware
+    async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
+        if api_key and not request.path.startswith("/_") and request.headers.get("Authorization") != f"Bearer {api_key}":
+            return web.json_response({"error": {"message": "bad key", "type": "auth"}}, status=401)
+        return await handler(request)
+
+    app = web.Application(middlewares=[auth])
+    app["name"] = name
+    app["models"] = model_names
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/_stats/{id}", stats)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="fake")
+    parser.add_argument("--models", default="fake-model")
+    parser.add_argument("--api-key")
+    args = parser.parse_args()
+    web.run_app(make_app(args.name, args.models.split(","), args.api_key), host="127.0.0.1", port=args.port,
+                print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

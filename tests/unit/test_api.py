@@ -1,0 +1,168 @@
+"""The HTTP surface in process: auth, the unified error body on every path, limits, request ids, logs."""
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from chatgate import pipeline
+from chatgate.app import create_app
+from chatgate.settings import Settings
+from tests.conftest import ADMIN_KEY, free_port
+
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def settings(tmp_path: Path, base_url: str, **kw) -> Settings:
+    return Settings(data_dir=tmp_path, admin_key=ADMIN_KEY, upstream_base_url=base_url,
+                    retry={"max_retries": 1, "base": 0.01, "cap": 0.05}, **kw)
+
+
+@pytest.fixture
+def client(tmp_path, fake_b) -> Iterator[TestClient]:
+    with TestClient(create_app(settings(tmp_path, fake_b.base_url, server={"max_body_bytes": 2048}))) as c:
+        yield c
+
+
+def assert_error(resp, status: int, code: str) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type", "details"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert "Traceback" not in resp.text
+    return body["error"]
+
+
+def test_health_is_public_and_reports_version(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["version"] and body["uptime_s"] >= 0
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/ready", "/docs", "/openapi.json", "/nope"])
+def test_everything_else_needs_a_key(client, path):
+    err = assert_error(client.get(path), 401, "UNAUTHORIZED")
+    assert err["type"] == "authentication_error"
+
+
+def test_wrong_key_and_both_key_headers(client):
+    assert_error(client.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401, "UNAUTHORIZED")
+    assert client.get("/v1/models", headers={"x-api-key": ADMIN_KEY}).status_code == 200
+    assert client.get("/v1/models", headers=AUTH).status_code == 200
+
+
+def test_chat_round_trip(client):
+    resp = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "echo: hello"
+
+
+def test_unknown_route_and_method(client):
+    assert_error(client.get("/v2/whatever", headers=AUTH), 404, "NOT_FOUND")
+    assert_error(client.get("/v1/chat/completions", headers=AUTH), 405, "METHOD_NOT_ALLOWED")
+
+
+def test_unknown_model_is_404(client):
+    err = assert_error(client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=AUTH),
+                       404, "MODEL_NOT_FOUND")
+    assert err["details"] == {"model": "gpt-9"}
+    assert_error(client.get("/v1/models/gpt-9", headers=AUTH), 404, "MODEL_NOT_FOUND")
+
+
+def test_malformed_json(client):
+    err = assert_error(client.post("/v1/chat/completions", content=b'{"model": ', headers=AUTH), 400, "INVALID_JSON")
+    assert err["type"] == "invalid_request_error"
+    assert_error(client.post("/v1/chat/completions", content=b"[1,2]", headers=AUTH), 400, "INVALID_JSON")
+    assert_error(client.post("/v1/chat/completions", content=b"", headers=AUTH), 400, "INVALID_JSON")
+
+
+@pytest.mark.parametrize(("patch", "field"), [
+    ({"model": 3}, "model"),
+    ({"messages": "hi"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"content": "x"}]}, "messages[0].role"),
+    ({"stream": "yes"}, "stream"),
+    ({"n": True}, "n"),
+    ({"temperature": "hot"}, "temperature"),
+    ({"tools": {}}, "tools"),
+])
+def test_wrong_types_name_the_field(client, patch, field):
+    err = assert_error(client.post("/v1/chat/completions", json={**CHAT, **patch}, headers=AUTH), 400, "BAD_REQUEST")
+    assert err["details"]["field"] == field
+
+
+def test_embeddings_checked_and_passed_through(client):
+    resp = client.post("/v1/embeddings", json={"model": "fake-model", "input": ["a", "b"]}, headers=AUTH)
+    assert resp.status_code == 200 and len(resp.json()["data"]) == 2
+    err = assert_error(client.post("/v1/embeddings", json={"model": "fake-model"}, headers=AUTH), 400, "BAD_REQUEST")
+    assert err["details"]["field"] == "input"
+
+
+def test_oversized_body_by_length_and_by_stream(client):
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}
+    err = assert_error(client.post("/v1/chat/completions", json=big, headers=AUTH), 413, "PAYLOAD_TOO_LARGE")
+    assert err["details"]["max_bytes"] == 2048
+
+    def chunks():
+        for _ in range(10):
+            yield b"x" * 500
+
+    assert_error(client.post("/v1/chat/completions", content=chunks(), headers=AUTH), 413, "PAYLOAD_TOO_LARGE")
+    assert client.post("/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 200  # still serving
+
+
+def test_request_id_honoured_or_generated(client):
+    resp = client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert resp.headers["x-request-id"] == "abc-123"
+    generated = client.get("/health", headers={"X-Request-ID": "bad id with spaces"}).headers["x-request-id"]
+    assert generated != "bad id with spaces" and len(generated) == 24
+    assert client.get("/nope").headers["x-request-id"]  # error paths too
+
+
+def test_dead_upstream_gives_502_and_server_keeps_serving(tmp_path):
+    app = create_app(settings(tmp_path, f"http://127.0.0.1:{free_port()}/v1",
+                              upstreams=[], aliases={}, local={"enabled": "never"}))
+    app.state.services.upstream.router.upstreams[0].configured_models = ("m",)
+    app.state.services.upstream.router.rebuild()
+    with TestClient(app) as c:
+        err = assert_error(c.post("/v1/chat/completions", json={**CHAT, "model": "m"}, headers=AUTH),
+                           502, "UPSTREAM_ERROR")
+        assert err["type"] == "api_error"
+        assert c.get("/health").status_code == 200
+        ready = c.get("/ready", headers=AUTH)
+        assert ready.status_code == 503 and ready.json()["upstreams"]["default"]["reachable"] is False
+
+
+def test_unexpected_error_is_a_500_without_internals(client, monkeypatch, caplog):
+    async def boom(*_a, **_k):
+        raise RuntimeError("secret-token-123 in a traceback")
+
+    monkeypatch.setattr(pipeline, "chat", boom)
+    with caplog.at_level(logging.INFO):
+        resp = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    err = assert_error(resp, 500, "INTERNAL")
+    assert "secret-token-123" not in resp.text
+    assert "secret-token-123" not in caplog.text and "Traceback" not in caplog.text
+
+
+def test_access_log_line_has_the_request_facts(client, caplog):
+    with caplog.at_level(logging.INFO, logger="chatgate.access"):
+        client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-ID": "rid-1"})
+    rec = next(r for r in caplog.records if r.name == "chatgate.access" and r.request_id == "rid-1")
+    assert rec.route == "/v1/chat/completions" and rec.status == 200 and rec.model == "fake-model"
+    assert rec.upstream == "default" and rec.retries == 0 and rec.latency_ms > 0
+    assert rec.usage == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    from chatgate.observe.logging import JSONFormatter
+
+    line = json.loads(JSONFormatter().format(rec))
+    assert line["request_id"] == "rid-1" and line["level"] == "info" and line["status"] == 200
+
+
+def test_openapi_documents_the_bodies(client):
+    spec = client.get("/openapi.json", headers=AUTH).json()
+    body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionRequest")
+    assert "ChatMessage" in spec["components"]["schemas"]
+    assert client.get("/docs", headers=AUTH).status_code == 200
