@@ -145,6 +145,7 @@ async def _stream(request: web.Request, body: dict[str, Any], base: dict[str, An
     try:
         for i, chunk in enumerate(chunks):
             if "abort_after" in knobs and i >= int(knobs["abort_after"]):
+                await asyncio.sleep(0.05)  # let what was written reach the client first
                 assert request.transport is not None
                 request.transport.abort()
                 return resp
@@ -213,7 +214,7 @@ def main() -> None:
     parser.add_argument("--api-key")
     args = parser.parse_args()
     web.run_app(make_app(args.name, args.models.split(","), args.api_key), host="127.0.0.1", port=args.port,
-                print=None, access_log=None)
+                print=None, access_log=None, handler_cancellation=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def build_services(settings: Settings) -> Services:
             timeout=u.timeout,
             max_retries=u.max_retries,
             configured_models=tuple(u.models),
+            chat_defaults=dict(u.chat_defaults),
             breaker=CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_timeout),
         )
         for u in settings.all_upstreams()

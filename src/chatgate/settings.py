@@ -38,6 +38,10 @@ class UpstreamSettings(_Section):
     timeout: float | None = Field(None, description="Total timeout in seconds; overrides `timeouts.total`.")
     max_retries: int | None = Field(None, ge=0, description="Retries for this upstream; overrides `retry.max_retries`.")
     weight: float = Field(1.0, gt=0, description="Share of traffic relative to other upstreams serving a model.")
+    chat_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields added to chat requests that do not set them (e.g. `{max_tokens: 512}`).",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -67,7 +71,10 @@ class LocalModelSettings(_Section):
         "auto", description="Start the bundled local model: `auto` only when no upstream is configured."
     )
     model_path: Path | None = Field(None, description="GGUF file to serve instead of the bundled Gemma 3 270M.")
-    served_name: str = Field("gemma-3-270m-it", description="The local model's own name; it is also routed as `local`.")
+    served_name: str = Field("gemma-3-270m", description="The local model's own name; it is also routed as `local`.")
+    default_max_tokens: int = Field(
+        512, ge=1, description="`max_tokens` for chat requests to the local model that set none (it would run to n_ctx)."
+    )
     n_ctx: int = Field(8192, ge=512, description="Context window the local model is started with.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads for the local model (default: llama.cpp's choice).")
     startup_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the local model to become healthy.")
@@ -154,7 +161,11 @@ class Settings(BaseSettings):
         if self.local.base_url:
             ups.append(
                 UpstreamSettings(
-                    name="local", base_url=self.local.base_url, api_key=self.local.api_key, models=[self.local.served_name]
+                    name="local",
+                    base_url=self.local.base_url,
+                    api_key=self.local.api_key,
+                    models=[self.local.served_name],
+                    chat_defaults={"max_tokens": self.local.default_max_tokens},
                 )
             )
         return ups

