@@ -128,7 +128,9 @@ def start_gateway(
     data_dir = tmp / "data"
     cmd = [str(Path(sys.executable).with_name("chatgate")), "serve", "--port", str(port), *(args or [])]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")}
-    full_env.update({"CHATGATE_DATA_DIR": str(data_dir), "CHATGATE_ADMIN_KEY": ADMIN_KEY, "CHATGATE_LOG__FORMAT": "json"})
+    full_env.update(
+        {"CHATGATE_DATA_DIR": str(data_dir), "CHATGATE_ADMIN_KEY": ADMIN_KEY, "CHATGATE_LOG__FORMAT": "json"}
+    )
     if config is not None:
         cfg = tmp / "chatgate.yaml"
         cfg.write_text(yaml.safe_dump(config))

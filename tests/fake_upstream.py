@@ -86,8 +86,9 @@ async def _faults(request: web.Request, body: dict[str, Any]) -> web.StreamRespo
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     if not isinstance(body.get("messages"), list):
-        return web.json_response({"error": {"message": "messages is required", "type": "invalid_request_error"}},
-                                 status=400)
+        return web.json_response(
+            {"error": {"message": "messages is required", "type": "invalid_request_error"}}, status=400
+        )
     faulted = await _faults(request, body)
     if faulted is not None:
         return faulted
@@ -99,23 +100,33 @@ async def chat(request: web.Request) -> web.StreamResponse:
     tool_calls = None
     if body.get("tools"):
         fn = body["tools"][0]["function"]["name"]
-        tool_calls = [{"id": "call_1", "type": "function", "function": {"name": fn, "arguments": "{\"x\": 1}"}}]
+        tool_calls = [{"id": "call_1", "type": "function", "function": {"name": fn, "arguments": '{"x": 1}'}}]
     if not body.get("stream"):
         message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
         if tool_calls:
             message["tool_calls"] = tool_calls
         STATS[knobs.get("id", "default")]["completed"] += 1
-        return web.json_response({
-            **base, "object": "chat.completion",
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": "tool_calls" if tool_calls else "stop", "logprobs": None}],
-            "usage": _usage(body, text),
-        })
+        return web.json_response(
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": "tool_calls" if tool_calls else "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _usage(body, text),
+            }
+        )
     return await _stream(request, body, base, text, tool_calls)
 
 
-async def _stream(request: web.Request, body: dict[str, Any], base: dict[str, Any], text: str,
-                  tool_calls: list[dict[str, Any]] | None) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, body: dict[str, Any], base: dict[str, Any], text: str, tool_calls: list[dict[str, Any]] | None
+) -> web.StreamResponse:
     knobs = body.get("fake") or {}
     stats = STATS[knobs.get("id", "default")]
     style = knobs.get("style")
@@ -128,18 +139,39 @@ async def _stream(request: web.Request, body: dict[str, Any], base: dict[str, An
         lines = data.split(b"\n")
         return b"".join(b"data: " + line + nl for line in lines) + nl
 
-    chunks = [{**base, "object": "chat.completion.chunk",
-               "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    chunks = [
+        {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+    ]
     if tool_calls:
-        chunks.append({**base, "object": "chat.completion.chunk",
-                       "choices": [{"index": 0, "delta": {"tool_calls": [{**tool_calls[0], "index": 0}]},
-                                    "finish_reason": None}]})
+        chunks.append(
+            {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {"index": 0, "delta": {"tool_calls": [{**tool_calls[0], "index": 0}]}, "finish_reason": None}
+                ],
+            }
+        )
     else:
         for word in text.split(" "):
-            chunks.append({**base, "object": "chat.completion.chunk",
-                           "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}]})
-    chunks.append({**base, "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_calls else "stop"}]})
+            chunks.append(
+                {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": word + " "}, "finish_reason": None}],
+                }
+            )
+    chunks.append(
+        {
+            **base,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_calls else "stop"}],
+        }
+    )
     if (body.get("stream_options") or {}).get("include_usage"):
         chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(body, text)})
     try:
@@ -174,15 +206,26 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     for i, text in enumerate(inputs):
         digest = hashlib.sha256(str(text).encode()).digest()
         data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
-    return web.json_response({"object": "list", "data": data, "model": body.get("model"),
-                              "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+        }
+    )
 
 
 async def models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [
-        {"id": m, "object": "model", "created": 1700000000, "owned_by": request.app["name"]}
-        for m in request.app["models"]
-    ]})
+    return web.json_response(
+        {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": request.app["name"]}
+                for m in request.app["models"]
+            ],
+        }
+    )
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -192,7 +235,11 @@ async def stats(request: web.Request) -> web.Response:
 def make_app(name: str, model_names: list[str], api_key: str | None = None) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if api_key and not request.path.startswith("/_") and request.headers.get("Authorization") != f"Bearer {api_key}":
+        if (
+            api_key
+            and not request.path.startswith("/_")
+            and request.headers.get("Authorization") != f"Bearer {api_key}"
+        ):
             return web.json_response({"error": {"message": "bad key", "type": "auth"}}, status=401)
         return await handler(request)
 
@@ -213,8 +260,14 @@ def main() -> None:
     parser.add_argument("--models", default="fake-model")
     parser.add_argument("--api-key")
     args = parser.parse_args()
-    web.run_app(make_app(args.name, args.models.split(","), args.api_key), host="127.0.0.1", port=args.port,
-                print=None, access_log=None, handler_cancellation=True)
+    web.run_app(
+        make_app(args.name, args.models.split(","), args.api_key),
+        host="127.0.0.1",
+        port=args.port,
+        print=None,
+        access_log=None,
+        handler_cancellation=True,
+    )
 
 
 if __name__ == "__main__":

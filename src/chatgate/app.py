@@ -76,8 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         middleware=[
             Middleware(RequestLog),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
-            Middleware(ApiKeyAuth, authenticator=StaticKeys({admin_digest: ADMIN}),
-                       public_paths=settings.server.public_paths),
+            Middleware(
+                ApiKeyAuth, authenticator=StaticKeys({admin_digest: ADMIN}), public_paths=settings.server.public_paths
+            ),
         ],
     )
     app.state.settings = settings

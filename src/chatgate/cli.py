@@ -38,7 +38,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.server.workers
     configure(settings.log)
     # Before the workers start, so they all share one key and none prints it again.
-    _, new_key = bootstrap_admin_digest(settings.data_dir, settings.admin_key and settings.admin_key.get_secret_value())
+    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    _, new_key = bootstrap_admin_digest(settings.data_dir, admin_key)
     if new_key:
         print_new_admin_key(new_key, settings)
 

@@ -50,20 +50,28 @@ class UpstreamSettings(_Section):
 
 
 class RetrySettings(_Section):
-    max_retries: int = Field(3, ge=0, description="Retries after the first attempt (connect errors, timeouts, 429, 5xx).")
-    base: float = Field(0.5, ge=0, description="Backoff base in seconds (full jitter: sleep uniform(0, min(cap, base*2^n))).")
+    max_retries: int = Field(
+        3, ge=0, description="Retries after the first attempt (connect errors, timeouts, 429, 5xx)."
+    )
+    base: float = Field(
+        0.5, ge=0, description="Backoff base in seconds (full jitter: sleep uniform(0, min(cap, base*2^n)))."
+    )
     cap: float = Field(8.0, ge=0, description="Longest single backoff sleep, and the most `Retry-After` is honoured.")
 
 
 class TimeoutSettings(_Section):
     connect: float = Field(5.0, gt=0, description="Seconds to open a connection to an upstream.")
-    first_byte: float = Field(60.0, gt=0, description="Seconds from sending the request to the upstream's response headers.")
+    first_byte: float = Field(
+        60.0, gt=0, description="Seconds from sending the request to the upstream's response headers."
+    )
     total: float = Field(600.0, gt=0, description="Seconds for a whole upstream call, streaming included.")
 
 
 class BreakerSettings(_Section):
     failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open an upstream's circuit.")
-    reset_timeout: float = Field(30.0, gt=0, description="Seconds an open circuit waits before letting one probe through.")
+    reset_timeout: float = Field(
+        30.0, gt=0, description="Seconds an open circuit waits before letting one probe through."
+    )
 
 
 class LocalModelSettings(_Section):
@@ -73,10 +81,14 @@ class LocalModelSettings(_Section):
     model_path: Path | None = Field(None, description="GGUF file to serve instead of the bundled Gemma 3 270M.")
     served_name: str = Field("gemma-3-270m", description="The local model's own name; it is also routed as `local`.")
     default_max_tokens: int = Field(
-        512, ge=1, description="`max_tokens` for chat requests to the local model that set none (it would run to n_ctx)."
+        512,
+        ge=1,
+        description="`max_tokens` for chat requests to the local model that set none (it would run to n_ctx).",
     )
     n_ctx: int = Field(8192, ge=512, description="Context window the local model is started with.")
-    n_threads: int | None = Field(None, ge=1, description="CPU threads for the local model (default: llama.cpp's choice).")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads for the local model (default: llama.cpp's choice)."
+    )
     startup_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the local model to become healthy.")
     base_url: str | None = Field(
         None,
@@ -155,9 +167,7 @@ class Settings(BaseSettings):
         """Configured upstreams, with the single-upstream shortcut and the local model folded in."""
         ups = list(self.upstreams)
         if self.upstream_base_url:
-            ups.append(
-                UpstreamSettings(name="default", base_url=self.upstream_base_url, api_key=self.upstream_api_key)
-            )
+            ups.append(UpstreamSettings(name="default", base_url=self.upstream_base_url, api_key=self.upstream_api_key))
         if self.local.base_url:
             ups.append(
                 UpstreamSettings(

@@ -102,8 +102,10 @@ def render() -> str:
     return (
         HEADER
         + "## Settings\n\n"
-        + _table([(f"`{k}`", f"`{e}`", t, d, desc) for k, e, t, d, desc in settings],
-                 ("key", "environment", "type", "default", "description"))
+        + _table(
+            [(f"`{k}`", f"`{e}`", t, d, desc) for k, e, t, d, desc in settings],
+            ("key", "environment", "type", "default", "description"),
+        )
         + "\n## Each entry of `upstreams`\n\n"
         + _table([(f"`{k}`", t, d, desc) for k, t, d, desc in upstream], ("key", "type", "default", "description"))
         + EXAMPLE

@@ -47,10 +47,12 @@ def test_sync_chat(gw):
 
 async def test_async_chat_concurrently(gw):
     aclient = openai.AsyncOpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0)
-    results = await asyncio.gather(*(
-        aclient.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"n{i}"}])
-        for i in range(20)
-    ))
+    results = await asyncio.gather(
+        *(
+            aclient.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"n{i}"}])
+            for i in range(20)
+        )
+    )
     assert sorted(r.choices[0].message.content for r in results) == sorted(f"echo: n{i}" for i in range(20))
     assert {r.system_fingerprint for r in results} == {"a", "b"}  # balanced over both upstreams
     await aclient.close()
@@ -62,8 +64,11 @@ def test_streaming_and_usage_only_when_asked(gw):
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == "echo: hello gateway "
     assert all(ch.usage is None for ch in chunks)
-    chunks = list(c.chat.completions.create(model="fake-model", messages=MESSAGES, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        c.chat.completions.create(
+            model="fake-model", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 5
 
 
@@ -79,8 +84,16 @@ def test_tools_and_options_pass_through(gw, fake_a):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     extra = knobs()
     resp = client(gw).chat.completions.create(
-        model="fake-other", messages=MESSAGES, tools=tools, tool_choice="auto", n=1, stop=["\n\n"], seed=7,
-        logprobs=False, response_format={"type": "text"}, extra_body={**extra, "vendor_knob": {"x": [1]}},
+        model="fake-other",
+        messages=MESSAGES,
+        tools=tools,
+        tool_choice="auto",
+        n=1,
+        stop=["\n\n"],
+        seed=7,
+        logprobs=False,
+        response_format={"type": "text"},
+        extra_body={**extra, "vendor_knob": {"x": [1]}},
     )
     call = resp.choices[0].message.tool_calls[0]
     assert call.function.name == "get_weather" and resp.choices[0].finish_reason == "tool_calls"
@@ -106,8 +119,9 @@ def test_unknown_model_is_not_found_error(gw):
 
 def test_upstream_429_is_rate_limit_error_with_retry_after(gw):
     with pytest.raises(openai.RateLimitError) as err:
-        client(gw).chat.completions.create(model="fake-other", messages=MESSAGES,
-                                           extra_body=knobs(fail=[429] * 6, retry_after=0))
+        client(gw).chat.completions.create(
+            model="fake-other", messages=MESSAGES, extra_body=knobs(fail=[429] * 6, retry_after=0)
+        )
     assert err.value.status_code == 429 and err.value.response.headers.get("retry-after") is not None
     assert err.value.code == "RATE_LIMIT"
 
@@ -121,8 +135,7 @@ def test_retry_hides_transient_failures(gw, fake_a):
 
 def test_upstream_failure_is_api_status_error_with_our_message(gw):
     with pytest.raises(openai.APIStatusError) as err:
-        client(gw).chat.completions.create(model="fake-other", messages=MESSAGES,
-                                           extra_body=knobs(fail=[500] * 10))
+        client(gw).chat.completions.create(model="fake-other", messages=MESSAGES, extra_body=knobs(fail=[500] * 10))
     assert err.value.status_code == 502
     assert err.value.message.startswith("Error code: 502") and "The model's server failed (HTTP 500)." in str(err.value)
     assert err.value.body["code"] == "UPSTREAM_ERROR" and err.value.body["type"] == "api_error"
@@ -140,8 +153,9 @@ def test_wrong_key_is_authentication_error(gw):
 
 
 def test_mid_stream_failure_raises_in_the_sdk(gw):
-    stream = client(gw).chat.completions.create(model="fake-other", messages=MESSAGES, stream=True,
-                                                extra_body=knobs(abort_after=2))
+    stream = client(gw).chat.completions.create(
+        model="fake-other", messages=MESSAGES, stream=True, extra_body=knobs(abort_after=2)
+    )
     got = []
     with pytest.raises(openai.APIError) as err:
         for chunk in stream:
@@ -198,8 +212,12 @@ def test_client_disconnect_cancels_the_upstream_call(gw, fake_a, fake_b):
 
 def test_client_disconnect_mid_stream_cancels_upstream(gw, fake_a):
     scenario = uuid.uuid4().hex
-    body = {"model": "fake-other", "messages": [{"role": "user", "content": " ".join(["w"] * 200)}], "stream": True,
-            "fake": {"id": scenario, "chunk_delay": 0.05}}
+    body = {
+        "model": "fake-other",
+        "messages": [{"role": "user", "content": " ".join(["w"] * 200)}],
+        "stream": True,
+        "fake": {"id": scenario, "chunk_delay": 0.05},
+    }
     with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, headers={"x-api-key": gw.key}) as r:
         for _ in r.iter_bytes():
             break  # first chunk, then hang up
@@ -211,8 +229,9 @@ def test_client_disconnect_mid_stream_cancels_upstream(gw, fake_a):
 
 
 def test_access_log_is_json_lines_with_request_facts(gw):
-    client(gw).chat.completions.create(model="fake-model", messages=MESSAGES,
-                                       extra_headers={"X-Request-ID": "log-check-42"})
+    client(gw).chat.completions.create(
+        model="fake-model", messages=MESSAGES, extra_headers={"X-Request-ID": "log-check-42"}
+    )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         lines = [json.loads(line) for line in gw.logs().splitlines() if line.startswith("{")]
@@ -237,11 +256,14 @@ def test_server_survives_garbage(gw):
 
 def test_fallback_to_another_model(tmp_path, fake_a):
     dead = f"http://127.0.0.1:{_closed_port()}/v1"
-    gateway = start_gateway(tmp_path, fast_retry_config(
-        {"name": "dead", "base_url": dead, "models": ["primary"]},
-        {"name": "a", "base_url": fake_a.base_url, "api_key": "upstream-secret-a", "models": ["fake-other"]},
-        fallbacks={"primary": ["fake-other"]},
-    ))
+    gateway = start_gateway(
+        tmp_path,
+        fast_retry_config(
+            {"name": "dead", "base_url": dead, "models": ["primary"]},
+            {"name": "a", "base_url": fake_a.base_url, "api_key": "upstream-secret-a", "models": ["fake-other"]},
+            fallbacks={"primary": ["fake-other"]},
+        ),
+    )
     try:
         resp = client(gateway).chat.completions.create(model="primary", messages=MESSAGES)
         assert resp.system_fingerprint == "a" and resp.model == "fake-other"

@@ -18,8 +18,13 @@ CHAT = {"model": "fake-model", "messages": [{"role": "user", "content": "hello"}
 
 
 def settings(tmp_path: Path, base_url: str, **kw) -> Settings:
-    return Settings(data_dir=tmp_path, admin_key=ADMIN_KEY, upstream_base_url=base_url,
-                    retry={"max_retries": 1, "base": 0.01, "cap": 0.05}, **kw)
+    return Settings(
+        data_dir=tmp_path,
+        admin_key=ADMIN_KEY,
+        upstream_base_url=base_url,
+        retry={"max_retries": 1, "base": 0.01, "cap": 0.05},
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -65,8 +70,9 @@ def test_unknown_route_and_method(client):
 
 
 def test_unknown_model_is_404(client):
-    err = assert_error(client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=AUTH),
-                       404, "MODEL_NOT_FOUND")
+    err = assert_error(
+        client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=AUTH), 404, "MODEL_NOT_FOUND"
+    )
     assert err["details"] == {"model": "gpt-9"}
     assert_error(client.get("/v1/models/gpt-9", headers=AUTH), 404, "MODEL_NOT_FOUND")
 
@@ -78,16 +84,19 @@ def test_malformed_json(client):
     assert_error(client.post("/v1/chat/completions", content=b"", headers=AUTH), 400, "INVALID_JSON")
 
 
-@pytest.mark.parametrize(("patch", "field"), [
-    ({"model": 3}, "model"),
-    ({"messages": "hi"}, "messages"),
-    ({"messages": []}, "messages"),
-    ({"messages": [{"content": "x"}]}, "messages[0].role"),
-    ({"stream": "yes"}, "stream"),
-    ({"n": True}, "n"),
-    ({"temperature": "hot"}, "temperature"),
-    ({"tools": {}}, "tools"),
-])
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"model": 3}, "model"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"content": "x"}]}, "messages[0].role"),
+        ({"stream": "yes"}, "stream"),
+        ({"n": True}, "n"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"tools": {}}, "tools"),
+    ],
+)
 def test_wrong_types_name_the_field(client, patch, field):
     err = assert_error(client.post("/v1/chat/completions", json={**CHAT, **patch}, headers=AUTH), 400, "BAD_REQUEST")
     assert err["details"]["field"] == field
@@ -122,13 +131,15 @@ def test_request_id_honoured_or_generated(client):
 
 
 def test_dead_upstream_gives_502_and_server_keeps_serving(tmp_path):
-    app = create_app(settings(tmp_path, f"http://127.0.0.1:{free_port()}/v1",
-                              upstreams=[], aliases={}, local={"enabled": "never"}))
+    app = create_app(
+        settings(tmp_path, f"http://127.0.0.1:{free_port()}/v1", upstreams=[], aliases={}, local={"enabled": "never"})
+    )
     app.state.services.upstream.router.upstreams[0].configured_models = ("m",)
     app.state.services.upstream.router.rebuild()
     with TestClient(app) as c:
-        err = assert_error(c.post("/v1/chat/completions", json={**CHAT, "model": "m"}, headers=AUTH),
-                           502, "UPSTREAM_ERROR")
+        err = assert_error(
+            c.post("/v1/chat/completions", json={**CHAT, "model": "m"}, headers=AUTH), 502, "UPSTREAM_ERROR"
+        )
         assert err["type"] == "api_error"
         assert c.get("/health").status_code == 200
         ready = c.get("/ready", headers=AUTH)
@@ -142,7 +153,7 @@ def test_unexpected_error_is_a_500_without_internals(client, monkeypatch, caplog
     monkeypatch.setattr(pipeline, "chat", boom)
     with caplog.at_level(logging.INFO):
         resp = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
-    err = assert_error(resp, 500, "INTERNAL")
+    assert_error(resp, 500, "INTERNAL")
     assert "secret-token-123" not in resp.text
     assert "secret-token-123" not in caplog.text and "Traceback" not in caplog.text
 

@@ -1,5 +1,5 @@
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from chatgate.upstream.backoff import Backoff, parse_retry_after
 

@@ -21,22 +21,37 @@ from chatgate.upstream.routing import Router, Upstream
 from tests.conftest import free_port
 
 
-def make_client(*ups: Upstream, fallbacks: dict[str, list[str]] | None = None, max_retries: int = 3,
-                first_byte: float = 5.0, total: float = 30.0) -> tuple[UpstreamClient, list[float]]:
+def make_client(
+    *ups: Upstream,
+    fallbacks: dict[str, list[str]] | None = None,
+    max_retries: int = 3,
+    first_byte: float = 5.0,
+    total: float = 30.0,
+) -> tuple[UpstreamClient, list[float]]:
     sleeps: list[float] = []
 
     async def sleep(s: float) -> None:
         sleeps.append(s)
 
-    client = UpstreamClient(Router(ups, fallbacks=fallbacks), RetrySettings(max_retries=max_retries, base=0.5, cap=8),
-                            TimeoutSettings(connect=1, first_byte=first_byte, total=total), sleep=sleep)
+    client = UpstreamClient(
+        Router(ups, fallbacks=fallbacks),
+        RetrySettings(max_retries=max_retries, base=0.5, cap=8),
+        TimeoutSettings(connect=1, first_byte=first_byte, total=total),
+        sleep=sleep,
+    )
     return client, sleeps
 
 
 def upstream(fake: Any, name: str | None = None, models: tuple[str, ...] = ("fake-model",), **kw: Any) -> Upstream:
     key = "upstream-secret-a" if fake.name == "a" else None
-    return Upstream(name=name or fake.name, base_url=fake.base_url, api_key=key, configured_models=models,
-                    breaker=kw.pop("breaker", CircuitBreaker(threshold=5, reset_timeout=30)), **kw)
+    return Upstream(
+        name=name or fake.name,
+        base_url=fake.base_url,
+        api_key=key,
+        configured_models=models,
+        breaker=kw.pop("breaker", CircuitBreaker(threshold=5, reset_timeout=30)),
+        **kw,
+    )
 
 
 def chat(model: str = "fake-model", **fake: Any) -> dict[str, Any]:
@@ -132,7 +147,7 @@ async def test_slow_first_byte_times_out_as_504(fake_b):
 
 
 async def test_total_timeout_stops_retrying(fake_b):
-    client, sleeps = make_client(upstream(fake_b), max_retries=5, first_byte=0.2, total=0.5)
+    client, _ = make_client(upstream(fake_b), max_retries=5, first_byte=0.2, total=0.5)
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(UpstreamTimeout):
@@ -153,8 +168,12 @@ async def test_breaker_opens_and_fails_fast_with_503(fake_b):
 
 
 async def test_failing_upstream_is_avoided_on_retry(fake_b):
-    dead = Upstream(name="dead", base_url=f"http://127.0.0.1:{free_port()}/v1", configured_models=("fake-model",),
-                    breaker=CircuitBreaker(threshold=100, reset_timeout=30))
+    dead = Upstream(
+        name="dead",
+        base_url=f"http://127.0.0.1:{free_port()}/v1",
+        configured_models=("fake-model",),
+        breaker=CircuitBreaker(threshold=100, reset_timeout=30),
+    )
     client, _ = make_client(dead, upstream(fake_b))
     retries = []
     for _ in range(12):

@@ -8,8 +8,13 @@ from chatgate.upstream.routing import Router, Upstream
 
 
 def up(name: str, *models: str, weight: float = 1.0) -> Upstream:
-    return Upstream(name=name, base_url=f"http://{name}", configured_models=models, weight=weight,
-                    breaker=CircuitBreaker(threshold=1, reset_timeout=60))
+    return Upstream(
+        name=name,
+        base_url=f"http://{name}",
+        configured_models=models,
+        weight=weight,
+        breaker=CircuitBreaker(threshold=1, reset_timeout=60),
+    )
 
 
 def test_unknown_model_is_model_not_found():
@@ -26,8 +31,11 @@ def test_aliases_resolve_and_cycles_stop():
 
 
 def test_plan_appends_known_fallbacks_in_order():
-    r = Router([up("a", "m1"), up("b", "m2"), up("c", "m3")],
-               aliases={"alias2": "m2"}, fallbacks={"m1": ["alias2", "ghost", "m3", "m1"]})
+    r = Router(
+        [up("a", "m1"), up("b", "m2"), up("c", "m3")],
+        aliases={"alias2": "m2"},
+        fallbacks={"m1": ["alias2", "ghost", "m3", "m1"]},
+    )
     assert r.plan("m1") == ["m1", "m2", "m3"]
 
 

@@ -16,7 +16,7 @@ def test_single_events_and_done():
 
 
 def test_multiline_data_is_joined_with_newlines():
-    events = feed_all([b"data: {\ndata:  \"a\": 1\ndata: }\n\n"])
+    events = feed_all([b'data: {\ndata:  "a": 1\ndata: }\n\n'])
     assert events[0].data == b'{\n "a": 1\n}'
 
 

@@ -16,9 +16,12 @@ from chatgate.upstream.stream import ask_for_usage, relay
 async def run(fake: Any, client_options: dict[str, Any] | None = None, **knobs: Any) -> tuple[list[Any], list[Any]]:
     up = Upstream(name="b", base_url=fake.base_url, configured_models=("fake-model",))
     client = UpstreamClient(Router([up]), RetrySettings(), TimeoutSettings())
-    payload: dict[str, Any] = {"model": "fake-model", "stream": True,
-                               "messages": [{"role": "user", "content": "one two three"}],
-                               "fake": {"id": uuid.uuid4().hex, **knobs}}
+    payload: dict[str, Any] = {
+        "model": "fake-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "one two three"}],
+        "fake": {"id": uuid.uuid4().hex, **knobs},
+    }
     if client_options is not None:
         payload["stream_options"] = client_options
     sent, wanted = ask_for_usage(payload)

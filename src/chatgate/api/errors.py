@@ -60,7 +60,9 @@ async def _validation(_: Request, exc: Exception) -> Response:
 async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"No route {request.method} {request.url.path}.", details={"path": request.url.path}))
+        return error_response(
+            NotFound(f"No route {request.method} {request.url.path}.", details={"path": request.url.path})
+        )
     if exc.status_code == 405:
         return error_response(
             MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.", headers=dict(exc.headers or {}))

@@ -19,8 +19,12 @@ async def health(request: Request) -> dict[str, Any]:
     return {"status": "ok", "version": __version__, "uptime_s": round(time.monotonic() - request.app.state.started, 3)}
 
 
-@router.get("/ready", summary="Readiness: at least one upstream answers", response_model=Ready,
-            responses={503: {"model": Ready, "description": "No upstream is reachable"}})
+@router.get(
+    "/ready",
+    summary="Readiness: at least one upstream answers",
+    response_model=Ready,
+    responses={503: {"model": Ready, "description": "No upstream is reachable"}},
+)
 async def ready(request: Request) -> JSONResponse:
     services = request.app.state.services
     reachable = await services.catalog.reachable()
@@ -29,4 +33,6 @@ async def ready(request: Request) -> JSONResponse:
         for up in services.upstream.router.upstreams
     }
     ok = any(reachable.values())
-    return JSONResponse({"status": "ready" if ok else "not_ready", "upstreams": upstreams}, status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ready" if ok else "not_ready", "upstreams": upstreams}, status_code=200 if ok else 503
+    )

@@ -81,8 +81,9 @@ class RequestLog:
             )
             if not started:
                 req.status = 500
-                await send_error(send, ChatgateError("Internal error; the request id identifies it in our logs."),
-                                 [rid_header])
+                await send_error(
+                    send, ChatgateError("Internal error; the request id identifies it in our logs."), [rid_header]
+                )
         finally:
             route = scope.get("route")
             access_log.info(
@@ -162,9 +163,11 @@ class ApiKeyAuth:
                 key = value.decode("latin-1").strip()
                 break
         if key is None:
-            await send_error(send, Unauthorized(
-                "Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."),
-                [(b"www-authenticate", b"Bearer")])
+            await send_error(
+                send,
+                Unauthorized("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."),
+                [(b"www-authenticate", b"Bearer")],
+            )
             return
         principal = await self.authenticator.authenticate(key)
         if principal is None:

@@ -122,8 +122,7 @@ async def embeddings(request: Request) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.get("/models", summary="List models: upstream models and aliases", response_model=ModelList,
-            responses=ERRORS)
+@router.get("/models", summary="List models: upstream models and aliases", response_model=ModelList, responses=ERRORS)
 async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": await _services(request).catalog.listing()}
 
@@ -132,5 +131,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def get_model(request: Request, model_id: str) -> dict[str, Any]:
     found = await _services(request).catalog.find(model_id)
     if found is None:
-        raise ModelNotFound(f"The model '{model_id}' does not exist or is not served here.", details={"model": model_id})
+        raise ModelNotFound(
+            f"The model '{model_id}' does not exist or is not served here.", details={"model": model_id}
+        )
     return found

@@ -60,8 +60,9 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.",
-                          details={"position": exc.pos}) from None
+        raise InvalidJSON(
+            f"The request body is not valid JSON: {exc.msg} at position {exc.pos}.", details={"position": exc.pos}
+        ) from None
     if not isinstance(data, dict):
         raise InvalidJSON("The request body must be a JSON object.")
     return data

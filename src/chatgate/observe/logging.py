@@ -17,7 +17,9 @@ from chatgate.settings import LogSettings
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
-    "message", "asctime", "color_message"  # uvicorn's ANSI copy of the message
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI copy of the message
 }
 ACCESS_LOGGER = "chatgate.access"
 

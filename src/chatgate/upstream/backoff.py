@@ -25,7 +25,7 @@ class Backoff:
         A ``Retry-After`` from the upstream is honoured up to ``cap``: we never wait less than it
         asked, nor longer than ``cap``.
         """
-        ceiling = min(self.cap, self.base * (2**attempt))
+        ceiling = min(self.cap, self.base * 2.0**attempt)
         jittered = self.rand() * ceiling
         if retry_after is not None:
             return min(self.cap, max(jittered, retry_after))

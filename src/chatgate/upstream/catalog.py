@@ -26,12 +26,10 @@ class ModelCatalog:
         self._fetched_at: dict[str, float] = {}
         self._refresh_lock = asyncio.Lock()
 
-    async def fetch(self, up: Upstream, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:
+    async def fetch(self, up: Upstream, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:  # noqa: ASYNC109
         """The upstream's model objects. Raises on any failure."""
         async with asyncio.timeout(timeout):
-            async with self.client.session.get(
-                up.base_url + "/models", headers=self.client.headers_for(up)
-            ) as resp:
+            async with self.client.session.get(up.base_url + "/models", headers=self.client.headers_for(up)) as resp:
                 resp.raise_for_status()
                 data = orjson.loads(await resp.read())
         items = data.get("data", []) if isinstance(data, dict) else []
@@ -73,11 +71,16 @@ class ModelCatalog:
                 if obj is not None:
                     out.setdefault(model, {**obj, "object": "model"})
             out.setdefault(model, {"id": model, "object": "model", "created": 0, "owned_by": ups[0].name})
-        for alias, target in self.router.aliases.items():
+        for alias in self.router.aliases:
             served = self.router.resolve(alias)
             if alias not in out and served in out:
-                out[alias] = {"id": alias, "object": "model", "created": out[served].get("created", 0),
-                              "owned_by": "chatgate", "root": served}
+                out[alias] = {
+                    "id": alias,
+                    "object": "model",
+                    "created": out[served].get("created", 0),
+                    "owned_by": "chatgate",
+                    "root": served,
+                }
         return list(out.values())
 
     async def find(self, model_id: str) -> dict[str, Any] | None:
@@ -91,4 +94,3 @@ class ModelCatalog:
         ups = self.router.upstreams
         results = await asyncio.gather(*(self.fetch(u, timeout=2.0) for u in ups), return_exceptions=True)
         return {u.name: not isinstance(r, BaseException) for u, r in zip(ups, results, strict=True)}
-

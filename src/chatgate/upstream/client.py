@@ -110,7 +110,9 @@ class UpstreamClient:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-            timeout = aiohttp.ClientTimeout(total=None, connect=self.timeouts.connect, sock_connect=self.timeouts.connect)
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=self.timeouts.connect, sock_connect=self.timeouts.connect
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode()
             )
@@ -223,15 +225,18 @@ def _status_failure(up: Upstream, status: int, retry_after: str | None, body: by
         up.breaker.release()
         wait = parse_retry_after(retry_after)
         headers = {"Retry-After": str(max(1, round(wait)))} if wait is not None else {}
-        return _Attempt(RateLimited("The model's server is rate limiting requests.", details=details, headers=headers), wait)
+        return _Attempt(
+            RateLimited("The model's server is rate limiting requests.", details=details, headers=headers), wait
+        )
     if status in RETRYABLE_STATUSES or status >= 500:
         up.breaker.record_failure()
         error: ChatgateError = UpstreamError(f"The model's server failed (HTTP {status}).", details=details)
         return _Attempt(error, parse_retry_after(retry_after)) if status in RETRYABLE_STATUSES else error
     up.breaker.record_success()  # the server is healthy; it refused this request
     message, kind = _upstream_message(body)
-    rejected = UpstreamRejected(message or f"The model's server refused the request (HTTP {status}).", details=details,
-                                status=status)
+    rejected = UpstreamRejected(
+        message or f"The model's server refused the request (HTTP {status}).", details=details, status=status
+    )
     if kind:
         rejected.type = kind
     return rejected

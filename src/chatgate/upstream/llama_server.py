@@ -26,7 +26,7 @@ def register_gemma3() -> None:
     formatter = llama_chat_format.Jinja2ChatFormatter(
         template=gemma3_template(), eos_token="<end_of_turn>", bos_token="<bos>"
     )
-    llama_chat_format.LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(
+    llama_chat_format.LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(  # type: ignore[no-untyped-call]
         CHAT_FORMAT, formatter.to_chat_handler(), overwrite=True
     )
 
@@ -36,7 +36,7 @@ def main() -> None:
     from llama_cpp.server.__main__ import main as serve
 
     sys.argv[0] = "llama_cpp.server"
-    serve()
+    serve()  # type: ignore[no-untyped-call]
 
 
 if __name__ == "__main__":

@@ -90,7 +90,11 @@ class LocalModel:
         bundled = self.settings.model_path is None
         model_path = bundled_model_path(self.data_dir) if bundled else Path(str(self.settings.model_path))
         self.port = free_port()
-        self._cmd = self.command(model_path, bundled)
+        return self.launch(self.command(model_path, bundled))
+
+    def launch(self, cmd: list[str]) -> str:
+        """Run ``cmd`` (a server on ``self.port``) under supervision, once it is healthy."""
+        self._cmd = cmd
         self._spawn()
         self._wait_healthy(self.settings.startup_timeout)
         self._monitor = threading.Thread(target=self._watch, name="local-model-monitor", daemon=True)
@@ -104,8 +108,12 @@ class LocalModel:
         env = {**os.environ, "API_KEY": self.api_key}
         with open(logs / "local-model.log", "ab") as out:
             self._proc = subprocess.Popen(
-                self._cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
+                self._cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     def healthy(self) -> bool:

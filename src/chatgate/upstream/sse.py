@@ -30,7 +30,7 @@ class Event:
 class SSEDecoder:
     """Feed bytes as they arrive; get complete events back."""
 
-    __slots__ = ("_buf", "_data", "_event", "_has_field", "_id", "_retry", "_comments", "_skip_lf")
+    __slots__ = ("_buf", "_comments", "_data", "_event", "_has_field", "_id", "_retry", "_skip_lf")
 
     def __init__(self) -> None:
         self._buf = b""

@@ -1,0 +1,93 @@
+"""The command line as a user runs it: version, config show, and the bootstrap admin key."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from chatgate import __version__
+from tests.conftest import start_gateway, stop
+
+CHATGATE = str(Path(sys.executable).with_name("chatgate"))
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")}
+    return subprocess.run(
+        [CHATGATE, *args], capture_output=True, text=True, env={**base, **(env or {})}, cwd=cwd, timeout=60
+    )
+
+
+def test_version():
+    out = run("version")
+    assert out.returncode == 0 and out.stdout.strip() == f"chatgate {__version__}"
+
+
+def test_config_show_masks_secrets_and_merges_sources(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "upstreams": [
+                    {
+                        "name": "o",
+                        "base_url": "https://api.example/v1",
+                        "api_key": "sk-very-secret",
+                        "models": ["gpt-x"],
+                    }
+                ]
+            }
+        )
+    )
+    out = run(
+        "config",
+        "show",
+        "--config",
+        str(cfg),
+        env={"CHATGATE_ADMIN_KEY": "admin-secret", "CHATGATE_RETRY__CAP": "3"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["upstreams"][0]["api_key"] == "**********" and shown["admin_key"] == "**********"
+    assert shown["retry"]["cap"] == 3.0 and shown["upstreams"][0]["models"] == ["gpt-x"]
+    assert "sk-very-secret" not in out.stdout and "admin-secret" not in out.stdout
+
+
+def test_config_errors_are_one_clear_line(tmp_path):
+    out = run("config", "show", "--config", str(tmp_path / "nope.yaml"))
+    assert out.returncode != 0 and "config file not found" in out.stderr and "Traceback" not in out.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("retry: {max_retries: -2}\n")
+    out = run("config", "show", "--config", str(bad))
+    assert out.returncode != 0 and "max_retries" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_generated_admin_key_printed_once_stored_hashed_and_working(tmp_path, fake_b):
+    env = {"CHATGATE_ADMIN_KEY": "", "CHATGATE_UPSTREAM_BASE_URL": fake_b.base_url}
+    gw = start_gateway(tmp_path / "one", env=env)
+    try:
+        keys = re.findall(r"cg-admin-[A-Za-z0-9_\-]+", gw.logs())
+        assert len(keys) == 1
+        key = keys[0]
+        stored = gw.data_dir / "admin_key.sha256"
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+        assert key not in stored.read_text() and len(stored.read_text().strip()) == 64
+        assert httpx.get(gw.base_url + "/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    finally:
+        stop(gw.proc)
+    # a restart on the same data dir keeps the key and does not print it again
+    port_env = {**env, "CHATGATE_DATA_DIR": str(gw.data_dir)}
+    gw2 = start_gateway(tmp_path / "two", env=port_env)
+    try:
+        assert "cg-admin-" not in gw2.logs()
+        assert httpx.get(gw2.base_url + "/models", headers={"x-api-key": key}).status_code == 200
+    finally:
+        stop(gw2.proc)
