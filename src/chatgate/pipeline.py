@@ -1,9 +1,10 @@
 """The request path: every chat request, whatever door it came in by, goes through these steps.
 
 1. identify -- who is calling (the API key, checked by ``api/middleware.ApiKeyAuth``).
-2. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
+2. route    -- the model must be known; stale discovered model lists are re-read first.
+3. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
                streams are relayed as they arrive.
-3. account  -- usage recorded on the turn for logs (and, later, analytics and limits).
+4. account  -- usage recorded on the turn for logs (and, later, analytics and limits).
 
 Sessions, admission, context fitting, grounding and caching slot in between identify and call
 as their issues land. Nothing here knows about HTTP.
@@ -51,6 +52,7 @@ class Turn:
 
 async def chat(services: Services, turn: Turn) -> bytes | AsyncIterator[bytes]:
     """A chat completion: the upstream's JSON body, or an iterator of SSE bytes when streaming."""
+    await services.catalog.ensure_known(turn.payload["model"])
     if turn.stream:
         payload, include_usage = ask_for_usage(turn.payload)
         raw = turn.raw if payload is turn.payload else None
@@ -63,6 +65,7 @@ async def chat(services: Services, turn: Turn) -> bytes | AsyncIterator[bytes]:
 
 
 async def embeddings(services: Services, turn: Turn) -> bytes:
+    await services.catalog.ensure_known(turn.payload["model"])
     opened = await services.upstream.open("/embeddings", turn.payload, turn.raw, turn.trace)
     body = await opened.read()
     turn.usage = usage_of(body)

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Fake, Gateway, fast_retry_config, start_gateway, stop
+from tests.conftest import Fake, Gateway, fast_retry_config, free_port, start_fake, start_gateway, stop
 
 MESSAGES = [{"role": "user", "content": "hello gateway"}]
 
@@ -255,7 +255,7 @@ def test_server_survives_garbage(gw):
 
 
 def test_fallback_to_another_model(tmp_path, fake_a):
-    dead = f"http://127.0.0.1:{_closed_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     gateway = start_gateway(
         tmp_path,
         fast_retry_config(
@@ -271,12 +271,6 @@ def test_fallback_to_another_model(tmp_path, fake_a):
         stop(gateway.proc)
 
 
-def _closed_port() -> int:
-    from tests.conftest import free_port
-
-    return free_port()
-
-
 def test_single_upstream_from_env(tmp_path, fake_b: Fake):
     gateway = start_gateway(tmp_path, env={"CHATGATE_UPSTREAM_BASE_URL": fake_b.base_url})
     try:
@@ -284,3 +278,26 @@ def test_single_upstream_from_env(tmp_path, fake_b: Fake):
         assert client(gateway).chat.completions.create(model="fake-model", messages=MESSAGES).choices
     finally:
         stop(gateway.proc)
+
+
+def test_upstream_that_comes_up_later_is_discovered(tmp_path):
+    port = free_port()
+    gateway = start_gateway(tmp_path, {"upstreams": [{"name": "late", "base_url": f"http://127.0.0.1:{port}/v1"}]})
+    fake = None
+    try:
+        with pytest.raises(openai.NotFoundError):
+            client(gateway).chat.completions.create(model="late-model", messages=MESSAGES)
+        fake = start_fake("late", "late-model", port=port)
+        deadline = time.monotonic() + 10
+        while True:  # failed discovery is retried after a few seconds
+            try:
+                resp = client(gateway).chat.completions.create(model="late-model", messages=MESSAGES)
+                break
+            except openai.NotFoundError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        assert resp.system_fingerprint == "late"
+    finally:
+        stop(gateway.proc)
+        if fake:
+            stop(fake.proc)

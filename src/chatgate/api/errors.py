@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ def error_response(exc: ChatgateError) -> Response:
     return Response(error_bytes(exc), status_code=exc.status, media_type=JSON, headers=exc.headers)
 
 
-async def send_error(send: Send, exc: ChatgateError, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def send_error(send: Send, exc: ChatgateError, extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
     """Answer from plain ASGI middleware, before any route ran."""
     body = error_bytes(exc)
     headers = [

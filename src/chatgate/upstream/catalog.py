@@ -15,6 +15,7 @@ from chatgate.upstream.routing import Upstream
 log = logging.getLogger("chatgate.upstream")
 
 PROBE_TIMEOUT = 3.0
+RETRY_FAILED_AFTER = 5.0  # seconds before asking an upstream that failed discovery again
 
 
 class ModelCatalog:
@@ -23,7 +24,7 @@ class ModelCatalog:
         self.router = client.router
         self.ttl = ttl
         self._objects: dict[str, dict[str, Any]] = {}
-        self._fetched_at: dict[str, float] = {}
+        self._next_fetch: dict[str, float] = {}
         self._refresh_lock = asyncio.Lock()
 
     async def fetch(self, up: Upstream, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:  # noqa: ASYNC109
@@ -40,9 +41,7 @@ class ModelCatalog:
         async with self._refresh_lock:
             now = time.monotonic()
             stale = [
-                u
-                for u in self.router.upstreams
-                if u.discovers and (force or now - self._fetched_at.get(u.name, -1e18) >= self.ttl)
+                u for u in self.router.upstreams if u.discovers and (force or now >= self._next_fetch.get(u.name, now))
             ]
             if not stale:
                 return
@@ -51,8 +50,9 @@ class ModelCatalog:
             for up, result in zip(stale, results, strict=True):
                 if isinstance(result, BaseException):
                     log.warning("model discovery failed", extra={"upstream": up.name, "error": type(result).__name__})
-                    continue  # keep what we knew; try again after the TTL
-                self._fetched_at[up.name] = now
+                    self._next_fetch[up.name] = now + min(self.ttl, RETRY_FAILED_AFTER)
+                    continue  # keep what we knew
+                self._next_fetch[up.name] = now + self.ttl
                 for obj in result:
                     self._objects[f"{up.name}\0{obj['id']}"] = obj
                 names = frozenset(m["id"] for m in result)
@@ -60,6 +60,11 @@ class ModelCatalog:
                 up.discovered_models = names
             if changed:
                 self.router.rebuild()
+
+    async def ensure_known(self, model: str) -> None:
+        """Before refusing a model as unknown, re-read stale model lists: an upstream may have come up."""
+        if not self.router.knows(model):
+            await self.refresh()
 
     async def listing(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: served models, then aliases, each once."""
