@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import BinaryIO
 
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
+from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import Route
 
-from chatgate import __version__
-from chatgate.api import errors, health, openai
+from chatgate.api import docs, health, openai
+from chatgate.api.errors import EXCEPTION_HANDLERS
 from chatgate.api.middleware import ApiKeyAuth, BodyLimit, RequestLog
-from chatgate.api.protocol import ChatCompletionRequest, EmbeddingRequest
 from chatgate.identity.keys import ADMIN, StaticKeys, bootstrap_admin_digest
+from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
 from chatgate.pipeline import Services
 from chatgate.settings import Settings, load_settings
@@ -49,45 +49,58 @@ def build_services(settings: Settings) -> Services:
     return Services(upstream=client, catalog=ModelCatalog(client, settings.server.models_cache_ttl))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, access_stream: BinaryIO | None = None) -> Starlette:
+    """The gateway. ``access_stream`` receives the JSON access log instead of standard error (tests)."""
     settings = settings or load_settings()
     configure_logging(settings.log)
-    admin_digest, new_key = bootstrap_admin_digest(settings.data_dir, _secret(settings.admin_key))
+    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    admin_digest, new_key = bootstrap_admin_digest(settings.data_dir, admin_key)
     if new_key:
         print_new_admin_key(new_key, settings)
     services = build_services(settings)
+    access_log = AccessLog(settings.log, raw=access_stream)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.started = time.monotonic()
         await services.catalog.refresh(force=True)
         if not services.upstream.router.upstreams:
             log.warning("no upstream configured: every model is unknown until one is (see docs/configuration.md)")
+        # Start-up objects live as long as the process: keep them out of every garbage collection.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
             await services.upstream.close()
+            access_log.flush()
 
-    app = FastAPI(
-        title="chatgate",
-        version=__version__,
-        description="A self-hosted, OpenAI-compatible chat gateway.",
-        lifespan=lifespan,
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", openai.chat_completions(services), methods=["POST"]),
+            Route("/v1/embeddings", openai.embeddings(services), methods=["POST"]),
+            Route("/v1/models", openai.list_models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", openai.get_model, methods=["GET"]),
+            Route("/health", health.health, methods=["GET"]),
+            Route("/ready", health.ready, methods=["GET"]),
+            *docs.routes(),
+        ],
         middleware=[
-            Middleware(RequestLog),
+            Middleware(RequestLog, access_log=access_log),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
             Middleware(
-                ApiKeyAuth, authenticator=StaticKeys({admin_digest: ADMIN}), public_paths=settings.server.public_paths
+                ApiKeyAuth,
+                authenticator=StaticKeys({admin_digest: ADMIN}),
+                public_paths=settings.server.public_paths,
             ),
         ],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.services = services
+    app.state.access_log = access_log
     app.state.started = time.monotonic()
-    errors.install(app)
-    app.include_router(health.router)
-    app.include_router(openai.router)
-    _document_bodies(app, [ChatCompletionRequest, EmbeddingRequest])
     return app
 
 
@@ -100,27 +113,6 @@ def print_new_admin_key(key: str, settings: Settings) -> None:
     )
 
 
-def _secret(value: Any) -> str | None:
-    return value.get_secret_value() if value is not None else None
-
-
-def _document_bodies(app: FastAPI, models: list[type[BaseModel]]) -> None:
-    """Add the schemas of bodies the routes read themselves to the OpenAPI components."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
-                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(js.pop("$defs", {}))
-                components[model.__name__] = js
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and for ``chatgate serve`` workers."""
     return create_app(load_settings())

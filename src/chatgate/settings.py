@@ -113,7 +113,7 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above).")
     public_paths: list[str] = Field(
         default_factory=lambda: ["/health"],
-        description="Paths served without an API key. Add `/ready`, `/docs`, `/openapi.json` to open them.",
+        description="Paths served without an API key; `*` at the end matches a prefix (`/docs*` opens the API docs).",
     )
     models_cache_ttl: float = Field(60.0, gt=0, description="Seconds model lists discovered from upstreams are cached.")
 

@@ -1,5 +1,6 @@
 """The HTTP surface in process: auth, the unified error body on every path, limits, request ids, logs."""
 
+import io
 import json
 import logging
 from collections.abc import Iterator
@@ -8,7 +9,6 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from chatgate import pipeline
 from chatgate.app import create_app
 from chatgate.settings import Settings
 from tests.conftest import ADMIN_KEY, free_port
@@ -28,8 +28,14 @@ def settings(tmp_path: Path, base_url: str, **kw) -> Settings:
 
 
 @pytest.fixture
-def client(tmp_path, fake_b) -> Iterator[TestClient]:
-    with TestClient(create_app(settings(tmp_path, fake_b.base_url, server={"max_body_bytes": 2048}))) as c:
+def access() -> io.BytesIO:
+    return io.BytesIO()
+
+
+@pytest.fixture
+def client(tmp_path, fake_b, access) -> Iterator[TestClient]:
+    app = create_app(settings(tmp_path, fake_b.base_url, server={"max_body_bytes": 2048}), access_stream=access)
+    with TestClient(app) as c:
         yield c
 
 
@@ -47,7 +53,9 @@ def test_health_is_public_and_reports_version(client):
     assert body["status"] == "ok" and body["version"] and body["uptime_s"] >= 0
 
 
-@pytest.mark.parametrize("path", ["/v1/models", "/ready", "/docs", "/openapi.json", "/nope"])
+@pytest.mark.parametrize(
+    "path", ["/v1/models", "/ready", "/docs", "/openapi.json", "/docs/static/swagger-ui.css", "/nope"]
+)
 def test_everything_else_needs_a_key(client, path):
     err = assert_error(client.get(path), 401, "UNAUTHORIZED")
     assert err["type"] == "authentication_error"
@@ -150,7 +158,8 @@ def test_unexpected_error_is_a_500_without_internals(client, monkeypatch, caplog
     async def boom(*_a, **_k):
         raise RuntimeError("secret-token-123 in a traceback")
 
-    monkeypatch.setattr(pipeline, "chat", boom)
+    endpoint = next(r.app for r in client.app.routes if getattr(r, "path", "") == "/v1/chat/completions")
+    monkeypatch.setattr(endpoint, "run", boom)
     with caplog.at_level(logging.INFO):
         resp = client.post("/v1/chat/completions", json=CHAT, headers=AUTH)
     assert_error(resp, 500, "INTERNAL")
@@ -158,22 +167,52 @@ def test_unexpected_error_is_a_500_without_internals(client, monkeypatch, caplog
     assert "secret-token-123" not in caplog.text and "Traceback" not in caplog.text
 
 
-def test_access_log_line_has_the_request_facts(client, caplog):
-    with caplog.at_level(logging.INFO, logger="chatgate.access"):
-        client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-ID": "rid-1"})
-    rec = next(r for r in caplog.records if r.name == "chatgate.access" and r.request_id == "rid-1")
-    assert rec.route == "/v1/chat/completions" and rec.status == 200 and rec.model == "fake-model"
-    assert rec.upstream == "default" and rec.retries == 0 and rec.latency_ms > 0
-    assert rec.usage == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-    from chatgate.observe.logging import JSONFormatter
-
-    line = json.loads(JSONFormatter().format(rec))
-    assert line["request_id"] == "rid-1" and line["level"] == "info" and line["status"] == 200
+def access_lines(access: io.BytesIO) -> list[dict]:
+    return [json.loads(line) for line in access.getvalue().splitlines()]
 
 
-def test_openapi_documents_the_bodies(client):
+def test_access_log_line_has_the_request_facts(client, access):
+    client.post("/v1/chat/completions", json=CHAT, headers={**AUTH, "X-Request-ID": "rid-1"})
+    client.get("/v1/models/fake-model", headers=AUTH)
+    client.app.state.access_log.flush()
+    lines = access_lines(access)
+    line = next(e for e in lines if e["request_id"] == "rid-1")
+    assert line["route"] == "/v1/chat/completions" and line["status"] == 200 and line["model"] == "fake-model"
+    assert line["upstream"] == "default" and line["retries"] == 0 and line["latency_ms"] > 0
+    assert line["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert line["level"] == "info" and line["logger"] == "chatgate.access" and line["ts"].endswith("Z")
+    assert lines[-1]["route"] == "/v1/models/{model_id:path}" and lines[-1]["key_id"] == "bootstrap-admin"
+
+
+def test_openapi_documents_every_route(client):
     spec = client.get("/openapi.json", headers=AUTH).json()
     body = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionRequest")
     assert "ChatMessage" in spec["components"]["schemas"]
-    assert client.get("/docs", headers=AUTH).status_code == 200
+    documented = {
+        (path.replace("{model_id}", "{model_id:path}"), m.upper()) for path, ops in spec["paths"].items() for m in ops
+    }
+    served = {
+        (r.path, m)
+        for r in client.app.routes
+        if getattr(r, "methods", None) and r.path not in ("/docs", "/openapi.json")
+        for m in r.methods
+        if m != "HEAD"
+    }
+    assert documented == served
+
+
+def test_docs_page_works_offline(client):
+    page = client.get("/docs", headers=AUTH)
+    assert page.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in page.text
+    asset = client.get("/docs/static/swagger-ui-bundle.js", headers=AUTH)
+    assert asset.status_code == 200 and len(asset.content) > 100_000
+
+
+def test_public_paths_with_prefix(tmp_path, fake_b):
+    app = create_app(settings(tmp_path, fake_b.base_url, server={"public_paths": ["/health", "/docs*"]}))
+    with TestClient(app) as c:
+        assert c.get("/docs").status_code == 200
+        assert c.get("/docs/static/swagger-ui.css").status_code == 200
+        assert c.get("/openapi.json").status_code == 401
+        assert c.get("/v1/models").status_code == 401

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Send
 
-from chatgate.errors import BadRequest, ChatgateError, MethodNotAllowed, NotFound
+from chatgate.errors import ChatgateError, MethodNotAllowed, NotFound
 
 JSON = "application/json"
 
@@ -39,23 +36,9 @@ async def send_error(send: Send, exc: ChatgateError, extra_headers: Sequence[tup
     await send({"type": "http.response.body", "body": body})
 
 
-def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    return {"field": ".".join(loc) or None, "reason": first.get("msg")}
-
-
 async def _chatgate(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ChatgateError)
     return error_response(exc)
-
-
-async def _validation(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    details = _validation_details(exc)
-    where = f" in '{details['field']}'" if details["field"] else ""
-    return error_response(BadRequest(f"Invalid request{where}: {details['reason']}", details=details))
 
 
 async def _http(request: Request, exc: Exception) -> Response:
@@ -73,7 +56,4 @@ async def _http(request: Request, exc: Exception) -> Response:
     return error_response(error)
 
 
-def install(app: FastAPI) -> None:
-    app.add_exception_handler(ChatgateError, _chatgate)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(HTTPException, _http)
+EXCEPTION_HANDLERS = {ChatgateError: _chatgate, HTTPException: _http}

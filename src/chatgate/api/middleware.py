@@ -16,9 +16,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatgate.api.errors import send_error
 from chatgate.errors import ChatgateError, PayloadTooLarge, Unauthorized
 from chatgate.identity.keys import Authenticator, Principal
-from chatgate.observe.logging import ACCESS_LOGGER
+from chatgate.observe.logging import AccessLog
 
-access_log = logging.getLogger(ACCESS_LOGGER)
 error_log = logging.getLogger("chatgate.api")
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
@@ -46,8 +45,9 @@ def info(scope: Scope) -> RequestInfo:
 class RequestLog:
     """Request id in and out, one access-log line per request, and a 500 for anything unhandled."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,9 +86,8 @@ class RequestLog:
                 )
         finally:
             route = scope.get("route")
-            access_log.info(
-                "request",
-                extra={
+            self.access_log.write(
+                {
                     "request_id": request_id,
                     "method": scope["method"],
                     "route": getattr(route, "path", scope["path"]),
@@ -99,7 +98,7 @@ class RequestLog:
                     "retries": req.retries,
                     "key_id": req.principal.key_id if req.principal else None,
                     "usage": req.usage,
-                },
+                }
             )
 
 
@@ -146,10 +145,16 @@ class ApiKeyAuth:
     def __init__(self, app: ASGIApp, authenticator: Authenticator, public_paths: list[str]) -> None:
         self.app = app
         self.authenticator = authenticator
-        self.public = frozenset(public_paths)
+        self.public = frozenset(p for p in public_paths if not p.endswith("*"))
+        self.public_prefixes = tuple(p[:-1] for p in public_paths if p.endswith("*"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.public:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in self.public
+            or (self.public_prefixes and path.startswith(self.public_prefixes))
+        ):
             await self.app(scope, receive, send)
             return
         key = None
