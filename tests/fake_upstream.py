@@ -9,6 +9,7 @@ tests set them on the client request):
 - ``fail``: statuses for the first attempts, e.g. ``[500, 429]``; later attempts succeed.
 - ``retry_after``: ``Retry-After`` value sent with those failures.
 - ``reset``: this many first attempts get their connection dropped with no answer.
+- ``truncate``: this many first attempts get headers and half a body, then the connection drops.
 - ``delay``: seconds before the response headers (slow first byte).
 - ``chunk_delay``: seconds between stream chunks.
 - ``abort_after``: streams are cut (connection dropped) after this many chunks.
@@ -101,6 +102,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
     if body.get("tools"):
         fn = body["tools"][0]["function"]["name"]
         tool_calls = [{"id": "call_1", "type": "function", "function": {"name": fn, "arguments": '{"x": 1}'}}]
+    if STATS[knobs.get("id", "default")]["attempts"] <= int(knobs.get("truncate", 0)):
+        resp = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": "1000"})
+        await resp.prepare(request)
+        await resp.write(b'{"id": "chatcmpl-fake", "choi')
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
     if not body.get("stream"):
         message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
         if tool_calls:

@@ -58,16 +58,14 @@ async def chat(services: Services, turn: Turn) -> bytes | AsyncIterator[bytes]:
         raw = turn.raw if payload is turn.payload else None
         opened = await services.upstream.open("/chat/completions", payload, raw, turn.trace)
         return relay(opened, include_usage=include_usage, on_usage=turn.record_usage)
-    opened = await services.upstream.open("/chat/completions", turn.payload, turn.raw, turn.trace)
-    body = await opened.read()
+    body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
     turn.usage = usage_of(body)
     return body
 
 
 async def embeddings(services: Services, turn: Turn) -> bytes:
     await services.catalog.ensure_known(turn.payload["model"])
-    opened = await services.upstream.open("/embeddings", turn.payload, turn.raw, turn.trace)
-    body = await opened.read()
+    body = await services.upstream.call("/embeddings", turn.payload, turn.raw, turn.trace)
     turn.usage = usage_of(body)
     return body
 

@@ -61,8 +61,7 @@ def chat(model: str = "fake-model", **fake: Any) -> dict[str, Any]:
 async def call(client: UpstreamClient, payload: dict[str, Any]) -> tuple[dict[str, Any], CallTrace]:
     trace = CallTrace()
     try:
-        opened = await client.open("/chat/completions", payload, orjson.dumps(payload), trace)
-        return orjson.loads(await opened.read()), trace
+        return orjson.loads(await client.call("/chat/completions", payload, orjson.dumps(payload), trace)), trace
     finally:
         await client.close()
 
@@ -203,8 +202,7 @@ async def test_least_in_flight_spreads_concurrent_calls(fake_a, fake_b):
     async def one() -> str:
         trace = CallTrace()
         payload = chat(id=s, delay=0.3)
-        opened = await client.open("/chat/completions", payload, None, trace)
-        await opened.read()
+        await client.call("/chat/completions", payload, None, trace)
         return trace.upstream or ""
 
     names = await asyncio.gather(*(one() for _ in range(10)))
@@ -222,3 +220,24 @@ async def test_chat_defaults_fill_only_missing_fields(fake_b):
     assert sent[0]["max_tokens"] == 512
     assert sent[1]["max_tokens"] == 7
     assert "max_tokens" not in sent[2] and sent[2]["max_completion_tokens"] == 9
+
+
+async def test_answer_cut_while_reading_is_retried(fake_b):
+    client, _ = make_client(upstream(fake_b))
+    s = sid()
+    body, trace = await call(client, chat(id=s, truncate=2))
+    assert trace.retries == 2 and body["choices"]
+    assert fake_b.stats(s)["attempts"] == 3
+
+
+async def test_streams_are_opened_not_read(fake_b):
+    client, _ = make_client(upstream(fake_b))
+    payload = chat(id=sid()) | {"stream": True}
+    opened = await client.open("/chat/completions", payload, None, CallTrace())
+    try:
+        assert opened.response.headers["Content-Type"].startswith("text/event-stream")
+        assert opened.upstream.in_flight == 1  # until the stream is closed
+    finally:
+        opened.close()
+        await client.close()
+    assert opened.upstream.in_flight == 0

@@ -1,8 +1,9 @@
 """The upstream call: pick an upstream, send, retry with backoff, fall back, keep breakers honest.
 
-``UpstreamClient.open`` returns once an upstream has answered 200 with its headers; nothing has
-gone to our client by then, so every failure before that point may be retried. What comes after
-(reading the body or the stream) is the caller's, and is never retried.
+``UpstreamClient.call`` returns an upstream's whole answer; ``UpstreamClient.open`` returns once an
+upstream has answered 200 with its headers, for streaming. Nothing has gone to our client by
+then, so every failure before that point may be retried. Reading the stream is the caller's,
+and is never retried: bytes may have gone to the client.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class CallTrace:
 
 
 class Opened:
-    """An upstream response with status 200, headers read. Close it when done."""
+    """A streaming upstream response with status 200, headers read. Close it when done."""
 
     __slots__ = ("_closed", "deadline", "model", "response", "upstream")
 
@@ -50,23 +51,6 @@ class Opened:
         self.model = model
         self.deadline = deadline
         self._closed = False
-
-    async def read(self) -> bytes:
-        """The whole body (non-streaming), within the call's total deadline."""
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                body = await self.response.read()
-            self.close()
-            return body
-        except TimeoutError:
-            self.close(failed=True)
-            raise UpstreamTimeout("The model took too long to answer.") from None
-        except _CONNECT_ERRORS:
-            self.close(failed=True)
-            raise UpstreamError("The model's server closed the connection before answering in full.") from None
-        except BaseException:
-            self.close(abort=True)
-            raise
 
     def close(self, *, failed: bool = False, abort: bool = False) -> None:
         """Give the connection back (or drop it, when the body was not read in full)."""
@@ -130,13 +114,21 @@ class UpstreamClient:
             headers["Authorization"] = f"Bearer {up.api_key}"
         return headers
 
-    async def open(
-        self,
-        path: str,
-        payload: dict[str, Any],
-        raw: bytes | None,
-        trace: CallTrace,
-    ) -> Opened:
+    async def call(self, path: str, payload: dict[str, Any], raw: bytes | None, trace: CallTrace) -> bytes:
+        """The upstream's whole answer (non-streaming). Failures while reading it are retried too."""
+        result = await self._send(path, payload, raw, trace, read=True)
+        assert isinstance(result, bytes)
+        return result
+
+    async def open(self, path: str, payload: dict[str, Any], raw: bytes | None, trace: CallTrace) -> Opened:
+        """An upstream response with status 200 whose body (a stream) the caller reads."""
+        result = await self._send(path, payload, raw, trace, read=False)
+        assert isinstance(result, Opened)
+        return result
+
+    async def _send(
+        self, path: str, payload: dict[str, Any], raw: bytes | None, trace: CallTrace, *, read: bool
+    ) -> Opened | bytes:
         """Send ``payload`` (``raw`` is its exact bytes, reused when no field changes) to ``path``.
 
         Tries the requested model, then its fallbacks; each with retries and backoff.
@@ -154,7 +146,7 @@ class UpstreamClient:
                 made += 1
                 body = _body_for(up, path, served, payload, raw)
                 try:
-                    return await self._attempt(up, path, body, served, deadline)
+                    return await self._attempt(up, path, body, served, deadline, read)
                 except _Attempt as failed:
                     last = failed
                 tries += 1
@@ -176,28 +168,40 @@ class UpstreamClient:
         assert last is not None
         raise last.error
 
-    async def _attempt(self, up: Upstream, path: str, body: bytes, served: str, deadline: float) -> Opened:
+    async def _attempt(
+        self, up: Upstream, path: str, body: bytes, served: str, deadline: float, read: bool
+    ) -> Opened | bytes:
         loop = asyncio.get_running_loop()
         attempt_deadline = deadline if up.timeout is None else min(deadline, loop.time() + up.timeout)
         first_byte = min(attempt_deadline, loop.time() + self.timeouts.first_byte)
         up.in_flight += 1
         opened = False
+        headers_in = False
         try:
-            async with asyncio.timeout_at(first_byte):
+            async with asyncio.timeout_at(first_byte) as timer:
                 resp = await self.session.post(up.base_url + path, data=body, headers=self.headers_for(up))
-                if resp.status == 200:
+                headers_in = True
+                if resp.status == 200 and not read:
                     up.breaker.record_success()
                     opened = True
                     return Opened(resp, up, served, attempt_deadline)
+                if resp.status == 200:
+                    timer.reschedule(attempt_deadline)  # from here on, only the total timeout applies
                 try:
-                    error_body = await resp.read()
+                    answer = await resp.read()
                 finally:
                     resp.release()
+                if resp.status == 200:
+                    up.breaker.record_success()
+                    return answer
         except TimeoutError:
             up.breaker.record_failure()
-            raise _Attempt(UpstreamTimeout("The model took too long to start answering.")) from None
+            late = "finish" if headers_in else "start"
+            raise _Attempt(UpstreamTimeout(f"The model took too long to {late} answering.")) from None
         except _CONNECT_ERRORS:
             up.breaker.record_failure()
+            if headers_in:
+                raise _Attempt(UpstreamError("The model's server broke off its answer.")) from None
             raise _Attempt(UpstreamError("Could not reach the model's server.")) from None
         except BaseException:
             up.breaker.release()
@@ -205,7 +209,7 @@ class UpstreamClient:
         finally:
             if not opened:
                 up.in_flight -= 1
-        raise _status_failure(up, resp.status, resp.headers.get("Retry-After"), error_body)
+        raise _status_failure(up, resp.status, resp.headers.get("Retry-After"), answer)
 
 
 def _body_for(up: Upstream, path: str, served: str, payload: dict[str, Any], raw: bytes | None) -> bytes:
