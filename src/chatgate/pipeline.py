@@ -12,7 +12,6 @@ as their issues land. Nothing here knows about HTTP.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +20,7 @@ import orjson
 from chatgate.identity.keys import Principal
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
-from chatgate.upstream.stream import ask_for_usage, relay
+from chatgate.upstream.stream import Relay, ask_for_usage
 
 
 @dataclass(slots=True)
@@ -50,14 +49,14 @@ class Turn:
         self.usage = usage
 
 
-async def chat(services: Services, turn: Turn) -> bytes | AsyncIterator[bytes]:
+async def chat(services: Services, turn: Turn) -> bytes | Relay:
     """A chat completion: the upstream's JSON body, or an iterator of SSE bytes when streaming."""
     await services.catalog.ensure_known(turn.payload["model"])
     if turn.stream:
         payload, include_usage = ask_for_usage(turn.payload)
         raw = turn.raw if payload is turn.payload else None
         opened = await services.upstream.open("/chat/completions", payload, raw, turn.trace)
-        return relay(opened, include_usage=include_usage, on_usage=turn.record_usage)
+        return Relay(opened, include_usage=include_usage, on_usage=turn.record_usage)
     body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
     turn.usage = usage_of(body)
     return body

@@ -10,7 +10,7 @@ from chatgate.settings import RetrySettings, TimeoutSettings
 from chatgate.upstream.client import CallTrace, UpstreamClient
 from chatgate.upstream.routing import Router, Upstream
 from chatgate.upstream.sse import SSEDecoder
-from chatgate.upstream.stream import ask_for_usage, relay
+from chatgate.upstream.stream import Relay, ask_for_usage
 
 
 async def run(fake: Any, client_options: dict[str, Any] | None = None, **knobs: Any) -> tuple[list[Any], list[Any]]:
@@ -28,7 +28,7 @@ async def run(fake: Any, client_options: dict[str, Any] | None = None, **knobs: 
     usages: list[Any] = []
     try:
         opened = await client.open("/chat/completions", sent, None, CallTrace())
-        out = b"".join([c async for c in relay(opened, include_usage=wanted, on_usage=usages.append)])
+        out = b"".join([c async for c in Relay(opened, include_usage=wanted, on_usage=usages.append)])
     finally:
         await client.close()
     assert up.in_flight == 0
@@ -92,3 +92,18 @@ async def test_stream_without_done_is_ended_for_the_client(fake_b):
     events, _ = await run(fake_b, no_done=True)
     assert texts(events) == "echo: one two three " and events[-1].is_done
     assert not any(e.data and b'"error"' in e.data for e in events)
+
+
+async def test_relay_closed_before_its_first_chunk_frees_the_upstream(fake_b):
+    up = Upstream(name="b", base_url=fake_b.base_url, configured_models=("fake-model",))
+    client = UpstreamClient(Router([up]), RetrySettings(), TimeoutSettings())
+    payload = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    try:
+        relay = Relay(await client.open("/chat/completions", payload, None, CallTrace()), include_usage=False)
+        assert up.in_flight == 1
+        await relay.aclose()  # the client left before anything was sent
+        assert up.in_flight == 0
+        await relay.aclose()  # idempotent
+        assert up.in_flight == 0
+    finally:
+        await client.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from starlette.types import Receive, Send
 
@@ -48,16 +48,19 @@ async def send_bytes(send: Send, status: int, body: bytes, headers: Headers = JS
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_stream(send: Send, chunks: AsyncIterator[bytes], headers: Headers = SSE_HEADERS) -> None:
-    """Each chunk goes out as it comes; nothing is buffered."""
-    await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
+class Chunks(Protocol):
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
+
+
+async def send_stream(send: Send, chunks: Chunks, headers: Headers = SSE_HEADERS) -> None:
+    """Each chunk goes out as it comes; nothing is buffered. ``chunks`` is closed whatever happens."""
     try:
+        await send({"type": "http.response.start", "status": 200, "headers": list(headers)})
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await chunks.aclose()
     await send({"type": "http.response.body", "body": b""})
 
 

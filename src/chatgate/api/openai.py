@@ -6,7 +6,7 @@ framework request object, no dependency resolution; errors are answered right he
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,9 +20,10 @@ from chatgate.api.errors import send_error
 from chatgate.api.middleware import RequestInfo, info
 from chatgate.api.protocol import check_chat, check_embeddings, parse_object
 from chatgate.errors import ChatgateError, ModelNotFound
+from chatgate.upstream.stream import Relay
 
 Check = Callable[[dict[str, Any]], None]
-Run = Callable[[pipeline.Services, pipeline.Turn], Awaitable[bytes | AsyncIterator[bytes]]]
+Run = Callable[[pipeline.Services, pipeline.Turn], Awaitable[bytes | Relay]]
 
 
 class PipelineEndpoint:

@@ -189,8 +189,10 @@ class UpstreamClient:
                     timer.reschedule(attempt_deadline)  # from here on, only the total timeout applies
                 try:
                     answer = await resp.read()
-                finally:
-                    resp.release()
+                except BaseException:
+                    resp.close()  # half-read: the connection cannot be reused
+                    raise
+                resp.release()
                 if resp.status == 200:
                     up.breaker.record_success()
                     return answer

@@ -8,7 +8,7 @@ gone out there is no retry and no status code left to change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -44,7 +44,26 @@ def _is_usage_only(data: bytes) -> tuple[bool, dict[str, Any] | None]:
     return not chunk.get("choices"), chunk["usage"]
 
 
-async def relay(opened: Opened, *, include_usage: bool, on_usage: UsageSink | None = None) -> AsyncIterator[bytes]:
+class Relay:
+    """The SSE bytes for our client, as an async iterable whose ``aclose`` always frees the upstream.
+
+    (A plain async generator that is closed before its first step never runs its ``finally``:
+    a client that leaves just as the stream opens would leak the upstream connection.)
+    """
+
+    def __init__(self, opened: Opened, *, include_usage: bool, on_usage: UsageSink | None = None) -> None:
+        self._opened = opened
+        self._chunks = _relay(opened, include_usage, on_usage)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+        self._opened.close(abort=True)  # a no-op when the relay finished and closed it already
+
+
+async def _relay(opened: Opened, include_usage: bool, on_usage: UsageSink | None) -> AsyncGenerator[bytes, None]:
     """Yield SSE bytes for our client. Always ends with ``data: [DONE]``."""
     decoder = SSEDecoder()
     failed = False
