@@ -99,6 +99,85 @@ class LocalModelSettings(_Section):
     )
 
 
+class StoreSettings(_Section):
+    queue_max: int = Field(
+        100_000, ge=100, description="Writes the write-behind queue holds before it drops (and counts) new ones."
+    )
+    batch_size: int = Field(1000, ge=1, description="Most writes flushed to the database in one transaction.")
+    flush_interval: float = Field(0.05, gt=0, description="Seconds the write-behind queue waits to gather a batch.")
+    keep_inline_bytes: bool = Field(
+        False, description="Store inline data (images, audio) of messages as sent; otherwise as a SHA-256 and a size."
+    )
+    inline_bytes_limit: int = Field(
+        2048, ge=0, description="Inline data up to this many characters is always stored as sent."
+    )
+
+
+class JWTClaims(_Section):
+    user_id: str = Field("sub", description="Claim holding the user id.")
+    name: str = Field("name", description="Claim holding the display name.")
+    email: str = Field("email", description="Claim holding the e-mail address.")
+    roles: str = Field("role", description="Claim holding the role (a string) or roles (a list).")
+
+
+class JWTSettings(_Section):
+    secret: SecretStr | None = Field(
+        None, description="HS256 shared secret; setting it (or a key file) turns JWT sign-in on."
+    )
+    public_key_file: Path | None = Field(None, description="RS256 public key (PEM).")
+    jwks_file: Path | None = Field(None, description="RS256 keys as a JWKS file (picked by `kid`).")
+    issuer: str | None = Field(None, description="Required `iss` claim.")
+    audience: str | None = Field(None, description="Required `aud` claim.")
+    leeway: float = Field(30.0, ge=0, description="Seconds of clock skew allowed on `exp`, `nbf` and `iat`.")
+    claims: JWTClaims = Field(default_factory=JWTClaims, description="Claim mapping.")
+
+
+class ForwardedHeaders(_Section):
+    user_id: str = Field("X-OpenWebUI-User-Id", description="Header with the end user's id.")
+    user_name: str = Field("X-OpenWebUI-User-Name", description="Header with the end user's name (URL-encoded).")
+    user_email: str = Field("X-OpenWebUI-User-Email", description="Header with the end user's e-mail.")
+    user_role: str = Field("X-OpenWebUI-User-Role", description="Header with the end user's role.")
+    chat_id: str = Field("X-OpenWebUI-Chat-Id", description="Header with the conversation id.")
+    message_id: str = Field("X-OpenWebUI-Message-Id", description="Header with the message id.")
+
+
+class IdentitySettings(_Section):
+    openwebui_jwt_secret: SecretStr | None = Field(
+        None, description="Open WebUI's FORWARD_USER_INFO_HEADER_JWT_SECRET: verifies X-OpenWebUI-User-Jwt."
+    )
+    openwebui_jwt_header: str = Field(
+        "X-OpenWebUI-User-Jwt", description="Header carrying Open WebUI's signed identity."
+    )
+    jwt: JWTSettings = Field(default_factory=JWTSettings, description="Sign-in with the deployer's JWTs (Bearer).")
+    forwarded_headers: ForwardedHeaders = Field(
+        default_factory=ForwardedHeaders,
+        description="Identity headers honoured from keys with the `trusted_forwarder` scope only.",
+    )
+    allow_anonymous: bool = Field(False, description="Serve chat to callers without a key, identified by client IP.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDRs whose X-Forwarded-For is believed (anonymous callers' IP).",
+    )
+    key_cache_ttl: float = Field(30.0, ge=0, description="Seconds a database API key lookup is cached in memory.")
+
+
+class SessionSettings(_Section):
+    cache_size: int = Field(1000, ge=1, description="Sessions kept hot in memory (LRU).")
+    cache_ttl: float = Field(3600.0, gt=0, description="Seconds an idle session stays hot.")
+    history_turns: int = Field(10, ge=0, description="Turns of stored history sent with each chat-API message.")
+    max_concurrent_per_user: int | None = Field(
+        None, ge=1, description="Concurrent requests one user may have in flight (429 above); unset: no cap."
+    )
+    research_models: list[str] = Field(
+        default_factory=list, description="Model names (or aliases) whose requests count as research."
+    )
+    system_prompt_template: str | None = Field(
+        None,
+        description="Personalisation system prompt, e.g. `You are talking to {name} at {datetime} ({timezone}).` "
+        "Placeholders: name, email, datetime, date, time, timezone, language, location. Off when unset.",
+    )
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -138,7 +217,10 @@ class Settings(BaseSettings):
     fallbacks: dict[str, list[str]] = Field(
         default_factory=dict, description="Model -> models tried in order when it fails after retries."
     )
-    database_url: str | None = Field(None, description="Store URL (used from the store issue on).")
+    database_url: str | None = Field(
+        None,
+        description="Store URL, e.g. `postgresql+asyncpg://user:pw@host/db`. Unset: SQLite in the data directory.",
+    )
     redis_url: str | None = Field(None, description="Redis URL (used from the limits and cache issues on).")
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Upstream retries.")
@@ -146,6 +228,9 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings, description="Per-upstream circuit breaker.")
     local: LocalModelSettings = Field(default_factory=LocalModelSettings, description="The bundled local model.")
     log: LogSettings = Field(default_factory=LogSettings, description="Logging.")
+    store: StoreSettings = Field(default_factory=StoreSettings, description="Database writes.")
+    identity: IdentitySettings = Field(default_factory=IdentitySettings, description="Who is calling.")
+    sessions: SessionSettings = Field(default_factory=SessionSettings, description="Conversations.")
 
     @classmethod
     def settings_customise_sources(
