@@ -13,14 +13,22 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from chatgate.api import docs, health, openai
+from chatgate.api import chat_api, docs, health, openai
+from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
-from chatgate.api.middleware import ApiKeyAuth, BodyLimit, RequestLog
-from chatgate.identity.keys import ADMIN, StaticKeys, bootstrap_admin_digest
+from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog
+from chatgate.identity.jwt import JWTVerifier
+from chatgate.identity.keys import ADMIN, Credentials, JWTSignIn, StaticKeys, StoredKeys, bootstrap_admin_digest
+from chatgate.identity.resolve import IdentityResolver
 from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
 from chatgate.pipeline import Services
+from chatgate.sessions.connections import Connections
+from chatgate.sessions.manager import SessionManager
+from chatgate.sessions.personalise import Personaliser
 from chatgate.settings import Settings, load_settings
+from chatgate.store.db import Store, database_url
+from chatgate.store.writebehind import WriteBehind
 from chatgate.upstream.breaker import CircuitBreaker
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import UpstreamClient
@@ -28,8 +36,10 @@ from chatgate.upstream.routing import Router, Upstream
 
 log = logging.getLogger("chatgate")
 
+ANONYMOUS_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/api/v1/chat"})
 
-def build_services(settings: Settings) -> Services:
+
+def build_upstream(settings: Settings) -> UpstreamClient:
     upstreams = [
         Upstream(
             name=u.name,
@@ -45,8 +55,22 @@ def build_services(settings: Settings) -> Services:
         for u in settings.all_upstreams()
     ]
     router = Router(upstreams, aliases=settings.all_aliases(), fallbacks=settings.fallbacks)
-    client = UpstreamClient(router, settings.retry, settings.timeouts)
-    return Services(upstream=client, catalog=ModelCatalog(client, settings.server.models_cache_ttl))
+    return UpstreamClient(router, settings.retry, settings.timeouts)
+
+
+def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Services:
+    client = build_upstream(settings)
+    template = settings.sessions.system_prompt_template
+    return Services(
+        upstream=client,
+        catalog=ModelCatalog(client, settings.server.models_cache_ttl),
+        resolver=IdentityResolver(settings.identity),
+        sessions=SessionManager(store, writer, settings.sessions),
+        connections=Connections(settings.sessions.max_concurrent_per_user),
+        store_settings=settings.store,
+        research_models=frozenset(settings.sessions.research_models),
+        personaliser=Personaliser(template) if template else None,
+    )
 
 
 def create_app(settings: Settings | None = None, access_stream: BinaryIO | None = None) -> Starlette:
@@ -57,12 +81,31 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
     admin_digest, new_key = bootstrap_admin_digest(settings.data_dir, admin_key)
     if new_key:
         print_new_admin_key(new_key, settings)
-    services = build_services(settings)
     access_log = AccessLog(settings.log, raw=access_stream)
+    jwt = JWTVerifier(settings.identity.jwt)  # reads its key files now: a bad path fails at start
+    credentials = Credentials(StaticKeys({admin_digest: ADMIN}))
+    if settings.sessions.system_prompt_template:
+        Personaliser(settings.sessions.system_prompt_template)  # a bad template fails at start, not per request
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.started = time.monotonic()
+        store = await Store.open(database_url(settings))
+        writer = WriteBehind(
+            store,
+            max_size=settings.store.queue_max,
+            batch_size=settings.store.batch_size,
+            flush_interval=settings.store.flush_interval,
+        )
+        await writer.start()
+        services = build_services(settings, store, writer)
+        app.state.services = services
+        stored = StoredKeys(store, writer, ttl=settings.identity.key_cache_ttl)
+        credentials.authenticators = (
+            *credentials.authenticators,
+            stored,
+            *([JWTSignIn(jwt, settings.identity.jwt.claims)] if jwt.enabled else []),
+        )
         await services.catalog.refresh(force=True)
         if not services.upstream.router.upstreams:
             log.warning("no upstream configured: every model is unknown until one is (see docs/configuration.md)")
@@ -73,14 +116,21 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             yield
         finally:
             await services.upstream.close()
+            await writer.close()  # drains: nothing accepted is lost on a clean shutdown
+            await store.close()
             access_log.flush()
 
     app = Starlette(
         routes=[
-            Route("/v1/chat/completions", openai.chat_completions(services), methods=["POST"]),
-            Route("/v1/embeddings", openai.embeddings(services), methods=["POST"]),
+            Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", openai.embeddings, methods=["POST"]),
             Route("/v1/models", openai.list_models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", openai.get_model, methods=["GET"]),
+            Route("/api/v1/chat", Endpoint(chat_api.chat), methods=["POST"]),
+            Route("/api/v1/chat/sessions", chat_api.list_sessions, methods=["GET"]),
+            Route("/api/v1/chat/sessions/stats", chat_api.session_stats, methods=["GET"]),
+            Route("/api/v1/chat/sessions/{session_id}", chat_api.get_session, methods=["GET"]),
+            Route("/api/v1/chat/sessions/{session_id}", chat_api.delete_session, methods=["DELETE"]),
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             *docs.routes(),
@@ -89,16 +139,16 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Middleware(RequestLog, access_log=access_log),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
             Middleware(
-                ApiKeyAuth,
-                authenticator=StaticKeys({admin_digest: ADMIN}),
+                Authenticate,
+                authenticator=credentials,
                 public_paths=settings.server.public_paths,
+                anonymous_paths=ANONYMOUS_PATHS if settings.identity.allow_anonymous else frozenset(),
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.services = services
     app.state.access_log = access_log
     app.state.started = time.monotonic()
     return app

@@ -1,4 +1,4 @@
-"""The command line: ``chatgate serve | version | config show | config docs``."""
+"""The command line: ``chatgate serve | version | config show | config docs | keys ... | users ...``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,10 @@ def parser() -> argparse.ArgumentParser:
     docs = config_sub.add_parser("docs", help="print the configuration reference (Markdown)")
     docs.add_argument("--output", help="write to this file instead of stdout")
     docs.set_defaults(func=cmd_config_docs)
+
+    from chatgate.cli_store import add_parsers
+
+    add_parsers(sub, _settings)
     return p
 
 

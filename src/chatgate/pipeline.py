@@ -1,25 +1,39 @@
 """The request path: every chat request, whatever door it came in by, goes through these steps.
 
-1. identify -- who is calling (the API key, checked by ``api/middleware.ApiKeyAuth``).
-2. route    -- the model must be known; stale discovered model lists are re-read first.
-3. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
+1. identify -- who is calling: the API key or JWT (checked by ``api/middleware.Authenticate``),
+               then signed identity, trusted headers, ``metadata``, the ``user`` field.
+2. session  -- the conversation's session (get or create; ephemeral without a key), and the
+               request counted in flight for its user.
+3. fit      -- the personalised system prompt, when configured.
+4. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
                streams are relayed as they arrive.
-4. account  -- usage recorded on the turn for logs (and, later, analytics and limits).
+5. account  -- usage and request kind on the session, the new messages and the reply queued
+               for the store (write-behind), the in-flight count released.
 
-Sessions, admission, context fitting, grounding and caching slot in between identify and call
-as their issues land. Nothing here knows about HTTP.
+Admission, grounding and caching slot in as their issues land. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from chatgate.errors import NotFound
 from chatgate.identity.keys import Principal
+from chatgate.identity.model import Resolved
+from chatgate.identity.resolve import IdentityResolver
+from chatgate.sessions.connections import Connection, Connections
+from chatgate.sessions.manager import Session, SessionManager
+from chatgate.sessions.messages import compact, dedupe_key, request_kind
+from chatgate.sessions.personalise import Personaliser
+from chatgate.settings import StoreSettings
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
+from chatgate.upstream.sse import encode_data
 from chatgate.upstream.stream import Relay, ask_for_usage
 
 
@@ -29,6 +43,12 @@ class Services:
 
     upstream: UpstreamClient
     catalog: ModelCatalog
+    resolver: IdentityResolver
+    sessions: SessionManager
+    connections: Connections
+    store_settings: StoreSettings
+    research_models: frozenset[str] = frozenset()
+    personaliser: Personaliser | None = None
 
 
 @dataclass(slots=True)
@@ -37,9 +57,14 @@ class Turn:
 
     payload: dict[str, Any]
     raw: bytes | None  # the exact request bytes, sent on as they are while the payload is unchanged
-    principal: Principal | None = None
+    principal: Principal
+    headers: Mapping[str, str] = field(default_factory=dict)
+    client_ip: str | None = None
+    source: str | None = None  # the door: None lets identity decide (openai / openwebui)
     trace: CallTrace = field(default_factory=CallTrace)
     usage: dict[str, Any] | None = None
+    resolved: Resolved | None = None
+    session: Session | None = None
 
     @property
     def stream(self) -> bool:
@@ -49,30 +74,247 @@ class Turn:
         self.usage = usage
 
 
+def identify(services: Services, turn: Turn) -> Resolved:
+    had_metadata = "metadata" in turn.payload
+    resolved = services.resolver.resolve(
+        turn.principal, turn.headers, turn.payload, turn.client_ip, turn.headers.get("x-forwarded-for")
+    )
+    if had_metadata:
+        turn.raw = None  # metadata was taken out: the upstream gets the payload re-serialised
+    turn.resolved = resolved
+    return resolved
+
+
+async def open_session(services: Services, turn: Turn, key: str | None) -> tuple[Session, Connection]:
+    assert turn.resolved is not None
+    identity = turn.resolved.identity
+    session = await services.sessions.get_or_create(identity, key, turn.source or turn.resolved.channel)
+    turn.session = session
+    conn = services.connections.enter(
+        identity.user_id, None if session.ephemeral else session.id, turn.resolved.message_id
+    )
+    return session, conn
+
+
+def personalise(services: Services, turn: Turn, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if services.personaliser is None or turn.resolved is None:
+        return messages
+    identity = turn.resolved.identity
+    return services.personaliser.apply(messages, services.personaliser.prompt(identity.variables, identity.email))
+
+
 async def chat(services: Services, turn: Turn) -> bytes | Relay:
-    """A chat completion: the upstream's JSON body, or an iterator of SSE bytes when streaming."""
+    """An OpenAI chat completion (client-side history): JSON body, or a relay of SSE bytes."""
+    resolved = identify(services, turn)
     await services.catalog.ensure_known(turn.payload["model"])
-    if turn.stream:
-        payload, include_usage = ask_for_usage(turn.payload)
-        raw = turn.raw if payload is turn.payload else None
-        opened = await services.upstream.open("/chat/completions", payload, raw, turn.trace)
-        return Relay(opened, include_usage=include_usage, on_usage=turn.record_usage)
-    body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
-    turn.usage = usage_of(body)
-    return body
+    session, conn = await open_session(services, turn, resolved.conversation_key)
+    client_messages: list[dict[str, Any]] = turn.payload["messages"]
+    handed = False  # once a stream is returned, its end releases the connection
+    try:
+        fitted = personalise(services, turn, client_messages)
+        if fitted is not client_messages:
+            turn.payload = {**turn.payload, "messages": fitted}
+            turn.raw = None
+        if turn.stream:
+            payload, include_usage = ask_for_usage(turn.payload)
+            raw = turn.raw if payload is turn.payload else None
+            opened = await services.upstream.open("/chat/completions", payload, raw, turn.trace)
+            reply: list[str] = []
+
+            def end(completed: bool) -> None:
+                try:
+                    if completed:
+                        account(services, turn, client_messages, "".join(reply), None)
+                finally:
+                    services.connections.leave(conn)
+
+            relay = Relay(
+                opened,
+                include_usage=include_usage,
+                on_usage=turn.record_usage,
+                on_delta=None if session.ephemeral else reply.append,
+                on_end=end,
+            )
+            handed = True
+            return relay
+        body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
+        answer = _parse(body)
+        turn.usage = _usage(answer)
+        account(services, turn, client_messages, _reply_content(answer), None)
+        return body
+    finally:
+        if not handed:
+            services.connections.leave(conn)
 
 
-async def embeddings(services: Services, turn: Turn) -> bytes:
-    await services.catalog.ensure_known(turn.payload["model"])
-    body = await services.upstream.call("/embeddings", turn.payload, turn.raw, turn.trace)
-    turn.usage = usage_of(body)
-    return body
+def account(services: Services, turn: Turn, client_messages: list[dict[str, Any]], reply: Any, tool_calls: Any) -> None:
+    """Counts on the session; new client messages and the reply queued for the store."""
+    session, resolved = turn.session, turn.resolved
+    assert session is not None and resolved is not None
+    usage = turn.usage or {}
+    kind = request_kind(turn.payload, resolved.features, services.research_models)
+    services.sessions.record(
+        session, kind, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    )
+    if session.ephemeral:
+        return
+    keep, limit = services.store_settings.keep_inline_bytes, services.store_settings.inline_bytes_limit
+    for position, msg in _new_messages(client_messages, first=session.is_first_message):
+        mid = resolved.message_id if position == len(client_messages) - 1 else None
+        content = compact(msg.get("content"), keep, limit)
+        services.sessions.add_message(
+            session,
+            str(msg.get("role")),
+            content,
+            dedupe_key(position, str(msg.get("role")), msg.get("content"), mid),
+            client_message_id=mid,
+        )
+    if reply is not None:
+        services.sessions.add_message(
+            session,
+            "assistant",
+            reply,
+            dedupe_key(len(client_messages), "assistant", reply),
+            tokens=usage.get("completion_tokens"),
+            model=turn.trace.model,
+        )
 
 
-def usage_of(body: bytes) -> dict[str, Any] | None:
+def _new_messages(messages: list[dict[str, Any]], *, first: bool) -> list[tuple[int, dict[str, Any]]]:
+    """The whole history on a conversation's first sight; afterwards what follows the last reply."""
+    start = 0
+    if not first:
+        for i in range(len(messages) - 1, -1, -1):
+            if messages[i].get("role") == "assistant":
+                start = i + 1
+                break
+    return [(i, m) for i, m in enumerate(messages) if i >= start and isinstance(m, dict)]
+
+
+def _parse(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    usage = data.get("usage") if isinstance(data, dict) else None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _usage(data: dict[str, Any]) -> dict[str, Any] | None:
+    usage = data.get("usage")
     return usage if isinstance(usage, dict) else None
+
+
+def _reply_content(data: dict[str, Any]) -> Any:
+    choices = data.get("choices")
+    if not choices or not isinstance(choices[0], dict):
+        return None
+    message = choices[0].get("message") or {}
+    if message.get("tool_calls"):
+        return [
+            {"type": "tool_calls", "tool_calls": message["tool_calls"]},
+            *([{"type": "text", "text": message["content"]}] if message.get("content") else []),
+        ]
+    return message.get("content")
+
+
+async def embeddings(services: Services, turn: Turn) -> bytes:
+    identify(services, turn)
+    await services.catalog.ensure_known(turn.payload["model"])
+    body = await services.upstream.call("/embeddings", turn.payload, turn.raw, turn.trace)
+    turn.usage = _usage(_parse(body))
+    return body
+
+
+# ---- the chat API: server-side history ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ChatAPIRequest:
+    message: Any  # a string, or a list of content parts
+    session_id: str | None
+    model: str
+    stream: bool
+
+
+async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[str, Any] | Relay:
+    """``POST /api/v1/chat``: the history comes from the session; the answer is plain JSON or SSE events."""
+    resolved = identify(services, turn)
+    identity = resolved.identity
+    await services.catalog.ensure_known(req.model)
+    if req.session_id is not None:
+        session = await services.sessions.find_for_user(identity.user_id, req.session_id)
+        if session is None:
+            raise NotFound("No such session.", details={"session_id": req.session_id})
+        services.sessions.saw(identity)
+    else:
+        session = await services.sessions.get_or_create(identity, "api-" + uuid.uuid4().hex, "chat-api")
+    turn.session = session
+    conn = services.connections.enter(identity.user_id, session.id, resolved.message_id)
+    handed = False
+    try:
+        history = services.sessions.history(session)
+        new = {"role": "user", "content": req.message}
+        messages = personalise(services, turn, [*history, new])
+        turn.payload = {"model": req.model, "messages": messages, "stream": req.stream}
+        turn.raw = None
+        position = session.message_count
+        user_key = dedupe_key(position, "user", req.message, resolved.message_id)
+
+        def finish(reply: str) -> dict[str, Any]:
+            usage = turn.usage or {}
+            kind = request_kind(turn.payload, resolved.features, services.research_models)
+            services.sessions.record(
+                session, kind, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
+            services.sessions.add_message(
+                session,
+                "user",
+                compact(
+                    req.message, services.store_settings.keep_inline_bytes, services.store_settings.inline_bytes_limit
+                ),
+                user_key,
+                client_message_id=resolved.message_id,
+            )
+            services.sessions.add_message(
+                session,
+                "assistant",
+                reply,
+                dedupe_key(position + 1, "assistant", reply),
+                tokens=usage.get("completion_tokens"),
+                model=turn.trace.model,
+            )
+            return {"response": reply, "session_id": session.id, "cached": False, "sources": [], "usage": turn.usage}
+
+        if not req.stream:
+            answer = _parse(await services.upstream.call("/chat/completions", turn.payload, None, turn.trace))
+            turn.usage = _usage(answer)
+            content = _reply_content(answer)
+            return finish(content if isinstance(content, str) else "")
+        payload, _ = ask_for_usage(turn.payload)
+        opened = await services.upstream.open("/chat/completions", payload, None, turn.trace)
+        reply: list[str] = []
+        summary: dict[str, Any] = {}
+
+        def end(completed: bool) -> None:
+            services.connections.leave(conn)
+
+        def tail() -> bytes:
+            summary.update(finish("".join(reply)))
+            return encode_data(orjson.dumps({"type": "done", **summary}))
+
+        relay = Relay(
+            opened,
+            include_usage=False,
+            on_usage=turn.record_usage,
+            on_delta=reply.append,
+            transform=lambda _data, text: (
+                encode_data(orjson.dumps({"type": "delta", "content": text})) if text else b""
+            ),
+            tail=tail,
+            on_end=end,
+        )
+        handed = True
+        return relay
+    finally:
+        if not handed:
+            services.connections.leave(conn)

@@ -168,6 +168,10 @@ class SessionSettings(_Section):
     max_concurrent_per_user: int | None = Field(
         None, ge=1, description="Concurrent requests one user may have in flight (429 above); unset: no cap."
     )
+    default_model: str | None = Field(
+        None,
+        description="Model for chat-API messages that name none (default: `local` when served, else the first model).",
+    )
     research_models: list[str] = Field(
         default_factory=list, description="Model names (or aliases) whose requests count as research."
     )

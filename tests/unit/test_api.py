@@ -139,11 +139,12 @@ def test_request_id_honoured_or_generated(client):
 
 
 def test_dead_upstream_gives_502_and_server_keeps_serving(tmp_path):
+    dead = [{"name": "default", "base_url": f"http://127.0.0.1:{free_port()}/v1", "models": ["m"]}]
     app = create_app(
-        settings(tmp_path, f"http://127.0.0.1:{free_port()}/v1", upstreams=[], aliases={}, local={"enabled": "never"})
+        Settings(
+            data_dir=tmp_path, admin_key=ADMIN_KEY, upstreams=dead, retry={"max_retries": 1, "base": 0.01, "cap": 0.05}
+        )
     )
-    app.state.services.upstream.router.upstreams[0].configured_models = ("m",)
-    app.state.services.upstream.router.rebuild()
     with TestClient(app) as c:
         err = assert_error(
             c.post("/v1/chat/completions", json={**CHAT, "model": "m"}, headers=AUTH), 502, "UPSTREAM_ERROR"

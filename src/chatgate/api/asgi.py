@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
-from starlette.types import Receive, Send
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 Headers = Sequence[tuple[bytes, bytes]]
@@ -91,3 +91,13 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         raise
     finally:
         watcher.cancel()
+
+
+class Endpoint:
+    """Marks a plain ASGI function as an endpoint (Starlette would wrap a bare function as request/response)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)

@@ -20,6 +20,8 @@ from starlette.staticfiles import StaticFiles
 from chatgate import __version__
 from chatgate.api.protocol import (
     ERRORS,
+    ChatAPIRequest,
+    ChatAPIResponse,
     ChatCompletion,
     ChatCompletionRequest,
     EmbeddingRequest,
@@ -79,13 +81,47 @@ def _health() -> None: ...
 def _ready() -> None: ...
 
 
+@_doc.post(
+    "/api/v1/chat",
+    tags=["chat"],
+    summary="Send a message; the history is kept server-side (SSE events when `stream`)",
+    openapi_extra=request_body(ChatAPIRequest),
+    response_model=ChatAPIResponse,
+    responses=ERRORS,
+)
+def _chat_api() -> None: ...
+
+
+@_doc.get("/api/v1/chat/sessions", tags=["chat"], summary="The caller's sessions, newest first")
+def _sessions(limit: int = 50, offset: int = 0) -> None: ...
+
+
+@_doc.get("/api/v1/chat/sessions/stats", tags=["chat"], summary="The caller's stats (an admin also sees global ones)")
+def _session_stats() -> None: ...
+
+
+@_doc.get(
+    "/api/v1/chat/sessions/{session_id}",
+    tags=["chat"],
+    summary="A session and its messages (paginated)",
+    responses=ERRORS,
+)
+def _session(session_id: str, limit: int = 50, offset: int = 0) -> None: ...
+
+
+@_doc.delete(
+    "/api/v1/chat/sessions/{session_id}", tags=["chat"], summary="Delete a session and its messages", responses=ERRORS
+)
+def _delete_session(session_id: str) -> None: ...
+
+
 DOCUMENTED = _doc.routes
 
 
 def openapi_schema() -> dict[str, Any]:
     schema = get_openapi(title="chatgate", version=__version__, description=DESCRIPTION, routes=DOCUMENTED)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, EmbeddingRequest):
+    for model in (ChatCompletionRequest, EmbeddingRequest, ChatAPIRequest):
         js = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(js.pop("$defs", {}))
         components[model.__name__] = js

@@ -23,7 +23,9 @@ async def ready(request: Request) -> JSONResponse:
         up.name: {"reachable": reachable[up.name], "circuit": up.breaker.state.value, "in_flight": up.in_flight}
         for up in services.upstream.router.upstreams
     }
-    ok = any(reachable.values())
-    return JSONResponse(
-        {"status": "ready" if ok else "not_ready", "upstreams": upstreams}, status_code=200 if ok else 503
-    )
+    writer = services.sessions.writer
+    queue = {"depth": writer.depth, "drops": writer.drops, "written": writer.written, "failures": writer.failures}
+    store = {"reachable": await services.sessions.store.ping(), "queue": queue}
+    ok = any(reachable.values()) and bool(store["reachable"])
+    body = {"status": "ready" if ok else "not_ready", "upstreams": upstreams, "store": store}
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -1,6 +1,6 @@
-"""Plain ASGI middleware: request id + access log + last-resort errors, body limit, API keys.
+"""Plain ASGI middleware: request id + access log + last-resort errors, body limit, credentials.
 
-Outermost first: ``RequestLog`` -> ``BodyLimit`` -> ``ApiKeyAuth`` -> routes.
+Outermost first: ``RequestLog`` -> ``BodyLimit`` -> ``Authenticate`` -> routes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatgate.api.errors import send_error
 from chatgate.errors import ChatgateError, PayloadTooLarge, Unauthorized
-from chatgate.identity.keys import Authenticator, Principal
+from chatgate.identity.keys import ANONYMOUS, Authenticator, Principal
 from chatgate.observe.logging import AccessLog
 
 error_log = logging.getLogger("chatgate.api")
@@ -26,7 +26,7 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 class RequestInfo:
     """Per-request facts the routes fill in and the access log writes out."""
 
-    __slots__ = ("model", "principal", "request_id", "retries", "status", "upstream", "usage")
+    __slots__ = ("model", "principal", "request_id", "retries", "session_id", "status", "upstream", "usage", "user_id")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
@@ -36,6 +36,8 @@ class RequestInfo:
         self.retries = 0
         self.status = 0
         self.usage: dict[str, Any] | None = None
+        self.user_id: str | None = None
+        self.session_id: str | None = None
 
 
 def info(scope: Scope) -> RequestInfo:
@@ -97,6 +99,8 @@ class RequestLog:
                     "upstream": req.upstream,
                     "retries": req.retries,
                     "key_id": req.principal.key_id if req.principal else None,
+                    "user_id": req.user_id,
+                    "session_id": req.session_id,
                     "usage": req.usage,
                 }
             )
@@ -139,14 +143,22 @@ class BodyLimit:
         )
 
 
-class ApiKeyAuth:
-    """Every path except the public ones needs a key: ``Authorization: Bearer`` or ``x-api-key``."""
+class Authenticate:
+    """Every path except the public ones needs a credential: ``Authorization: Bearer`` (an API key or,
+    when configured, a JWT) or ``x-api-key``. Without one, ``anonymous_paths`` admit anonymous callers."""
 
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, public_paths: list[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        authenticator: Authenticator,
+        public_paths: list[str],
+        anonymous_paths: frozenset[str] = frozenset(),
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.public = frozenset(p for p in public_paths if not p.endswith("*"))
         self.public_prefixes = tuple(p[:-1] for p in public_paths if p.endswith("*"))
+        self.anonymous_paths = anonymous_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -167,16 +179,24 @@ class ApiKeyAuth:
             elif name == b"x-api-key" and value:
                 key = value.decode("latin-1").strip()
                 break
+        principal: Principal | None
         if key is None:
-            await send_error(
-                send,
-                Unauthorized("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."),
-                [(b"www-authenticate", b"Bearer")],
-            )
-            return
-        principal = await self.authenticator.authenticate(key)
-        if principal is None:
-            await send_error(send, Unauthorized("Invalid API key."), [(b"www-authenticate", b"Bearer")])
-            return
+            if path not in self.anonymous_paths:
+                await send_error(
+                    send,
+                    Unauthorized("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'."),
+                    [(b"www-authenticate", b"Bearer")],
+                )
+                return
+            principal = ANONYMOUS
+        else:
+            try:
+                principal = await self.authenticator.authenticate(key)
+            except Unauthorized as exc:  # a JWT that failed verification: say why
+                await send_error(send, exc, [(b"www-authenticate", b"Bearer")])
+                return
+            if principal is None:
+                await send_error(send, Unauthorized("Invalid API key."), [(b"www-authenticate", b"Bearer")])
+                return
         scope["chatgate"].principal = principal
         await self.app(scope, receive, send)

@@ -26,11 +26,28 @@ Check = Callable[[dict[str, Any]], None]
 Run = Callable[[pipeline.Services, pipeline.Turn], Awaitable[bytes | Relay]]
 
 
+def services_of(scope: Scope) -> pipeline.Services:
+    return scope["app"].state.services  # type: ignore[no-any-return]
+
+
+def new_turn(scope: Scope, payload: dict[str, Any], raw: bytes | None, source: str | None = None) -> pipeline.Turn:
+    req = info(scope)
+    assert req.principal is not None
+    client = scope.get("client")
+    return pipeline.Turn(
+        payload=payload,
+        raw=raw,
+        principal=req.principal,
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        client_ip=client[0] if client else None,
+        source=source,
+    )
+
+
 class PipelineEndpoint:
     """POST a JSON body through one pipeline entry point; answer JSON, or SSE for a stream."""
 
-    def __init__(self, services: pipeline.Services, check: Check, run: Run) -> None:
-        self.services = services
+    def __init__(self, check: Check, run: Run) -> None:
         self.check = check
         self.run = run
 
@@ -42,8 +59,8 @@ class PipelineEndpoint:
             payload = parse_object(raw)
             self.check(payload)
             req.model = payload["model"]
-            turn = pipeline.Turn(payload=payload, raw=raw, principal=req.principal)
-            await until_disconnect(receive, self._answer(send, turn))
+            turn = new_turn(scope, payload, raw)
+            await until_disconnect(receive, self._answer(services_of(scope), send, turn))
         except ChatgateError as exc:
             await send_error(send, exc)
         except ClientLeft:
@@ -52,8 +69,8 @@ class PipelineEndpoint:
             if turn is not None:
                 _traced(req, turn)
 
-    async def _answer(self, send: Send, turn: pipeline.Turn) -> None:
-        result = await self.run(self.services, turn)
+    async def _answer(self, services: pipeline.Services, send: Send, turn: pipeline.Turn) -> None:
+        result = await self.run(services, turn)
         if isinstance(result, bytes):
             await send_bytes(send, 200, result)
         else:
@@ -62,14 +79,14 @@ class PipelineEndpoint:
 
 def _traced(req: RequestInfo, turn: pipeline.Turn) -> None:
     req.upstream, req.retries, req.usage = turn.trace.upstream, turn.trace.retries, turn.usage
+    if turn.resolved is not None:
+        req.user_id = turn.resolved.identity.user_id
+    if turn.session is not None and not turn.session.ephemeral:
+        req.session_id = turn.session.id
 
 
-def chat_completions(services: pipeline.Services) -> PipelineEndpoint:
-    return PipelineEndpoint(services, check_chat, pipeline.chat)
-
-
-def embeddings(services: pipeline.Services) -> PipelineEndpoint:
-    return PipelineEndpoint(services, check_embeddings, pipeline.embeddings)
+chat_completions = PipelineEndpoint(check_chat, pipeline.chat)
+embeddings = PipelineEndpoint(check_embeddings, pipeline.embeddings)
 
 
 def _json(data: Any) -> Response:

@@ -149,6 +149,28 @@ class EmbeddingRequest(_Open):
     input: str | list[str] | list[int] | list[list[int]]
 
 
+class ChatAPIRequest(BaseModel):
+    """`POST /api/v1/chat`: one new message; the session holds the history."""
+
+    message: str | list[dict[str, Any]] = Field(description="Text, or OpenAI content parts (images, audio).")
+    session_id: str | None = Field(None, description="Continue this session; omitted: a new one is created.")
+    model: str | None = Field(None, description="Default: `sessions.default_model`, else `local`, else the first.")
+    use_cache: bool | None = Field(None, description="Whether a cached answer may be used.")
+    stream: bool | None = Field(
+        False,
+        description='SSE: `{"type": "delta", "content"}` events, then `{"type": "done", ...}` '
+        "(the non-streaming body), then `[DONE]`.",
+    )
+
+
+class ChatAPIResponse(BaseModel):
+    response: str
+    session_id: str
+    cached: bool
+    sources: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+
+
 class ModelObject(_Open):
     id: str
     object: Literal["model"] = "model"

@@ -87,6 +87,7 @@ def configure(settings: LogSettings, stream: TextIO | None = None) -> None:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))  # one line per migration step otherwise
 
 
 class AccessLog:

@@ -44,16 +44,52 @@ def _is_usage_only(data: bytes) -> tuple[bool, dict[str, Any] | None]:
     return not chunk.get("choices"), chunk["usage"]
 
 
+def delta_text(data: bytes) -> str:
+    """The content delta of one chat chunk ('' when there is none)."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return ""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not choices or not isinstance(choices[0], dict):
+        return ""
+    content = (choices[0].get("delta") or {}).get("content")
+    return content if isinstance(content, str) else ""
+
+
 class Relay:
     """The SSE bytes for our client, as an async iterable whose ``aclose`` always frees the upstream.
 
     (A plain async generator that is closed before its first step never runs its ``finally``:
     a client that leaves just as the stream opens would leak the upstream connection.)
+
+    Hooks: ``on_usage`` gets the usage chunk; ``on_delta`` each piece of content (chunks are
+    parsed only when it is set); ``transform`` re-encodes a data chunk for the client
+    (``b""`` drops it; default: passed on as it came); ``tail`` gives a last event before
+    ``[DONE]`` when the stream completed; ``on_end(completed)`` runs once, when it is closed.
     """
 
-    def __init__(self, opened: Opened, *, include_usage: bool, on_usage: UsageSink | None = None) -> None:
+    def __init__(
+        self,
+        opened: Opened,
+        *,
+        include_usage: bool,
+        on_usage: UsageSink | None = None,
+        on_delta: Callable[[str], None] | None = None,
+        transform: Callable[[bytes, str], bytes] | None = None,
+        tail: Callable[[], bytes] | None = None,
+        on_end: Callable[[bool], None] | None = None,
+    ) -> None:
         self._opened = opened
-        self._chunks = _relay(opened, include_usage, on_usage)
+        self.include_usage = include_usage
+        self.on_usage = on_usage
+        self.on_delta = on_delta
+        self.transform = transform
+        self.tail = tail
+        self.on_end = on_end
+        self.completed = False
+        self._ended = False
+        self._chunks = self._run()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks
@@ -61,46 +97,61 @@ class Relay:
     async def aclose(self) -> None:
         await self._chunks.aclose()
         self._opened.close(abort=True)  # a no-op when the relay finished and closed it already
+        if not self._ended:
+            self._ended = True
+            if self.on_end is not None:
+                self.on_end(self.completed)
 
+    def _data(self, data: bytes) -> bytes:
+        usage_only, usage = _is_usage_only(data)
+        if usage is not None and self.on_usage is not None:
+            self.on_usage(usage)
+        if usage_only and not self.include_usage:
+            return b""
+        text = ""
+        if self.on_delta is not None:
+            text = delta_text(data)
+            if text:
+                self.on_delta(text)
+        return self.transform(data, text) if self.transform is not None else encode_data(data)
 
-async def _relay(opened: Opened, include_usage: bool, on_usage: UsageSink | None) -> AsyncGenerator[bytes, None]:
-    """Yield SSE bytes for our client. Always ends with ``data: [DONE]``."""
-    decoder = SSEDecoder()
-    failed = False
-    done = False
-    try:
-        async with asyncio.timeout_at(opened.deadline):
-            async for chunk in opened.response.content.iter_any():
-                out: list[bytes] = []
-                for ev in decoder.feed(chunk):
-                    if ev.data is None:
-                        out.extend(encode_comment(c) for c in ev.comments)
-                        continue
-                    if ev.is_done:
-                        done = True
+    async def _run(self) -> AsyncGenerator[bytes, None]:
+        """Yield SSE bytes for our client. Always ends with ``data: [DONE]``."""
+        opened = self._opened
+        decoder = SSEDecoder()
+        failed = False
+        done = False
+        try:
+            async with asyncio.timeout_at(opened.deadline):
+                async for chunk in opened.response.content.iter_any():
+                    out: list[bytes] = []
+                    for ev in decoder.feed(chunk):
+                        if ev.data is None:
+                            out.extend(encode_comment(c) for c in ev.comments)
+                            continue
+                        if ev.is_done:
+                            done = True
+                            break
+                        out.append(self._data(ev.data))
+                    if out:
+                        yield b"".join(out)
+                    if done:
                         break
-                    usage_only, usage = _is_usage_only(ev.data)
-                    if usage is not None and on_usage is not None:
-                        on_usage(usage)
-                    if usage_only and not include_usage:
-                        continue
-                    out.append(encode_data(ev.data))
-                if out:
-                    yield b"".join(out)
-                if done:
-                    break
-            if not done:  # ended without [DONE]: pass on what is pending, then end it ourselves
-                for ev in decoder.flush():
-                    if ev.data is not None and not ev.is_done:
-                        yield encode_data(ev.data)
-                done = True
-    except TimeoutError:
-        failed = True
-        yield error_event(UpstreamTimeout("The model took too long to finish its answer.").body())
-    except (aiohttp.ClientError, ConnectionError):
-        failed = True
-        yield error_event(UpstreamError("The model's server broke off the answer.").body())
-    finally:
-        # Not done here means failed, or our client left: drop the upstream connection at once.
-        opened.close(failed=failed, abort=not done)
-    yield DONE_EVENT
+                if not done:  # ended without [DONE]: pass on what is pending, then end it ourselves
+                    pending = [self._data(ev.data) for ev in decoder.flush() if ev.data is not None and not ev.is_done]
+                    if any(pending):
+                        yield b"".join(pending)
+                    done = True
+        except TimeoutError:
+            failed = True
+            yield error_event(UpstreamTimeout("The model took too long to finish its answer.").body())
+        except (aiohttp.ClientError, ConnectionError):
+            failed = True
+            yield error_event(UpstreamError("The model's server broke off the answer.").body())
+        finally:
+            # Not done here means failed, or our client left: drop the upstream connection at once.
+            opened.close(failed=failed, abort=not done)
+        self.completed = done and not failed
+        if self.completed and self.tail is not None:
+            yield self.tail()
+        yield DONE_EVENT

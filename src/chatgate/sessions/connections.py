@@ -1,0 +1,61 @@
+"""In-flight requests by user, conversation and message id, with an optional per-user cap."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from chatgate.errors import RateLimited
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    token: int
+    user_id: str
+    conversation_id: str | None
+    message_id: str | None
+
+
+class Connections:
+    def __init__(self, max_per_user: int | None = None) -> None:
+        self.max_per_user = max_per_user
+        self._open: dict[int, Connection] = {}
+        self._per_user: Counter[str] = Counter()
+        self._tokens = itertools.count(1)
+        self.rejected = 0
+
+    def enter(self, user_id: str, conversation_id: str | None = None, message_id: str | None = None) -> Connection:
+        """Count a request in; 429 when the user already has ``max_per_user`` in flight."""
+        if self.max_per_user is not None and self._per_user[user_id] >= self.max_per_user:
+            self.rejected += 1
+            raise RateLimited(
+                f"Too many requests in flight for this user (at most {self.max_per_user} at once).",
+                details={"limit": self.max_per_user, "scope": "concurrent_requests"},
+                headers={"Retry-After": "1", "X-RateLimit-Limit": str(self.max_per_user), "X-RateLimit-Remaining": "0"},
+            )
+        conn = Connection(next(self._tokens), user_id, conversation_id, message_id)
+        self._open[conn.token] = conn
+        self._per_user[user_id] += 1
+        return conn
+
+    def leave(self, conn: Connection) -> None:
+        if self._open.pop(conn.token, None) is None:
+            return  # already left
+        self._per_user[conn.user_id] -= 1
+        if self._per_user[conn.user_id] <= 0:
+            del self._per_user[conn.user_id]
+
+    def in_flight(self, user_id: str | None = None) -> int:
+        return self._per_user.get(user_id, 0) if user_id is not None else len(self._open)
+
+    def overview(self) -> dict[str, Any]:
+        conversations = Counter(c.conversation_id for c in self._open.values() if c.conversation_id)
+        return {
+            "in_flight": len(self._open),
+            "users": len(self._per_user),
+            "conversations": len(conversations),
+            "by_user": dict(self._per_user.most_common(20)),
+            "rejected": self.rejected,
+        }

@@ -1,0 +1,318 @@
+"""Sessions: hot state in an LRU with a TTL, durable state in the store, writes behind.
+
+A conversation's id is derived from (user, key), so every worker and instance that meets the
+same conversation names it the same way, and concurrent creators agree without a lock.
+Counters and recent turns live in the hot state and are updated synchronously; every durable
+change goes through the write-behind queue, so a request never waits on a database write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from chatgate.identity.model import Identity
+from chatgate.sessions.messages import KINDS
+from chatgate.settings import SessionSettings
+from chatgate.store.db import Store
+from chatgate.store.repos import ConversationRow, MessageRow
+from chatgate.store.writebehind import AddMessage, CountRequest, UpsertConversation, UpsertUser, WriteBehind
+
+_NAMESPACE = uuid.UUID("6c1f3a52-0d5e-4b7a-9a7e-3f3c2b1d9e10")
+
+
+def conversation_id(user_id: str, key: str) -> str:
+    return uuid.uuid5(_NAMESPACE, f"{user_id}\0{key}").hex
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    user_id: str
+    key: str | None  # None: ephemeral, never stored
+    source: str
+    is_first_message: bool
+    created_at: datetime
+    title: str | None = None
+    message_count: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    rag_applied: bool = False
+    request_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    variables: dict[str, str] = field(default_factory=dict)
+    recent: deque[dict[str, Any]] = field(default_factory=deque)  # the last turns, for server-side history
+    loaded_at: float = 0.0
+
+    @property
+    def ephemeral(self) -> bool:
+        return self.key is None
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "source": self.source,
+            "title": self.title,
+            "created_at": self.created_at.isoformat(),
+            "message_count": self.message_count,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "rag_applied": self.rag_applied,
+            "request_counts": dict(self.request_counts),
+            "variables": dict(self.variables),
+        }
+
+
+@dataclass(slots=True)
+class SessionStats:
+    created: int = 0
+    evicted: int = 0
+    hits: int = 0
+    misses: int = 0
+
+    def as_dict(self, active: int) -> dict[str, Any]:
+        lookups = self.hits + self.misses
+        return {
+            "active": active,
+            "created": self.created,
+            "evicted": self.evicted,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hits / lookups, 4) if lookups else None,
+        }
+
+
+class SessionManager:
+    def __init__(
+        self,
+        store: Store,
+        writer: WriteBehind,
+        settings: SessionSettings,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.settings = settings
+        self._clock = clock
+        self._hot: OrderedDict[str, Session] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Session]] = {}
+        self._users_seen: dict[str, float] = {}
+        self.stats = SessionStats()
+
+    # ---- identity -> user row ----------------------------------------------------------------
+
+    def saw(self, identity: Identity) -> None:
+        """Record the user (at most once per TTL per user): conversations point at it."""
+        now = self._clock()
+        if now - self._users_seen.get(identity.user_id, -1e18) < self.settings.cache_ttl:
+            return
+        if len(self._users_seen) > 10 * self.settings.cache_size:
+            self._users_seen.clear()
+        self._users_seen[identity.user_id] = now
+        role = next(iter(sorted(identity.roles)), None) if identity.roles else None
+        self.writer.put(
+            UpsertUser(
+                id=identity.user_id,
+                name=identity.display_name,
+                email=identity.email,
+                role=role,
+                source=identity.source,
+                seen_at=datetime.now(UTC),
+            )
+        )
+
+    # ---- get or create ----------------------------------------------------------------------
+
+    def ephemeral(self, identity: Identity, source: str) -> Session:
+        return Session(
+            id="eph-" + uuid.uuid4().hex,
+            user_id=identity.user_id,
+            key=None,
+            source=source,
+            is_first_message=True,
+            created_at=datetime.now(UTC),
+            variables=dict(identity.variables),
+        )
+
+    async def get_or_create(self, identity: Identity, key: str | None, source: str) -> Session:
+        """The session for this conversation key; ``is_first_message`` tells a new one."""
+        self.saw(identity)
+        if key is None:
+            return self.ephemeral(identity, source)
+        cid = conversation_id(identity.user_id, key)
+        hot = self._get_hot(cid)
+        if hot is not None:
+            hot.is_first_message = False
+            return hot
+        pending = self._loading.get(cid)
+        if pending is not None:  # another request is loading it: share its result
+            session = await asyncio.shield(pending)
+            session.is_first_message = False
+            return session
+        future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self._loading[cid] = future
+        try:
+            session = await self._load_or_create(cid, identity, key, source)
+            future.set_result(session)
+            return session
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            del self._loading[cid]
+
+    async def _load_or_create(self, cid: str, identity: Identity, key: str, source: str) -> Session:
+        self.stats.misses += 1
+        row = await self.store.conversations.get(cid)
+        if row is not None:
+            recent = await self.store.messages.last_turns(cid, self.settings.history_turns)
+            session = _from_row(row, recent, is_first=row.message_count == 0)
+        else:
+            session = Session(
+                id=cid,
+                user_id=identity.user_id,
+                key=key,
+                source=source,
+                is_first_message=True,
+                created_at=datetime.now(UTC),
+                variables=dict(identity.variables),
+            )
+            self.stats.created += 1
+            self.writer.put(
+                UpsertConversation(
+                    id=cid,
+                    user_id=identity.user_id,
+                    key=key,
+                    source=source,
+                    created_at=session.created_at,
+                    title=None,
+                    variables=session.variables,
+                )
+            )
+        self._put_hot(session)
+        return session
+
+    async def find_for_user(self, user_id: str, session_id: str) -> Session | None:
+        """An existing session by id, only if it is this user's (the chat API's ``session_id``)."""
+        hot = self._get_hot(session_id)
+        if hot is not None:
+            return hot if hot.user_id == user_id else None
+        row = await self.store.conversations.get_for_user(user_id, session_id)
+        if row is None:
+            return None
+        self.stats.misses += 1
+        recent = await self.store.messages.last_turns(row.id, self.settings.history_turns)
+        session = _from_row(row, recent, is_first=row.message_count == 0)
+        self._put_hot(session)
+        return session
+
+    def forget(self, session_id: str) -> None:
+        self._hot.pop(session_id, None)
+
+    # ---- what a request did -------------------------------------------------------------------
+
+    def record(self, session: Session, kind: str, tokens_in: int, tokens_out: int, rag_applied: bool = False) -> None:
+        session.request_counts[kind] = session.request_counts.get(kind, 0) + 1
+        session.tokens_in += tokens_in
+        session.tokens_out += tokens_out
+        session.rag_applied = session.rag_applied or rag_applied
+        if session.ephemeral:
+            return
+        self.writer.put(
+            CountRequest(
+                conversation_id=session.id,
+                kind=kind,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                rag_applied=rag_applied,
+                at=datetime.now(UTC),
+            )
+        )
+
+    def add_message(
+        self,
+        session: Session,
+        role: str,
+        content: Any,
+        dedupe: str,
+        *,
+        tokens: int | None = None,
+        model: str | None = None,
+        client_message_id: str | None = None,
+    ) -> None:
+        """Queue a message row (duplicates by ``dedupe`` are dropped by the store) and keep it hot."""
+        session.recent.append({"role": role, "content": content, "dedupe": dedupe})
+        while len(session.recent) > 2 * max(self.settings.history_turns, 1):
+            session.recent.popleft()
+        session.message_count += 1
+        if session.ephemeral:
+            return
+        self.writer.put(
+            AddMessage(
+                conversation_id=session.id,
+                role=role,
+                content=content,
+                dedupe_key=dedupe,
+                tokens=tokens,
+                model=model,
+                client_message_id=client_message_id,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+    def history(self, session: Session) -> list[dict[str, Any]]:
+        """The last ``history_turns`` turns as chat messages, oldest first."""
+        turns = self.settings.history_turns
+        recent = list(session.recent)[-2 * turns :] if turns else []
+        return [{"role": m["role"], "content": m["content"]} for m in recent]
+
+    def overview(self) -> dict[str, Any]:
+        return self.stats.as_dict(active=len(self._hot))
+
+    # ---- the LRU ------------------------------------------------------------------------------
+
+    def _get_hot(self, cid: str) -> Session | None:
+        session = self._hot.get(cid)
+        if session is None:
+            return None
+        if self._clock() - session.loaded_at > self.settings.cache_ttl:
+            del self._hot[cid]
+            self.stats.evicted += 1
+            return None
+        self._hot.move_to_end(cid)
+        session.loaded_at = self._clock()
+        self.stats.hits += 1
+        return session
+
+    def _put_hot(self, session: Session) -> None:
+        session.loaded_at = self._clock()
+        self._hot[session.id] = session
+        self._hot.move_to_end(session.id)
+        while len(self._hot) > self.settings.cache_size:
+            self._hot.popitem(last=False)
+            self.stats.evicted += 1
+
+
+def _from_row(row: ConversationRow, recent: list[MessageRow], *, is_first: bool) -> Session:
+    return Session(
+        id=row.id,
+        user_id=row.user_id,
+        key=row.key,
+        source=row.source,
+        is_first_message=is_first,
+        created_at=row.created_at,
+        title=row.title,
+        message_count=row.message_count,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        rag_applied=row.rag_applied,
+        request_counts={**dict.fromkeys(KINDS, 0), **row.request_counts},
+        variables=dict(row.variables),
+        recent=deque({"role": m.role, "content": m.content, "dedupe": m.dedupe_key} for m in recent),
+    )

@@ -1,0 +1,77 @@
+"""What a request's messages say about it, and how they are kept: kinds, dedupe keys, compaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+KINDS = ("standard", "rag", "research", "multimodal", "tool")
+_MEDIA_PARTS = {"image_url", "input_audio", "image", "audio", "file"}
+
+
+def is_multimodal(messages: Iterable[Any]) -> bool:
+    for msg in messages:
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in _MEDIA_PARTS:
+                    return True
+    return False
+
+
+def request_kind(payload: dict[str, Any], features: dict[str, Any], research_models: frozenset[str]) -> str:
+    """One kind per request, the most specific first: research, multimodal, tool, standard."""
+    if payload.get("research") is True or features.get("web_search") or features.get("research"):
+        return "research"
+    if payload.get("model") in research_models:
+        return "research"
+    if is_multimodal(payload.get("messages") or ()):
+        return "multimodal"
+    if payload.get("tools") or payload.get("functions"):
+        return "tool"
+    return "standard"
+
+
+def dedupe_key(position: int, role: str, content: Any, client_message_id: str | None = None) -> str:
+    """Stable across resends of the same history: the client's message id, else position + role + content."""
+    if client_message_id:
+        return "mid:" + hashlib.sha256(client_message_id.encode()).hexdigest()[:40]
+    digest = hashlib.sha256(orjson.dumps([position, role, content], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return digest[:44]
+
+
+def compact(content: Any, keep_bytes: bool, limit: int) -> Any:
+    """Content as stored: parts keep their shape; large inline data becomes a SHA-256 and a size."""
+    if keep_bytes or not isinstance(content, list):
+        return content
+    return [_compact_part(part, limit) if isinstance(part, dict) else part for part in content]
+
+
+def _compact_part(part: dict[str, Any], limit: int) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind == "image_url" and isinstance(part.get("image_url"), dict):
+        url = part["image_url"].get("url")
+        if isinstance(url, str) and url.startswith("data:") and len(url) > limit:
+            media_type = url[5 : url.find(";")] if ";" in url else None
+            return {**part, "image_url": {**part["image_url"], "url": None, **_summary(url), "media_type": media_type}}
+    if kind == "input_audio" and isinstance(part.get("input_audio"), dict):
+        data = part["input_audio"].get("data")
+        if isinstance(data, str) and len(data) > limit:
+            return {**part, "input_audio": {**part["input_audio"], "data": None, **_summary(data)}}
+    return part
+
+
+def _summary(data: str) -> dict[str, Any]:
+    return {"sha256": hashlib.sha256(data.encode()).hexdigest(), "size": len(data)}
+
+
+def text_of(content: Any) -> str:
+    """The text of a message's content (parts joined), for titles and summaries."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""

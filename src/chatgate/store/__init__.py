@@ -1,0 +1,47 @@
+"""The store: SQLAlchemy models, repositories, Alembic migrations and the write-behind queue."""
+
+from chatgate.store.db import Store, database_url, migrate
+from chatgate.store.repos import (
+    AlreadyExists,
+    ConversationRepo,
+    ConversationRow,
+    KeyRepo,
+    KeyRow,
+    MessageRepo,
+    MessageRow,
+    UserRepo,
+    UserRow,
+    key_digest,
+)
+from chatgate.store.writebehind import (
+    AddMessage,
+    CountRequest,
+    TouchKey,
+    UpsertConversation,
+    UpsertUser,
+    WriteBehind,
+    WriteOp,
+)
+
+__all__ = [
+    "AddMessage",
+    "AlreadyExists",
+    "ConversationRepo",
+    "ConversationRow",
+    "CountRequest",
+    "KeyRepo",
+    "KeyRow",
+    "MessageRepo",
+    "MessageRow",
+    "Store",
+    "TouchKey",
+    "UpsertConversation",
+    "UpsertUser",
+    "UserRepo",
+    "UserRow",
+    "WriteBehind",
+    "WriteOp",
+    "database_url",
+    "key_digest",
+    "migrate",
+]

@@ -1,0 +1,252 @@
+"""Write ops and how one batch of them is applied, in one transaction, in a dependency-safe order.
+
+Order: users, conversations, (PostgreSQL: lock the touched conversation rows, in id order, so
+concurrent instances serialise per conversation), messages, counters, key touches. Each phase
+coalesces its ops and runs as one ``executemany``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Integer, Table, bindparam, case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chatgate.store.models import API_KEYS, CONVERSATIONS, MESSAGES, REQUEST_KINDS, USERS, UTCDateTime
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertUser:
+    id: str
+    name: str | None
+    email: str | None
+    role: str | None
+    source: str
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertConversation:
+    id: str
+    user_id: str
+    key: str
+    source: str
+    created_at: datetime
+    title: str | None
+    variables: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AddMessage:
+    conversation_id: str
+    role: str
+    content: Any
+    dedupe_key: str
+    tokens: int | None
+    model: str | None
+    client_message_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CountRequest:
+    """One request on a conversation: ``kind`` is standard, rag, research, multimodal or tool.
+
+    An unknown ``kind`` still adds its tokens, but counts no request.
+    """
+
+    conversation_id: str
+    kind: str
+    tokens_in: int
+    tokens_out: int
+    rag_applied: bool
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TouchKey:
+    key_id: str
+    at: datetime
+
+
+WriteOp = UpsertUser | UpsertConversation | AddMessage | CountRequest | TouchKey
+
+
+@dataclass(slots=True)
+class _Activity:
+    """Everything one batch does to one conversation's counters."""
+
+    at: datetime
+    tokens_in: int = 0
+    tokens_out: int = 0
+    rag: bool = False
+    kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REQUEST_KINDS, 0))
+
+    def seen(self, at: datetime) -> None:
+        self.at = max(self.at, at)
+
+
+def _insert(conn: AsyncConnection, table: Table) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _latest(column: Any, param: str) -> Any:
+    """``max(column, :param)``, portably."""
+    value = bindparam(param, type_=UTCDateTime())
+    return case((column < value, value), else_=column)
+
+
+async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
+    users: dict[str, dict[str, Any]] = {}
+    conversations: dict[str, dict[str, Any]] = {}
+    messages: dict[tuple[str, str], dict[str, Any]] = {}
+    activity: dict[str, _Activity] = {}
+    touches: dict[str, datetime] = {}
+    for op in ops:
+        if isinstance(op, AddMessage):
+            messages.setdefault((op.conversation_id, op.dedupe_key), _message_values(op))
+            _touch(activity, op.conversation_id, op.created_at)
+        elif isinstance(op, CountRequest):
+            a = _touch(activity, op.conversation_id, op.at)
+            a.tokens_in += op.tokens_in
+            a.tokens_out += op.tokens_out
+            a.rag = a.rag or op.rag_applied
+            if op.kind in a.kinds:
+                a.kinds[op.kind] += 1
+        elif isinstance(op, UpsertUser):
+            _merge_user(users, op)
+        elif isinstance(op, UpsertConversation):
+            conversations.setdefault(op.id, _conversation_values(op))
+        elif isinstance(op, TouchKey):
+            touches[op.key_id] = max(op.at, touches.get(op.key_id, op.at))
+    if users:
+        await _upsert_users(conn, [users[k] for k in sorted(users)])
+    if conversations:
+        stmt = _insert(conn, CONVERSATIONS).on_conflict_do_nothing()
+        await conn.execute(stmt, [conversations[k] for k in sorted(conversations)])
+    if activity and conn.dialect.name == "postgresql":
+        c = CONVERSATIONS.c
+        await conn.execute(select(c.id).where(c.id.in_(sorted(activity))).order_by(c.id).with_for_update())
+    if messages:
+        await conn.execute(_insert(conn, MESSAGES).on_conflict_do_nothing(), list(messages.values()))
+    if activity:
+        await _update_conversations(conn, activity)
+    if touches:
+        k = API_KEYS.c
+        when = bindparam("b_at", type_=UTCDateTime())
+        stmt = (
+            update(API_KEYS)
+            .where(k.id == bindparam("b_id"), or_(k.last_used_at.is_(None), k.last_used_at < when))
+            .values(last_used_at=when)
+        )
+        await conn.execute(stmt, [{"b_id": key, "b_at": touches[key]} for key in sorted(touches)])
+
+
+def _touch(activity: dict[str, _Activity], conversation_id: str, at: datetime) -> _Activity:
+    a = activity.get(conversation_id)
+    if a is None:
+        a = activity[conversation_id] = _Activity(at=at)
+    else:
+        a.seen(at)
+    return a
+
+
+def _merge_user(users: dict[str, dict[str, Any]], op: UpsertUser) -> None:
+    row = users.get(op.id)
+    if row is None:
+        users[op.id] = {
+            "id": op.id,
+            "name": op.name,
+            "email": op.email,
+            "role": op.role,
+            "source": op.source,
+            "disabled": False,
+            "created_at": op.seen_at,
+            "last_seen_at": op.seen_at,
+        }
+        return
+    for name in ("name", "email", "role"):
+        if (value := getattr(op, name)) is not None:
+            row[name] = value
+    row["last_seen_at"] = max(row["last_seen_at"], op.seen_at)
+
+
+async def _upsert_users(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    stmt = _insert(conn, USERS)
+    new, u = stmt.excluded, USERS.c
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[u.id],
+        set_={
+            "name": func.coalesce(new.name, u.name),
+            "email": func.coalesce(new.email, u.email),
+            "role": func.coalesce(new.role, u.role),
+            "last_seen_at": case((new.last_seen_at > u.last_seen_at, new.last_seen_at), else_=u.last_seen_at),
+        },
+    )
+    await conn.execute(stmt, rows)
+
+
+def _conversation_values(op: UpsertConversation) -> dict[str, Any]:
+    return {
+        "id": op.id,
+        "user_id": op.user_id,
+        "key": op.key,
+        "source": op.source,
+        "title": op.title,
+        "created_at": op.created_at,
+        "last_activity_at": op.created_at,
+        "variables": op.variables,
+    }
+
+
+def _message_values(op: AddMessage) -> dict[str, Any]:
+    return {
+        "conversation_id": op.conversation_id,
+        "role": op.role,
+        "content": op.content,
+        "tokens": op.tokens,
+        "model": op.model,
+        "client_message_id": op.client_message_id,
+        "dedupe_key": op.dedupe_key,
+        "created_at": op.created_at,
+    }
+
+
+async def _update_conversations(conn: AsyncConnection, activity: dict[str, _Activity]) -> None:
+    """Add counters, keep the latest activity time, recount messages (exact and idempotent)."""
+    c = CONVERSATIONS.c
+    counts = {
+        f"request_{kind}": getattr(c, f"request_{kind}") + bindparam(f"b_n_{kind}", type_=Integer())
+        for kind in REQUEST_KINDS
+    }
+    stmt = (
+        update(CONVERSATIONS)
+        .where(c.id == bindparam("b_id"))
+        .values(
+            tokens_in=c.tokens_in + bindparam("b_tokens_in", type_=Integer()),
+            tokens_out=c.tokens_out + bindparam("b_tokens_out", type_=Integer()),
+            rag_applied=or_(c.rag_applied, bindparam("b_rag", type_=Boolean())),
+            last_activity_at=_latest(c.last_activity_at, "b_at"),
+            message_count=select(func.count())
+            .select_from(MESSAGES)
+            .where(MESSAGES.c.conversation_id == c.id)
+            .scalar_subquery(),
+            **counts,
+        )
+    )
+    params = [
+        {
+            "b_id": cid,
+            "b_tokens_in": a.tokens_in,
+            "b_tokens_out": a.tokens_out,
+            "b_rag": a.rag,
+            "b_at": a.at,
+            **{f"b_n_{kind}": n for kind, n in a.kinds.items()},
+        }
+        for cid, a in sorted(activity.items())
+    ]
+    await conn.execute(stmt, params)

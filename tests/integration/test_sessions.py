@@ -1,0 +1,394 @@
+"""Identity, sessions and the chat API through a real `chatgate serve`, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import openai
+import pytest
+
+from tests.conftest import Gateway, start_gateway, stop
+
+CHATGATE = str(Path(sys.executable).with_name("chatgate"))
+
+
+def cli(gw: Gateway, *args: str, env: dict[str, str] | None = None) -> str:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")}
+    base.update({"CHATGATE_DATA_DIR": str(gw.data_dir), **gw.extra.get("env", {}), **(env or {})})
+    out = subprocess.run([CHATGATE, *args], capture_output=True, text=True, env=base, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def new_key(gw: Gateway, name: str, *scopes: str) -> str:
+    user_id = cli(gw, "users", "create", name, "--id", f"u-{name}").split(":")[1].strip()
+    args = ["keys", "create", "--user", user_id]
+    for scope in scopes or ("user",):
+        args += ["--scope", scope]
+    out = cli(gw, *args)
+    return next(line.strip() for line in out.splitlines() if line.strip().startswith("cg-"))
+
+
+def _pg_database() -> tuple[str, str]:
+    name = "chatgate_it_" + uuid.uuid4().hex[:10]
+    return name, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+
+def _psql(sql: str) -> None:
+    subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-c", sql],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gw(request, tmp_path_factory, fake_b) -> Iterator[Gateway]:
+    env = {"CHATGATE_SESSIONS__MAX_CONCURRENT_PER_USER": "150"}
+    dbname = None
+    if request.param == "postgresql":
+        dbname, url = _pg_database()
+        _psql(f"CREATE DATABASE {dbname}")
+        env["CHATGATE_DATABASE_URL"] = url
+    config = {
+        "upstreams": [{"name": "b", "base_url": fake_b.base_url, "models": ["fake-model"]}],
+        "retry": {"base": 0.01, "cap": 0.1},
+    }
+    gateway = start_gateway(tmp_path_factory.mktemp(f"sess-{request.param}"), config, env=env, args=["--workers", "2"])
+    gateway.extra["env"] = {k: v for k, v in env.items() if k == "CHATGATE_DATABASE_URL"}
+    gateway.extra["backend"] = request.param
+    yield gateway
+    stop(gateway.proc)
+    if dbname:
+        _psql(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def alice(gw) -> str:
+    return new_key(gw, "alice" + uuid.uuid4().hex[:6])
+
+
+@pytest.fixture(scope="module")
+def bob(gw) -> str:
+    return new_key(gw, "bob" + uuid.uuid4().hex[:6])
+
+
+@pytest.fixture(scope="module")
+def forwarder(gw) -> str:
+    return new_key(gw, "owui" + uuid.uuid4().hex[:6], "user", "trusted_forwarder")
+
+
+def api(gw: Gateway, key: str) -> httpx.Client:
+    return httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+def test_chat_api_keeps_history_server_side(gw, alice, fake_b):
+    with api(gw, alice) as c:
+        first = c.post("/api/v1/chat", json={"message": "my name is Ada", "model": "fake-model"}).json()
+        assert first["response"] == "echo: my name is Ada" and first["cached"] is False and first["sources"] == []
+        sid = first["session_id"]
+        scenario = uuid.uuid4().hex
+        second = c.post(
+            "/api/v1/chat",
+            json={"message": "what is my name", "session_id": sid, "model": "fake-model", "fake": {"id": scenario}},
+        )
+        assert second.status_code == 200, second.text
+        assert second.json()["session_id"] == sid and second.json()["usage"]["total_tokens"] > 0
+        info = c.get(f"/api/v1/chat/sessions/{sid}").json()
+        assert info["message_count"] == 4 and info["source"] == "chat-api"
+        assert [m["role"] for m in info["messages"]] == ["user", "assistant", "user", "assistant"]
+        assert info["messages"][0]["content"] == "my name is Ada"
+        page = c.get(f"/api/v1/chat/sessions/{sid}", params={"limit": 1, "offset": 1}).json()
+        assert [m["content"] for m in page["messages"]] == ["echo: my name is Ada"] and page["total_messages"] == 4
+        assert sid in {s["session_id"] for s in c.get("/api/v1/chat/sessions").json()["data"]}
+
+
+def test_chat_api_streams_sse(gw, alice):
+    with (
+        api(gw, alice) as c,
+        c.stream("POST", "/api/v1/chat", json={"message": "stream me", "model": "fake-model", "stream": True}) as r,
+    ):
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    import json
+
+    parsed = [json.loads(e) for e in events[:-1]]
+    assert "".join(p["content"] for p in parsed if p["type"] == "delta") == "echo: stream me "
+    done = parsed[-1]
+    assert done["type"] == "done" and done["response"] == "echo: stream me " and done["session_id"]
+
+
+def test_other_users_sessions_are_404_everywhere(gw, alice, bob):
+    with api(gw, alice) as a, api(gw, bob) as b:
+        sid = a.post("/api/v1/chat", json={"message": "private", "model": "fake-model"}).json()["session_id"]
+        for resp in (
+            b.get(f"/api/v1/chat/sessions/{sid}"),
+            b.delete(f"/api/v1/chat/sessions/{sid}"),
+            b.post("/api/v1/chat", json={"message": "let me in", "session_id": sid, "model": "fake-model"}),
+        ):
+            assert resp.status_code == 404, resp.text
+            assert resp.json()["error"]["code"] == "NOT_FOUND" and "private" not in resp.text
+        assert sid not in {s["session_id"] for s in b.get("/api/v1/chat/sessions").json()["data"]}
+        assert a.get(f"/api/v1/chat/sessions/{sid}").status_code == 200  # untouched
+        assert a.delete(f"/api/v1/chat/sessions/{sid}").status_code == 200
+        assert a.get(f"/api/v1/chat/sessions/{sid}").status_code == 404
+
+
+def test_stats_for_self_and_admin(gw, alice):
+    with api(gw, alice) as a, api(gw, gw.key) as admin:
+        a.post("/api/v1/chat", json={"message": "count me", "model": "fake-model"})
+        mine = a.get("/api/v1/chat/sessions/stats").json()
+        assert mine["user"]["conversations"] >= 1 and "global" not in mine
+        everyone = admin.get("/api/v1/chat/sessions/stats").json()
+        assert everyone["global"]["conversations"] >= mine["user"]["conversations"]
+        assert {"active", "created", "evicted", "hit_rate"} <= set(everyone["hot"])
+
+
+def test_untrusted_key_cannot_claim_identity_and_metadata_never_goes_upstream(gw, alice, fake_b):
+    scenario = uuid.uuid4().hex
+    chat = str(uuid.uuid4())
+    client = openai.OpenAI(base_url=gw.base_url, api_key=alice, max_retries=0)
+    client.chat.completions.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"X-OpenWebUI-User-Id": "victim", "X-OpenWebUI-Chat-Id": chat},
+        extra_body={"metadata": {"user_id": "victim", "chat_id": chat}, "fake": {"id": scenario}},
+    )
+    assert "metadata" not in fake_b.stats(scenario)["bodies"][0]
+    with api(gw, alice) as a:  # no session was made from the untrusted chat id
+        assert all(s["source"] != "openwebui" for s in a.get("/api/v1/chat/sessions").json()["data"])
+
+
+def test_openwebui_forwarder_history_is_not_duplicated(gw, forwarder):
+    chat = str(uuid.uuid4())
+    headers = {
+        "X-OpenWebUI-User-Id": "owui-user-1",
+        "X-OpenWebUI-User-Name": "J%C3%BCrgen",
+        "X-OpenWebUI-Chat-Id": chat,
+    }
+    client = openai.OpenAI(base_url=gw.base_url, api_key=forwarder, max_retries=0, default_headers=headers)
+    history: list[dict[str, Any]] = []
+    for text in ("one", "two", "three"):
+        history.append({"role": "user", "content": text})
+        reply = client.chat.completions.create(model="fake-model", messages=history).choices[0].message.content
+        history.append({"role": "assistant", "content": reply})
+    # the whole history resent once more, unchanged
+    client.chat.completions.create(model="fake-model", messages=history[:-1])
+    rows = _rows_for_chat(gw, "owui:owui-user-1", chat)
+    assert [r[0] for r in rows] == ["user", "assistant"] * 3
+
+
+def test_hundred_concurrent_requests_on_one_conversation(gw, forwarder):
+    chat = str(uuid.uuid4())
+    headers = {"X-OpenWebUI-User-Id": "conc-user", "X-OpenWebUI-Chat-Id": chat}
+
+    async def run() -> None:
+        client = openai.AsyncOpenAI(base_url=gw.base_url, api_key=forwarder, max_retries=0, default_headers=headers)
+        await asyncio.gather(
+            *(
+                client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": f"m{i}"}])
+                for i in range(100)
+            )
+        )
+        await client.close()
+
+    asyncio.run(run())
+    rows = _rows_for_chat(gw, "owui:conc-user", chat)
+    assert len(rows) == 200 and len(set(rows)) == 200
+    conv = _conversation(gw, "owui:conc-user", chat)
+    assert conv["message_count"] == 200 and conv["request_counts"]["standard"] == 100
+    assert conv["tokens_in"] == 100 and conv["tokens_out"] == 200  # fake usage: 1 prompt word, 2 answer words
+
+
+def test_concurrent_cap_per_user_gives_429(tmp_path, fake_b):
+    gateway = start_gateway(
+        tmp_path,
+        {"upstreams": [{"name": "b", "base_url": fake_b.base_url}]},
+        env={"CHATGATE_SESSIONS__MAX_CONCURRENT_PER_USER": "2"},
+    )
+    try:
+
+        async def run() -> list[int]:
+            async with httpx.AsyncClient(base_url=gateway.base_url, headers={"x-api-key": gateway.key}) as c:
+                body = {"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "fake": {"delay": 1}}
+                results = await asyncio.gather(*(c.post("/chat/completions", json=body, timeout=10) for _ in range(4)))
+                return sorted(r.status_code for r in results)
+
+        assert asyncio.run(run()) == [200, 200, 429, 429]
+    finally:
+        stop(gateway.proc)
+
+
+def test_jwt_sign_in_and_its_failures(tmp_path, fake_b):
+    secret = "s3cret-for-tests-only-0123456789abcdef"
+    gateway = start_gateway(
+        tmp_path,
+        {"upstreams": [{"name": "b", "base_url": fake_b.base_url}]},
+        env={
+            "CHATGATE_IDENTITY__JWT__SECRET": secret,
+            "CHATGATE_IDENTITY__JWT__ISSUER": "https://idp.example",
+            "CHATGATE_IDENTITY__JWT__AUDIENCE": "chatgate",
+        },
+    )
+    try:
+        now = int(time.time())
+        good = {"sub": "carol", "iss": "https://idp.example", "aud": "chatgate", "exp": now + 60, "name": "Carol"}
+        cases = {
+            "ok": jwt.encode(good, secret, algorithm="HS256"),
+            "bad_signature": jwt.encode(good, "another-secret-of-the-same-length-000000", algorithm="HS256"),
+            "expired": jwt.encode({**good, "exp": now - 3600}, secret, algorithm="HS256"),
+            "issuer": jwt.encode({**good, "iss": "https://evil.example"}, secret, algorithm="HS256"),
+            "audience": jwt.encode({**good, "aud": "someone-else"}, secret, algorithm="HS256"),
+        }
+        for reason, token in cases.items():
+            r = httpx.post(
+                gateway.url + "/api/v1/chat",
+                json={"message": "hi", "model": "fake-model"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if reason == "ok":
+                assert r.status_code == 200, r.text
+                sessions = httpx.get(
+                    gateway.url + "/api/v1/chat/sessions", headers={"Authorization": f"Bearer {token}"}
+                )
+                assert len(sessions.json()["data"]) == 1
+            else:
+                assert r.status_code == 401, (reason, r.text)
+                assert r.json()["error"]["details"]["reason"] == reason and r.json()["error"]["message"]
+    finally:
+        stop(gateway.proc)
+
+
+def test_personalised_system_prompt_and_anonymous_callers(tmp_path, fake_b):
+    gateway = start_gateway(
+        tmp_path,
+        {
+            "upstreams": [{"name": "b", "base_url": fake_b.base_url}],
+            "sessions": {"system_prompt_template": "You help {name} ({timezone})."},
+            "identity": {"allow_anonymous": True},
+        },
+    )
+    try:
+        scenario = uuid.uuid4().hex
+        r = httpx.post(
+            gateway.base_url + "/chat/completions",
+            json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "fake": {"id": scenario}},
+        )
+        assert r.status_code == 200, r.text  # no key: anonymous, by IP
+        sent = fake_b.stats(scenario)["bodies"][0]["messages"]
+        assert sent[0] == {"role": "system", "content": "You help the user (UTC)."} and sent[1]["content"] == "hi"
+        assert httpx.get(gateway.url + "/api/v1/chat/sessions").status_code == 401  # sessions need a key
+    finally:
+        stop(gateway.proc)
+
+
+def test_clean_shutdown_under_load_loses_no_write(tmp_path, fake_b):
+    gateway = start_gateway(
+        tmp_path,
+        {
+            "upstreams": [{"name": "b", "base_url": fake_b.base_url}],
+            "store": {"flush_interval": 1.0, "batch_size": 100000},
+        },
+    )
+    ok = 0
+
+    async def load() -> int:
+        done = 0
+        async with httpx.AsyncClient(base_url=gateway.url, headers={"x-api-key": gateway.key}, timeout=30) as c:
+
+            async def one(i: int) -> int:
+                r = await c.post("/api/v1/chat", json={"message": f"n{i}", "model": "fake-model"})
+                return 1 if r.status_code == 200 else 0
+
+            tasks = [asyncio.create_task(one(i)) for i in range(300)]
+            await asyncio.sleep(0.3)
+            gateway.proc.send_signal(signal.SIGTERM)  # clean shutdown while requests are in flight
+            for t in tasks:
+                try:
+                    done += await t
+                except httpx.HTTPError:
+                    pass
+        return done
+
+    ok = asyncio.run(load())
+    gateway.proc.wait(30)
+    assert gateway.proc.returncode == 0
+    with sqlite3.connect(gateway.data_dir / "chatgate.db") as db:
+        messages = db.execute("select count(*) from messages").fetchone()[0]
+        conversations = db.execute("select count(*) from conversations").fetchone()[0]
+    assert ok > 0 and messages == 2 * ok and conversations == ok
+
+
+# ---- reading the store directly --------------------------------------------------------------
+
+
+def _conversation_id(user_id: str, key: str) -> str:
+    from chatgate.sessions.manager import conversation_id
+
+    return conversation_id(user_id, key)
+
+
+def _query(gw: Gateway, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    time.sleep(0.3)  # the write-behind flushes every 50 ms
+    url = gw.extra.get("env", {}).get("CHATGATE_DATABASE_URL")
+    if url is None:
+        with sqlite3.connect(gw.data_dir / "chatgate.db") as db:
+            return list(db.execute(sql.replace("%s", "?"), params).fetchall())
+    import asyncpg
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            pg_sql = sql
+            for i in range(sql.count("%s")):
+                pg_sql = pg_sql.replace("%s", f"${i + 1}", 1)
+            return [tuple(r) for r in await conn.fetch(pg_sql, *params)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def _rows_for_chat(gw: Gateway, user_id: str, key: str) -> list[tuple[Any, ...]]:
+    return _query(
+        gw,
+        "select role, dedupe_key from messages where conversation_id = %s order by id",
+        _conversation_id(user_id, key),
+    )
+
+
+def _conversation(gw: Gateway, user_id: str, key: str) -> dict[str, Any]:
+    from chatgate.store.db import Store
+
+    time.sleep(0.3)
+    url = gw.extra.get("env", {}).get("CHATGATE_DATABASE_URL") or f"sqlite+aiosqlite:///{gw.data_dir}/chatgate.db"
+
+    async def fetch() -> Any:
+        store = await Store.open(url, migrate=False)
+        try:
+            return await store.conversations.get(_conversation_id(user_id, key))
+        finally:
+            await store.close()
+
+    row = asyncio.run(fetch())
+    assert row is not None
+    return {
+        "message_count": row.message_count,
+        "tokens_in": row.tokens_in,
+        "tokens_out": row.tokens_out,
+        "request_counts": row.request_counts,
+    }

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from chatgate.settings import Settings
+from chatgate.store import Store, database_url, migrate
+from chatgate.store.db import async_url, create_engine
+from chatgate.store.models import Base
+
+TABLES = {"alembic_version", "api_keys", "conversations", "messages", "users"}
+
+
+async def test_migrates_from_empty_and_twice(db_url: str) -> None:
+    await migrate(db_url)
+    await migrate(db_url)  # up to date: a no-op
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+            version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalars().all()
+    finally:
+        await engine.dispose()
+    assert tables == TABLES
+    assert version == ["0001"]
+    store = await Store.open(db_url)  # and once more, through the facade
+    assert await store.ping()
+    await store.close()
+
+
+def _diff(conn: Connection) -> list[object]:
+    return list(compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata))
+
+
+async def test_models_match_migrations(store: Store) -> None:
+    async with store.engine.connect() as conn:
+        assert await conn.run_sync(_diff) == []
+
+
+async def test_sqlite_foreign_keys_and_wal(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite:///{tmp_path}/x/chatgate.db")  # plain sqlite:// gets the async driver
+    async with store.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+    await store.close()
+
+
+async def test_ping_false_when_unreachable() -> None:
+    store = await Store.open("postgresql+asyncpg://postgres@127.0.0.1:1/none", migrate=False)
+    assert await store.ping() is False
+    await store.close()
+
+
+def test_database_url(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert database_url(Settings(data_dir=data)) == f"sqlite+aiosqlite:///{data}/chatgate.db"
+    assert data.is_dir()
+    url = "postgresql+asyncpg://u@h/db"
+    assert database_url(Settings(data_dir=data, database_url=url)) == url
+    assert async_url("postgresql://u@h/db") == url
+    assert async_url("postgres://u@h/db") == url
