@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             local.stop()
             raise SystemExit(f"chatgate: the local model did not start: {exc}") from None
         os.environ["CHATGATE_LOCAL__API_KEY"] = local.api_key
+    # uvicorn drains and shuts down on SIGTERM/SIGINT, then re-raises the signal: end with a clean exit
+    # (status 0) that still runs the ``finally`` below, instead of dying on the default handler.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     try:
         uvicorn.run(
             "chatgate.app:create_app_from_env",
@@ -71,6 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if local is not None:
             local.stop()
     return 0
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_version(_: argparse.Namespace) -> int:

@@ -67,3 +67,24 @@ def test_the_model_runs_with_the_gemma3_template(gw):
     log = (gw.data_dir / "logs" / "local-model.log").read_text()
     assert "gemma3.block_count" in log  # it is the server's log of this model
     assert "Using fallback chat format" not in log  # llama.cpp did not fall back to a Llama-2 prompt
+
+
+def test_shutdown_stops_the_model_server(tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    gateway = start_gateway(tmp_path, ready_timeout=180, env={"CHATGATE_LOCAL__N_CTX": "1024"})
+    children = subprocess.run(
+        ["ps", "-o", "pid=,args=", "--ppid", str(gateway.proc.pid)], capture_output=True, text=True
+    ).stdout
+    model_pids = [int(line.split()[0]) for line in children.splitlines() if "chatgate.upstream.llama_server" in line]
+    assert len(model_pids) == 1
+    gateway.proc.send_signal(signal.SIGTERM)
+    assert gateway.proc.wait(30) == 0  # drained, stopped the model, exited cleanly
+    try:
+        os.kill(model_pids[0], 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive

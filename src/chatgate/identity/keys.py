@@ -63,7 +63,7 @@ class StaticKeys:
 
 ADMIN = Principal(
     key_id="bootstrap-admin",
-    scopes=frozenset({"admin", "user"}),
+    scopes=frozenset({"admin", "user", "trusted_forwarder"}),  # the deployer itself may forward identity
     user_id="admin",
     name="admin",
     roles=frozenset({"admin"}),
