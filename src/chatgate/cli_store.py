@@ -74,7 +74,7 @@ def keys(args: argparse.Namespace, settings: Settings) -> int:
 
     async def revoke(store: Store) -> int:
         if not await store.keys.revoke(args.key):
-            raise SystemExit(f"chatgate: no key '{args.key}'")
+            raise SystemExit(f"chatgate: no single key matches '{args.key}' (give its id, or a longer prefix)")
         print(f"revoked {args.key} (running servers stop accepting it within identity.key_cache_ttl seconds)")
         return 0
 
@@ -83,7 +83,10 @@ def keys(args: argparse.Namespace, settings: Settings) -> int:
 
 def users(args: argparse.Namespace, settings: Settings) -> int:
     async def create(store: Store) -> int:
-        row = await store.users.create(args.name, email=args.email, role=args.role, user_id=args.id)
+        try:
+            row = await store.users.create(args.name, email=args.email, role=args.role, user_id=args.id)
+        except ValueError as exc:  # AlreadyExists
+            raise SystemExit(f"chatgate: {exc}") from None
         print(f"user id: {row.id}")
         return 0
 

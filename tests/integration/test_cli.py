@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -91,3 +92,29 @@ def test_generated_admin_key_printed_once_stored_hashed_and_working(tmp_path, fa
         assert httpx.get(gw2.base_url + "/models", headers={"x-api-key": key}).status_code == 200
     finally:
         stop(gw2.proc)
+
+
+def test_users_and_keys_commands(tmp_path):
+    env = {"CHATGATE_DATA_DIR": str(tmp_path / "data")}
+    assert (
+        "user id: u-dana"
+        in run("users", "create", "Dana", "--id", "u-dana", "--email", "d@example.com", env=env).stdout
+    )
+    dup = run("users", "create", "Dana", "--id", "u-dana", env=env)
+    assert dup.returncode != 0 and "Traceback" not in dup.stderr
+    created = run("keys", "create", "--user", "u-dana", "--scope", "user", "--scope", "trusted_forwarder", env=env)
+    assert created.returncode == 0, created.stderr
+    key = next(w for w in created.stdout.split() if w.startswith("cg-"))
+    listed = run("keys", "list", "--json", env=env)
+    (row,) = json.loads(listed.stdout)
+    assert row["user"] == "u-dana" and row["scopes"] == "user,trusted_forwarder" and key.startswith(row["prefix"])
+    assert key not in listed.stdout  # only the prefix is ever shown again
+    assert run("keys", "revoke", row["prefix"], env=env).returncode == 0
+    assert json.loads(run("keys", "list", "--json", env=env).stdout)[0]["revoked"]
+    assert run("users", "disable", "u-dana", env=env).returncode == 0
+    users = json.loads(run("users", "list", "--json", env=env).stdout)
+    assert users == [
+        {"id": "u-dana", "name": "Dana", "email": "d@example.com", "role": "", "source": "cli", "disabled": True}
+    ]
+    missing = run("keys", "create", "--user", "nobody", env=env)
+    assert missing.returncode != 0 and "no user" in missing.stderr
