@@ -391,15 +391,31 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * _UNITS[unit]
 
 
-def wrk_lua(path: Path, body: bytes) -> Path:
+def wrk_lua(path: Path, body: bytes, sessions: bool = False) -> Path:
+    """The request, the same bytes for every target. With ``sessions``: Open WebUI's identity headers
+    (50 users, 1,000 conversations in rotation, a new message id each time), so that chatgate resolves
+    the user, loads or creates the session and persists every message (the bench's key, chatgate's
+    bootstrap admin key, may forward identity); the other targets ignore the headers."""
     text = body.decode()
     assert "]==]" not in text
-    path.write_text(
+    script = (
         'wrk.method = "POST"\n'
         f"wrk.body = [==[{text}]==]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["Authorization"] = "Bearer {ADMIN_KEY}"\n'
     )
+    if sessions:
+        script += (
+            "local n = math.random(1, 1000000000)\n"
+            "request = function()\n"
+            "  n = n + 1\n"
+            '  wrk.headers["X-OpenWebUI-User-Id"] = "bench-user-" .. (n % 50)\n'
+            '  wrk.headers["X-OpenWebUI-Chat-Id"] = "bench-chat-" .. (n % 1000)\n'
+            '  wrk.headers["X-OpenWebUI-Message-Id"] = "bench-msg-" .. n\n'
+            "  return wrk.format()\n"
+            "end\n"
+        )
+    path.write_text(script)
     return path
 
 
@@ -699,6 +715,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-stream-rps", action="store_true", help="skip streaming throughput at the top concurrency")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for inspection")
+    p.add_argument(
+        "--sessions",
+        action="store_true",
+        help="requests carry Open WebUI identity headers: chatgate resolves users and persists every message",
+    )
     args = p.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
@@ -812,8 +833,8 @@ def run(args: argparse.Namespace, tmp: Path, report: dict[str, Any]) -> None:
     report["baseline_mode"] = "one instance; upstream chosen by body['stream'] is True (orjson.loads)"
     log("all up; each answered one non-streaming and one streaming request correctly\n")
 
-    lua_json = wrk_lua(tmp / "chat.lua", chat_request(stream=False))
-    lua_sse = wrk_lua(tmp / "chat-stream.lua", chat_request(stream=True))
+    lua_json = wrk_lua(tmp / "chat.lua", chat_request(stream=False), sessions=args.sessions)
+    lua_sse = wrk_lua(tmp / "chat-stream.lua", chat_request(stream=True), sessions=args.sessions)
 
     def measure(t: Target, conc: int, stream: bool) -> WrkResult:
         lua = lua_sse if stream else lua_json
@@ -971,6 +992,11 @@ def print_report(
     w(
         f"           chatgate = chatgate serve, {args.workers} workers, API key auth, JSON access log at info "
         f"({report['chatgate_access_log_lines']} access-log lines written)"
+        + (
+            ", Open WebUI identity headers: users resolved, sessions kept, every message persisted (SQLite)"
+            if report["settings"].get("sessions")
+            else ""
+        )
     )
 
     if s["errors"]:
@@ -1091,6 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "ttfb_requests": args.ttfb_requests,
             "repeat": args.repeat,
+            "sessions": args.sessions,
         },
         "results_file": str(RESULTS_DIR / f"overhead-{started}.json"),
     }

@@ -9,6 +9,7 @@ change goes through the write-behind queue, so a request never waits on a databa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -24,11 +25,10 @@ from chatgate.store.db import Store
 from chatgate.store.repos import ConversationRow, MessageRow
 from chatgate.store.writebehind import AddMessage, CountRequest, UpsertConversation, UpsertUser, WriteBehind
 
-_NAMESPACE = uuid.UUID("6c1f3a52-0d5e-4b7a-9a7e-3f3c2b1d9e10")
-
 
 def conversation_id(user_id: str, key: str) -> str:
-    return uuid.uuid5(_NAMESPACE, f"{user_id}\0{key}").hex
+    """The same for every worker and instance that meets this (user, key)."""
+    return hashlib.sha256(f"chatgate-conversation\0{user_id}\0{key}".encode()).hexdigest()[:32]
 
 
 @dataclass(slots=True)

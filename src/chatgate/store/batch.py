@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chatgate.store.models import API_KEYS, CONVERSATIONS, MESSAGES, REQUEST_KINDS, USERS, UTCDateTime
 
+# The ops are treated as immutable; they are not frozen dataclasses, which cost on every construction.
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class UpsertUser:
     id: str
     name: str | None
@@ -29,7 +31,7 @@ class UpsertUser:
     seen_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpsertConversation:
     id: str
     user_id: str
@@ -40,7 +42,7 @@ class UpsertConversation:
     variables: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AddMessage:
     conversation_id: str
     role: str
@@ -52,7 +54,7 @@ class AddMessage:
     created_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CountRequest:
     """One request on a conversation: ``kind`` is standard, rag, research, multimodal or tool.
 
@@ -67,7 +69,7 @@ class CountRequest:
     at: datetime
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TouchKey:
     key_id: str
     at: datetime
@@ -83,6 +85,7 @@ class _Activity:
     at: datetime
     tokens_in: int = 0
     tokens_out: int = 0
+    new_messages: int = 0
     rag: bool = False
     kinds: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REQUEST_KINDS, 0))
 
@@ -132,7 +135,11 @@ async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
         c = CONVERSATIONS.c
         await conn.execute(select(c.id).where(c.id.in_(sorted(activity))).order_by(c.id).with_for_update())
     if messages:
-        await conn.execute(_insert(conn, MESSAGES).on_conflict_do_nothing(), list(messages.values()))
+        # RETURNING names only the rows really inserted (duplicates are skipped): message_count grows by
+        # exactly those, in the same transaction, instead of a recount that costs more as a conversation grows.
+        stmt = _insert(conn, MESSAGES).on_conflict_do_nothing().returning(MESSAGES.c.conversation_id)
+        for (cid,) in await conn.execute(stmt, list(messages.values())):
+            activity[cid].new_messages += 1
     if activity:
         await _update_conversations(conn, activity)
     if touches:
@@ -217,7 +224,7 @@ def _message_values(op: AddMessage) -> dict[str, Any]:
 
 
 async def _update_conversations(conn: AsyncConnection, activity: dict[str, _Activity]) -> None:
-    """Add counters, keep the latest activity time, recount messages (exact and idempotent)."""
+    """Add counters and the messages this batch inserted; keep the latest activity time."""
     c = CONVERSATIONS.c
     counts = {
         f"request_{kind}": getattr(c, f"request_{kind}") + bindparam(f"b_n_{kind}", type_=Integer())
@@ -231,10 +238,7 @@ async def _update_conversations(conn: AsyncConnection, activity: dict[str, _Acti
             tokens_out=c.tokens_out + bindparam("b_tokens_out", type_=Integer()),
             rag_applied=or_(c.rag_applied, bindparam("b_rag", type_=Boolean())),
             last_activity_at=_latest(c.last_activity_at, "b_at"),
-            message_count=select(func.count())
-            .select_from(MESSAGES)
-            .where(MESSAGES.c.conversation_id == c.id)
-            .scalar_subquery(),
+            message_count=c.message_count + bindparam("b_new", type_=Integer()),
             **counts,
         )
     )
@@ -243,6 +247,7 @@ async def _update_conversations(conn: AsyncConnection, activity: dict[str, _Acti
             "b_id": cid,
             "b_tokens_in": a.tokens_in,
             "b_tokens_out": a.tokens_out,
+            "b_new": a.new_messages,
             "b_rag": a.rag,
             "b_at": a.at,
             **{f"b_n_{kind}": n for kind, n in a.kinds.items()},

@@ -34,11 +34,15 @@ class CircuitBreaker:
 
     def available(self) -> bool:
         """Whether a call may be routed here now (without claiming the half-open probe)."""
+        if self._opened_at is None:
+            return True
         state = self.state
         return state is State.CLOSED or (state is State.HALF_OPEN and not self._probing)
 
     def acquire(self) -> bool:
         """Claim permission for one call. In half-open, only one probe at a time is let through."""
+        if self._opened_at is None:
+            return True
         state = self.state
         if state is State.CLOSED:
             return True

@@ -99,6 +99,9 @@ class Router:
         Returns None when every candidate's circuit is open.
         """
         candidates = self._table.get(served_model, ())
+        if len(candidates) == 1:  # the common case: nothing to balance
+            only = candidates[0]
+            return only if only.breaker.acquire() else None
         for pool in ([u for u in candidates if u not in avoid], list(candidates)):
             ready = [u for u in pool if u.breaker.available()]
             if not ready:
