@@ -392,3 +392,23 @@ def _conversation(gw: Gateway, user_id: str, key: str) -> dict[str, Any]:
         "tokens_out": row.tokens_out,
         "request_counts": row.request_counts,
     }
+
+
+def test_streamed_reply_is_stored_once_the_stream_ends(gw, forwarder):
+    chat = str(uuid.uuid4())
+    headers = {"X-OpenWebUI-User-Id": "streamer", "X-OpenWebUI-Chat-Id": chat, "X-OpenWebUI-Message-Id": "mid-1"}
+    client = openai.OpenAI(base_url=gw.base_url, api_key=forwarder, max_retries=0, default_headers=headers)
+    stream = client.chat.completions.create(
+        model="fake-model", messages=[{"role": "user", "content": "tell me"}], stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "echo: tell me "
+    rows = _query(
+        gw,
+        "select role, content, client_message_id from messages where conversation_id = %s order by id",
+        _conversation_id("owui:streamer", chat),
+    )
+    assert [(r[0], r[2]) for r in rows] == [("user", "mid-1"), ("assistant", None)]
+    assert "echo: tell me " in str(rows[1][1])
+    conv = _conversation(gw, "owui:streamer", chat)
+    assert conv["message_count"] == 2 and conv["tokens_out"] == 3  # usage from the stream's usage chunk
