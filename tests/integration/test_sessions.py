@@ -57,7 +57,7 @@ def _psql(sql: str) -> None:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def gw(request, tmp_path_factory, fake_b) -> Iterator[Gateway]:
-    env = {"CHATGATE_SESSIONS__MAX_CONCURRENT_PER_USER": "150"}
+    env = {"CHATGATE_SESSIONS__MAX_CONCURRENT_PER_USER": "150", "CHATGATE_IDENTITY__KEY_CACHE_TTL": "0.5"}
     dbname = None
     if request.param == "postgresql":
         dbname, url = _pg_database()
@@ -412,3 +412,27 @@ def test_streamed_reply_is_stored_once_the_stream_ends(gw, forwarder):
     assert "echo: tell me " in str(rows[1][1])
     conv = _conversation(gw, "owui:streamer", chat)
     assert conv["message_count"] == 2 and conv["tokens_out"] == 3  # usage from the stream's usage chunk
+
+
+def test_revoked_keys_and_disabled_users_are_refused(gw):
+    name = "eve" + uuid.uuid4().hex[:6]
+    key = new_key(gw, name)
+    second = next(
+        line.strip()
+        for line in cli(gw, "keys", "create", "--user", f"u-{name}").splitlines()
+        if line.strip().startswith("cg-")
+    )
+    with api(gw, key) as c:
+        assert c.get("/api/v1/chat/sessions").status_code == 200
+    prefix = key[:11]
+    cli(gw, "keys", "revoke", prefix)
+    time.sleep(0.7)  # identity.key_cache_ttl is 0.5 s here
+    with api(gw, key) as c:
+        r = c.get("/api/v1/chat/sessions")
+        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+    with api(gw, second) as c:
+        assert c.get("/api/v1/chat/sessions").status_code == 200
+    cli(gw, "users", "disable", f"u-{name}")
+    time.sleep(0.7)
+    with api(gw, second) as c:
+        assert c.get("/api/v1/chat/sessions").status_code == 401
