@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,11 @@ sys.path.insert(0, str(ROOT / "src"))
 import jwt  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
+from chatgate.identity.keys import Principal  # noqa: E402
 from chatgate.identity.resolve import IdentityResolver  # noqa: E402
 from chatgate.settings import IdentitySettings  # noqa: E402
 
 OWUI_SECRET = "bench-open-webui-forward-secret-of-32-bytes+"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """The shape of ``chatgate.identity.keys.Principal`` (kept local: the bench needs no store)."""
-
-    key_id: str
-    scopes: frozenset[str] = field(default_factory=frozenset)
-    user_id: str = ""
-    name: str | None = None
-    email: str | None = None
-    roles: frozenset[str] = field(default_factory=frozenset)
 
 
 BASE_HEADERS = {
