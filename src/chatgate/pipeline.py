@@ -293,14 +293,12 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         payload, _ = ask_for_usage(turn.payload)
         opened = await services.upstream.open("/chat/completions", payload, None, turn.trace)
         reply: list[str] = []
-        summary: dict[str, Any] = {}
 
         def end(completed: bool) -> None:
             services.connections.leave(conn)
 
-        def tail() -> bytes:
-            summary.update(finish("".join(reply)))
-            return encode_data(orjson.dumps({"type": "done", **summary}))
+        def tail() -> bytes:  # the stream completed: store the turn, and say so in a last event
+            return encode_data(orjson.dumps({"type": "done", **finish("".join(reply))}))
 
         relay = Relay(
             opened,

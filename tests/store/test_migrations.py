@@ -63,3 +63,14 @@ def test_database_url(tmp_path: Path) -> None:
     assert database_url(Settings(data_dir=data, database_url=url)) == url
     assert async_url("postgresql://u@h/db") == url
     assert async_url("postgres://u@h/db") == url
+
+
+def test_processes_migrating_one_new_sqlite_file_at_once_take_turns(tmp_path):
+    import subprocess
+    import sys
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/race.db"
+    code = "import asyncio, sys; from chatgate.store.db import migrate; asyncio.run(migrate(sys.argv[1]))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE) for _ in range(4)]
+    results = [(p.wait(60), p.stderr.read().decode()) for p in procs if p.stderr is not None]
+    assert all(code == 0 for code, _ in results), [err[-500:] for _, err in results]

@@ -7,7 +7,9 @@ through the repositories; durable writes from the request path go through ``Writ
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +91,24 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def migrate_engine(engine: AsyncEngine) -> None:
-    """Apply every migration (``upgrade head``) in one transaction; a no-op when up to date."""
-    async with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK})
-        await conn.run_sync(_upgrade)
+    """Apply every migration (``upgrade head``) in one transaction; a no-op when up to date.
+
+    Processes starting together (workers, instances) take turns: an advisory lock on PostgreSQL,
+    a file lock next to the database file on SQLite.
+    """
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    lock_path = Path(f"{database}.migrate-lock") if database and database != ":memory:" else None
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600) if lock_path else None
+    try:
+        if lock_fd is not None:
+            await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
+        async with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK})
+            await conn.run_sync(_upgrade)
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)  # releases the lock
 
 
 async def migrate(url: str) -> None:
