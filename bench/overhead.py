@@ -393,7 +393,7 @@ def _ms(value: str, unit: str) -> float:
 
 def wrk_lua(path: Path, body: bytes, sessions: bool = False) -> Path:
     """The request, the same bytes for every target. With ``sessions``: Open WebUI's identity headers
-    (50 users, 1,000 conversations in rotation, a new message id each time), so that chatgate resolves
+    (50 users, 1,000 conversations in rotation, a message id never sent before), so that chatgate resolves
     the user, loads or creates the session and persists every message (the bench's key, chatgate's
     bootstrap admin key, may forward identity); the other targets ignore the headers."""
     text = body.decode()
@@ -406,12 +406,20 @@ def wrk_lua(path: Path, body: bytes, sessions: bool = False) -> Path:
     )
     if sessions:
         script += (
-            "local n = math.random(1, 1000000000)\n"
+            "local threads = 0\n"
+            "function setup(thread)\n"
+            "  threads = threads + 1\n"
+            '  thread:set("tid", threads)\n'
+            "end\n"
+            "function init(args)\n"
+            "  n = 0\n"
+            '  run = tid .. "-" .. os.time() .. "-" .. math.random(1, 1000000)  -- message ids new in every run\n'
+            "end\n"
             "request = function()\n"
             "  n = n + 1\n"
             '  wrk.headers["X-OpenWebUI-User-Id"] = "bench-user-" .. (n % 50)\n'
             '  wrk.headers["X-OpenWebUI-Chat-Id"] = "bench-chat-" .. (n % 1000)\n'
-            '  wrk.headers["X-OpenWebUI-Message-Id"] = "bench-msg-" .. n\n'
+            '  wrk.headers["X-OpenWebUI-Message-Id"] = "bench-msg-" .. run .. "-" .. n\n'
             "  return wrk.format()\n"
             "end\n"
         )
