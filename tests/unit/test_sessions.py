@@ -191,3 +191,17 @@ def test_personaliser_fills_from_variables_and_time_zone():
     assert p.apply([{"role": "user", "content": "q"}], "P")[0] == {"role": "system", "content": "P"}
     with pytest.raises(ValueError, match="unknown placeholders"):
         Personaliser("{password}")
+
+
+async def test_rows_the_session_already_has_are_not_queued_again(parts):
+    sessions = manager(parts)
+    s = await sessions.get_or_create(who(), "dup", "openai")
+    before = sessions.writer.depth
+    for _ in range(3):
+        sessions.add_message(s, "system", "be brief", dedupe_key(0, "system", "be brief"))
+    assert sessions.writer.depth == before + 1 and s.message_count == 1
+    await sessions.writer.flush()
+    sessions.forget(s.id)
+    again = await sessions.get_or_create(who(), "dup", "openai")  # reloaded: it still knows the row
+    sessions.add_message(again, "system", "be brief", dedupe_key(0, "system", "be brief"))
+    assert sessions.writer.depth == 0 and again.message_count == 1

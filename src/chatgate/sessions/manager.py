@@ -25,6 +25,8 @@ from chatgate.store.db import Store
 from chatgate.store.repos import ConversationRow, MessageRow
 from chatgate.store.writebehind import AddMessage, CountRequest, UpsertConversation, UpsertUser, WriteBehind
 
+KNOWN_KEYS = 256  # dedupe keys remembered per hot session
+
 
 def conversation_id(user_id: str, key: str) -> str:
     """The same for every worker and instance that meets this (user, key)."""
@@ -47,6 +49,7 @@ class Session:
     request_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     variables: dict[str, str] = field(default_factory=dict)
     recent: deque[dict[str, Any]] = field(default_factory=deque)  # the last turns, for server-side history
+    known: dict[str, None] = field(default_factory=dict)  # dedupe keys of recent rows (insertion-ordered, bounded)
     loaded_at: float = 0.0
 
     @property
@@ -246,7 +249,15 @@ class SessionManager:
         model: str | None = None,
         client_message_id: str | None = None,
     ) -> None:
-        """Queue a message row (duplicates by ``dedupe`` are dropped by the store) and keep it hot."""
+        """Queue a message row and keep it hot; a row this session already has is not queued again.
+
+        (The store drops duplicates too; knowing them here spares it the work when clients resend history.)
+        """
+        if dedupe in session.known:
+            return
+        session.known[dedupe] = None
+        if len(session.known) > KNOWN_KEYS:
+            del session.known[next(iter(session.known))]
         session.recent.append({"role": role, "content": content, "dedupe": dedupe})
         while len(session.recent) > 2 * max(self.settings.history_turns, 1):
             session.recent.popleft()
@@ -315,4 +326,5 @@ def _from_row(row: ConversationRow, recent: list[MessageRow], *, is_first: bool)
         request_counts={**dict.fromkeys(KINDS, 0), **row.request_counts},
         variables=dict(row.variables),
         recent=deque({"role": m.role, "content": m.content, "dedupe": m.dedupe_key} for m in recent),
+        known=dict.fromkeys(m.dedupe_key for m in recent),
     )
