@@ -101,10 +101,10 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         services = build_services(settings, store, writer)
         app.state.services = services
         stored = StoredKeys(store, writer, ttl=settings.identity.key_cache_ttl)
-        credentials.authenticators = (
+        credentials.authenticators = (  # a JWT is recognised by its shape before any store lookup
             *credentials.authenticators,
-            stored,
             *([JWTSignIn(jwt, settings.identity.jwt.claims)] if jwt.enabled else []),
+            stored,
         )
         await services.catalog.refresh(force=True)
         if not services.upstream.router.upstreams:
