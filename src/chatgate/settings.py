@@ -182,6 +182,28 @@ class SessionSettings(_Section):
     )
 
 
+class TokenSettings(_Section):
+    default: Literal["tiktoken", "words"] = Field(
+        "tiktoken",
+        description="Tokenizer for models without one of their own: `tiktoken` (cl100k_base, bundled, offline) "
+        "or `words` (an estimate of `tokens_per_word` per word).",
+    )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model name -> path of its Hugging Face `tokenizer.json` (e.g. a vLLM-served Qwen or Llama).",
+    )
+    cache_size: int = Field(
+        50_000, ge=0, description="Token counts of texts kept in memory (LRU, keyed by content hash); 0: no cache."
+    )
+    image_tokens: int = Field(
+        765, ge=0, description="Tokens counted for an image part of unknown size (a 1024x1024 image, high detail)."
+    )
+    image_detail_low_tokens: int = Field(85, ge=0, description="Tokens counted for an image part with `detail: low`.")
+    tokens_per_word: float = Field(
+        1.3, gt=0, description="Tokens per whitespace-separated word, for the `words` estimate."
+    )
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -235,6 +257,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings, description="Database writes.")
     identity: IdentitySettings = Field(default_factory=IdentitySettings, description="Who is calling.")
     sessions: SessionSettings = Field(default_factory=SessionSettings, description="Conversations.")
+    tokens: TokenSettings = Field(default_factory=TokenSettings, description="Token counting.")
 
     @classmethod
     def settings_customise_sources(
