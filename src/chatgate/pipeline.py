@@ -124,7 +124,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
             def end(completed: bool) -> None:
                 try:
                     if completed:
-                        account(services, turn, client_messages, "".join(reply), None)
+                        account(services, turn, client_messages, "".join(reply))
                 finally:
                     services.connections.leave(conn)
 
@@ -140,14 +140,14 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
         body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
         answer = _parse(body)
         turn.usage = _usage(answer)
-        account(services, turn, client_messages, _reply_content(answer), None)
+        account(services, turn, client_messages, _reply_content(answer))
         return body
     finally:
         if not handed:
             services.connections.leave(conn)
 
 
-def account(services: Services, turn: Turn, client_messages: list[dict[str, Any]], reply: Any, tool_calls: Any) -> None:
+def account(services: Services, turn: Turn, client_messages: list[dict[str, Any]], reply: Any) -> None:
     """Counts on the session; new client messages and the reply queued for the store."""
     session, resolved = turn.session, turn.resolved
     assert session is not None and resolved is not None
