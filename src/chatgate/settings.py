@@ -204,6 +204,62 @@ class TokenSettings(_Section):
     )
 
 
+class LimitSettings(_Section):
+    enabled: bool = Field(True, description="Enforce rate limits and token budgets.")
+    user_requests_per_minute: int = Field(60, ge=1, description="Requests per minute per user (sliding window).")
+    user_tokens_per_hour: int = Field(
+        100_000, ge=1, description="Tokens (prompt + reserved completion) per hour per user (sliding window)."
+    )
+    user_tokens_per_day: int | None = Field(None, ge=1, description="Token budget per user per day; unset: none.")
+    user_tokens_per_month: int | None = Field(None, ge=1, description="Token budget per user per 30 days; unset: none.")
+    anonymous_ip_requests_per_minute: int = Field(
+        20,
+        ge=1,
+        description="Requests per minute per client IP for anonymous callers (their tokens per hour: "
+        "`user_tokens_per_hour`, per IP).",
+    )
+    routes: dict[str, int] = Field(
+        default_factory=dict,
+        description="Path -> requests per minute per caller on that route (e.g. `{/admin/cache/clear: 5}`); "
+        "unlisted paths have no route limit.",
+    )
+    keys: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="API key id -> overrides for calls made with it: `requests_per_minute` and `tokens_per_hour` "
+        "replace the user's limits; `tokens_per_day` and `tokens_per_month` replace the key budgets below.",
+    )
+    key_tokens_per_day: int | None = Field(None, ge=1, description="Token budget per API key per day; unset: none.")
+    key_tokens_per_month: int | None = Field(
+        None, ge=1, description="Token budget per API key per 30 days; unset: none."
+    )
+    models: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Model -> per-caller limits on that model: `requests_per_minute`, `tokens_per_hour`, "
+        "`tokens_per_day`, `tokens_per_month`.",
+    )
+    default_max_tokens_reservation: int = Field(
+        1024, ge=0, description="Completion tokens reserved before the call when a request sets no `max_tokens`."
+    )
+    fail_open: bool = Field(
+        True,
+        description="When Redis is unreachable: `true` limits with a local in-process limiter, "
+        "`false` refuses requests (503). Either way logged once per outage and counted.",
+    )
+    memory_max_keys: int = Field(
+        100_000, ge=1, description="Most counters the in-process limiter keeps (stale ones are swept first)."
+    )
+
+    @field_validator("keys", "models")
+    @classmethod
+    def _known_overrides(cls, v: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        known = {"requests_per_minute", "tokens_per_hour", "tokens_per_day", "tokens_per_month"}
+        for name, overrides in v.items():
+            unknown = set(overrides) - known
+            if unknown:
+                raise ValueError(f"{name}: unknown limit(s) {sorted(unknown)}; known: {sorted(known)}")
+        return v
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -258,6 +314,7 @@ class Settings(BaseSettings):
     identity: IdentitySettings = Field(default_factory=IdentitySettings, description="Who is calling.")
     sessions: SessionSettings = Field(default_factory=SessionSettings, description="Conversations.")
     tokens: TokenSettings = Field(default_factory=TokenSettings, description="Token counting.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Rate limits and budgets.")
 
     @classmethod
     def settings_customise_sources(

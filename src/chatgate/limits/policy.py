@@ -1,0 +1,94 @@
+"""Settings + who is calling -> the limits one request is checked against.
+
+Counter keys start with the subject, so ``limiter.reset(subject_key(...))`` clears every counter of
+one user (or IP), route and model counters included. Ids are percent-encoded (``:`` and ``|``
+separate key parts).
+
+- Identified callers: ``user:requests_per_minute`` and ``user:tokens_per_hour`` (a key's overrides
+  replace both for calls made with it), optional ``user:tokens_per_day`` / ``user:tokens_per_month``,
+  and, with a key, optional ``key:tokens_per_day`` / ``key:tokens_per_month`` budgets.
+- Anonymous callers: ``ip:requests_per_minute`` and ``ip:tokens_per_hour`` (the user default), per IP.
+- Either: ``route:<path>:requests_per_minute`` when the route is listed, and
+  ``model:<name>:<limit>`` lines when the model is listed, per caller.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from chatgate.limits.base import Limit
+from chatgate.settings import LimitSettings
+
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+MONTH = 30 * DAY
+
+# override name -> (window, unit)
+WINDOWS: dict[str, tuple[float, str]] = {
+    "requests_per_minute": (MINUTE, "requests"),
+    "tokens_per_hour": (HOUR, "tokens"),
+    "tokens_per_day": (DAY, "tokens"),
+    "tokens_per_month": (MONTH, "tokens"),
+}
+
+
+def subject_key(*, user_id: str | None = None, client_ip: str | None = None) -> str:
+    """The key prefix of one caller's counters: ``u:<user>`` or ``ip:<address>``."""
+    if user_id is not None:
+        return "u:" + quote(user_id, safe="")
+    return "ip:" + quote(client_ip or "unknown", safe="")
+
+
+def limits_for(
+    settings: LimitSettings,
+    *,
+    user_id: str,
+    key_id: str | None,
+    anonymous: bool,
+    client_ip: str | None,
+    route: str,
+    model: str | None,
+) -> list[Limit]:
+    if not settings.enabled:
+        return []
+    out: list[Limit] = []
+
+    def add(scope: str, key: str, name: str, limit: int | None) -> None:
+        if limit is not None:
+            window, unit = WINDOWS[name]
+            out.append(Limit(scope, key, limit, window, unit))
+
+    if anonymous:
+        subject = subject_key(client_ip=client_ip)
+        add("ip:requests_per_minute", subject, "requests_per_minute", settings.anonymous_ip_requests_per_minute)
+        add("ip:tokens_per_hour", subject, "tokens_per_hour", settings.user_tokens_per_hour)
+    else:
+        subject = subject_key(user_id=user_id)
+        over = settings.keys.get(key_id, {}) if key_id is not None else {}
+        user = {
+            "requests_per_minute": over.get("requests_per_minute", settings.user_requests_per_minute),
+            "tokens_per_hour": over.get("tokens_per_hour", settings.user_tokens_per_hour),
+            "tokens_per_day": settings.user_tokens_per_day,
+            "tokens_per_month": settings.user_tokens_per_month,
+        }
+        for name, limit in user.items():
+            add(f"user:{name}", subject, name, limit)
+        if key_id is not None:
+            key = "k:" + quote(key_id, safe="")
+            add("key:tokens_per_day", key, "tokens_per_day", over.get("tokens_per_day", settings.key_tokens_per_day))
+            add(
+                "key:tokens_per_month",
+                key,
+                "tokens_per_month",
+                over.get("tokens_per_month", settings.key_tokens_per_month),
+            )
+    if route in settings.routes:
+        add(
+            f"route:{route}:requests_per_minute",
+            f"{subject}:r:{quote(route, safe='')}",
+            "requests_per_minute",
+            settings.routes[route],
+        )
+    if model is not None and model in settings.models:
+        for name, limit in settings.models[model].items():
+            add(f"model:{model}:{name}", f"{subject}:m:{quote(model, safe='')}", name, limit)
+    return out
