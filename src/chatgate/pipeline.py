@@ -34,7 +34,7 @@ from chatgate.settings import StoreSettings
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
 from chatgate.upstream.sse import encode_data
-from chatgate.upstream.stream import Relay, ask_for_usage
+from chatgate.upstream.stream import Relay, ReplyBuffer, ask_for_usage
 
 
 @dataclass(slots=True)
@@ -119,12 +119,12 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
             payload, include_usage = ask_for_usage(turn.payload)
             raw = turn.raw if payload is turn.payload else None
             opened = await services.upstream.open("/chat/completions", payload, raw, turn.trace)
-            reply: list[str] = []
+            reply = ReplyBuffer()
 
             def end(completed: bool) -> None:
                 try:
                     if completed:
-                        account(services, turn, client_messages, "".join(reply))
+                        account(services, turn, client_messages, reply.content())
                 finally:
                     services.connections.leave(conn)
 
@@ -132,7 +132,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
                 opened,
                 include_usage=include_usage,
                 on_usage=turn.record_usage,
-                on_delta=None if session.ephemeral else reply.append,
+                reply=None if session.ephemeral else reply,
                 on_end=end,
             )
             handed = True
@@ -292,19 +292,19 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
             return finish(content if isinstance(content, str) else "")
         payload, _ = ask_for_usage(turn.payload)
         opened = await services.upstream.open("/chat/completions", payload, None, turn.trace)
-        reply: list[str] = []
+        reply = ReplyBuffer()
 
         def end(completed: bool) -> None:
             services.connections.leave(conn)
 
         def tail() -> bytes:  # the stream completed: store the turn, and say so in a last event
-            return encode_data(orjson.dumps({"type": "done", **finish("".join(reply))}))
+            return encode_data(orjson.dumps({"type": "done", **finish(reply.text)}))
 
         relay = Relay(
             opened,
             include_usage=False,
             on_usage=turn.record_usage,
-            on_delta=reply.append,
+            reply=reply,
             transform=lambda _data, text: (
                 encode_data(orjson.dumps({"type": "delta", "content": text})) if text else b""
             ),

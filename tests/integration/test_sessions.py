@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -124,8 +125,6 @@ def test_chat_api_streams_sse(gw, alice):
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    import json
-
     parsed = [json.loads(e) for e in events[:-1]]
     assert "".join(p["content"] for p in parsed if p["type"] == "delta") == "echo: stream me "
     done = parsed[-1]
@@ -436,3 +435,26 @@ def test_revoked_keys_and_disabled_users_are_refused(gw):
     time.sleep(0.7)
     with api(gw, second) as c:
         assert c.get("/api/v1/chat/sessions").status_code == 401
+
+
+def test_streamed_tool_calls_are_stored(gw, forwarder):
+    chat = str(uuid.uuid4())
+    headers = {"X-OpenWebUI-User-Id": "tooler", "X-OpenWebUI-Chat-Id": chat}
+    client = openai.OpenAI(base_url=gw.base_url, api_key=forwarder, max_retries=0, default_headers=headers)
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    chunks = list(
+        client.chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "use a tool"}], tools=tools, stream=True
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    rows = _query(
+        gw,
+        "select role, content from messages where conversation_id = %s order by id",
+        _conversation_id("owui:tooler", chat),
+    )
+    assert rows[-1][0] == "assistant"
+    stored = rows[-1][1] if isinstance(rows[-1][1], list) else json.loads(rows[-1][1])
+    assert stored[0]["type"] == "tool_calls" and stored[0]["tool_calls"][0]["function"]["name"] == "lookup"
+    conv = _conversation(gw, "owui:tooler", chat)
+    assert conv["request_counts"]["tool"] == 1

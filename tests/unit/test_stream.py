@@ -107,3 +107,50 @@ async def test_relay_closed_before_its_first_chunk_frees_the_upstream(fake_b):
         assert up.in_flight == 0
     finally:
         await client.close()
+
+
+def test_reply_buffer_merges_text_and_tool_call_deltas():
+    from chatgate.upstream.stream import ReplyBuffer
+
+    reply = ReplyBuffer()
+    chunks = [
+        {"choices": [{"delta": {"role": "assistant", "content": ""}}]},
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "get_", "arguments": ""},
+                            }
+                        ]
+                    }
+                }
+            ]
+        },
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"name": "weather", "arguments": '{"ci'}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Oslo"}'}}]}}]},
+        {"choices": [{"delta": {"content": "Checking."}}]},
+        {"choices": [], "usage": {"total_tokens": 3}},
+    ]
+    texts = [reply.feed(orjson.dumps(c)) for c in chunks]
+    assert texts == ["", "", "", "", "Checking.", ""]
+    assert reply.content() == [
+        {
+            "type": "tool_calls",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"type": "text", "text": "Checking."},
+    ]
+    plain = ReplyBuffer()
+    plain.feed(b'{"choices": [{"delta": {"content": "hi"}}]}')
+    assert plain.content() == "hi" and plain.text == "hi" and plain.feed(b"not json") == ""

@@ -44,17 +44,57 @@ def _is_usage_only(data: bytes) -> tuple[bool, dict[str, Any] | None]:
     return not chunk.get("choices"), chunk["usage"]
 
 
-def delta_text(data: bytes) -> str:
-    """The content delta of one chat chunk ('' when there is none)."""
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
+class ReplyBuffer:
+    """The assistant reply a stream carries (first choice): its text, and tool calls merged from their deltas."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+
+    def feed(self, data: bytes) -> str:
+        """Take in one chunk; returns its content delta ('' when there is none)."""
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return ""
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        if not choices or not isinstance(choices[0], dict):
+            return ""
+        delta = choices[0].get("delta") or {}
+        for call in delta.get("tool_calls") or ():
+            if isinstance(call, dict):
+                self._merge_call(call)
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            self.parts.append(content)
+            return content
         return ""
-    choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    if not choices or not isinstance(choices[0], dict):
-        return ""
-    content = (choices[0].get("delta") or {}).get("content")
-    return content if isinstance(content, str) else ""
+
+    def _merge_call(self, call: dict[str, Any]) -> None:
+        index = call.get("index", len(self.tool_calls))
+        merged = self.tool_calls.setdefault(
+            index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        for field in ("id", "type"):
+            if call.get(field):
+                merged[field] = call[field]
+        function = call.get("function") or {}
+        merged["function"]["name"] += function.get("name") or ""
+        merged["function"]["arguments"] += function.get("arguments") or ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def content(self) -> Any:
+        """As stored: the text, or content parts when the reply called tools (the non-streaming shape)."""
+        if not self.tool_calls:
+            return self.text
+        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        return [
+            {"type": "tool_calls", "tool_calls": calls},
+            *([{"type": "text", "text": self.text}] if self.parts else []),
+        ]
 
 
 class Relay:
@@ -63,8 +103,8 @@ class Relay:
     (A plain async generator that is closed before its first step never runs its ``finally``:
     a client that leaves just as the stream opens would leak the upstream connection.)
 
-    Hooks: ``on_usage`` gets the usage chunk; ``on_delta`` each piece of content (chunks are
-    parsed only when it is set); ``transform`` re-encodes a data chunk for the client
+    Hooks: ``on_usage`` gets the usage chunk; ``reply`` collects the reply (chunks are parsed
+    only when it is set); ``transform`` re-encodes a data chunk for the client
     (``b""`` drops it; default: passed on as it came); ``tail`` gives a last event before
     ``[DONE]`` when the stream completed; ``on_end(completed)`` runs once, when it is closed.
     """
@@ -75,7 +115,7 @@ class Relay:
         *,
         include_usage: bool,
         on_usage: UsageSink | None = None,
-        on_delta: Callable[[str], None] | None = None,
+        reply: ReplyBuffer | None = None,
         transform: Callable[[bytes, str], bytes] | None = None,
         tail: Callable[[], bytes] | None = None,
         on_end: Callable[[bool], None] | None = None,
@@ -83,7 +123,7 @@ class Relay:
         self._opened = opened
         self.include_usage = include_usage
         self.on_usage = on_usage
-        self.on_delta = on_delta
+        self.reply = reply
         self.transform = transform
         self.tail = tail
         self.on_end = on_end
@@ -108,11 +148,7 @@ class Relay:
             self.on_usage(usage)
         if usage_only and not self.include_usage:
             return b""
-        text = ""
-        if self.on_delta is not None:
-            text = delta_text(data)
-            if text:
-                self.on_delta(text)
+        text = self.reply.feed(data) if self.reply is not None else ""
         return self.transform(data, text) if self.transform is not None else encode_data(data)
 
     async def _run(self) -> AsyncGenerator[bytes, None]:
