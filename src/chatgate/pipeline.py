@@ -151,33 +151,47 @@ def account(services: Services, turn: Turn, client_messages: list[dict[str, Any]
     """Counts on the session; new client messages and the reply queued for the store."""
     session, resolved = turn.session, turn.resolved
     assert session is not None and resolved is not None
-    usage = turn.usage or {}
-    kind = request_kind(turn.payload, resolved.features, services.research_models)
-    services.sessions.record(
-        session, kind, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    )
+    _count(services, turn)
     if session.ephemeral:
         return
-    keep, limit = services.store_settings.keep_inline_bytes, services.store_settings.inline_bytes_limit
     for position, msg in _new_messages(client_messages, first=session.is_first_message):
         mid = resolved.message_id if position == len(client_messages) - 1 else None
-        content = compact(msg.get("content"), keep, limit)
+        role = str(msg.get("role"))
         services.sessions.add_message(
             session,
-            str(msg.get("role")),
-            content,
-            dedupe_key(position, str(msg.get("role")), msg.get("content"), mid),
+            role,
+            _stored(services, msg.get("content")),
+            dedupe_key(position, role, msg.get("content"), mid),
             client_message_id=mid,
         )
     if reply is not None:
-        services.sessions.add_message(
-            session,
-            "assistant",
-            reply,
-            dedupe_key(len(client_messages), "assistant", reply),
-            tokens=usage.get("completion_tokens"),
-            model=turn.trace.model,
-        )
+        _store_reply(services, turn, reply, len(client_messages))
+
+
+def _count(services: Services, turn: Turn) -> None:
+    """The request's kind and tokens on its session."""
+    assert turn.session is not None and turn.resolved is not None
+    usage = turn.usage or {}
+    kind = request_kind(turn.payload, turn.resolved.features, services.research_models)
+    services.sessions.record(
+        turn.session, kind, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    )
+
+
+def _stored(services: Services, content: Any) -> Any:
+    return compact(content, services.store_settings.keep_inline_bytes, services.store_settings.inline_bytes_limit)
+
+
+def _store_reply(services: Services, turn: Turn, reply: Any, position: int) -> None:
+    assert turn.session is not None
+    services.sessions.add_message(
+        turn.session,
+        "assistant",
+        reply,
+        dedupe_key(position, "assistant", reply),
+        tokens=(turn.usage or {}).get("completion_tokens"),
+        model=turn.trace.model,
+    )
 
 
 def _new_messages(messages: list[dict[str, Any]], *, first: bool) -> list[tuple[int, dict[str, Any]]]:
@@ -261,28 +275,11 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         user_key = dedupe_key(position, "user", req.message, resolved.message_id)
 
         def finish(reply: str) -> dict[str, Any]:
-            usage = turn.usage or {}
-            kind = request_kind(turn.payload, resolved.features, services.research_models)
-            services.sessions.record(
-                session, kind, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            )
+            _count(services, turn)
             services.sessions.add_message(
-                session,
-                "user",
-                compact(
-                    req.message, services.store_settings.keep_inline_bytes, services.store_settings.inline_bytes_limit
-                ),
-                user_key,
-                client_message_id=resolved.message_id,
+                session, "user", _stored(services, req.message), user_key, client_message_id=resolved.message_id
             )
-            services.sessions.add_message(
-                session,
-                "assistant",
-                reply,
-                dedupe_key(position + 1, "assistant", reply),
-                tokens=usage.get("completion_tokens"),
-                model=turn.trace.model,
-            )
+            _store_reply(services, turn, reply, position + 1)
             return {"response": reply, "session_id": session.id, "cached": False, "sources": [], "usage": turn.usage}
 
         if not req.stream:

@@ -18,7 +18,7 @@ from chatgate import pipeline
 from chatgate.api.asgi import ClientLeft, read_body, send_bytes, send_stream, until_disconnect
 from chatgate.api.errors import send_error
 from chatgate.api.middleware import info
-from chatgate.api.openai import new_turn, services_of
+from chatgate.api.openai import new_turn, services_of, traced
 from chatgate.api.protocol import parse_object
 from chatgate.errors import BadRequest, ChatgateError, ModelNotFound, NotFound
 from chatgate.identity.model import Identity
@@ -76,9 +76,7 @@ async def chat(scope: Scope, receive: Receive, send: Send) -> None:
         req.status = 499
     finally:
         if turn is not None:
-            req.upstream, req.retries, req.usage = turn.trace.upstream, turn.trace.retries, turn.usage
-            if turn.session is not None:
-                req.session_id = turn.session.id
+            traced(req, turn)
 
 
 async def _answer(services: pipeline.Services, send: Send, turn: pipeline.Turn, req: pipeline.ChatAPIRequest) -> None:

@@ -26,10 +26,9 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 class RequestInfo:
     """Per-request facts the routes fill in and the access log writes out."""
 
-    __slots__ = ("model", "principal", "request_id", "retries", "session_id", "status", "upstream", "usage", "user_id")
+    __slots__ = ("model", "principal", "retries", "session_id", "status", "upstream", "usage", "user_id")
 
-    def __init__(self, request_id: str) -> None:
-        self.request_id = request_id
+    def __init__(self) -> None:
         self.principal: Principal | None = None
         self.model: str | None = None
         self.upstream: str | None = None
@@ -62,7 +61,7 @@ class RequestLog:
                 rid = value
                 break
         request_id = rid.decode() if rid and _REQUEST_ID.match(rid) else os.urandom(12).hex()
-        req = RequestInfo(request_id)
+        req = RequestInfo()
         scope["chatgate"] = req
         rid_header = (b"x-request-id", request_id.encode())
         started = False

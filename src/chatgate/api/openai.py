@@ -67,7 +67,7 @@ class PipelineEndpoint:
             req.status = 499  # nobody reads an answer now; the access log records the hang-up
         finally:
             if turn is not None:
-                _traced(req, turn)
+                traced(req, turn)
 
     async def _answer(self, services: pipeline.Services, send: Send, turn: pipeline.Turn) -> None:
         result = await self.run(services, turn)
@@ -77,7 +77,8 @@ class PipelineEndpoint:
             await send_stream(send, result)
 
 
-def _traced(req: RequestInfo, turn: pipeline.Turn) -> None:
+def traced(req: RequestInfo, turn: pipeline.Turn) -> None:
+    """What the pipeline did, onto the request's access-log line."""
     req.upstream, req.retries, req.usage = turn.trace.upstream, turn.trace.retries, turn.usage
     if turn.resolved is not None:
         req.user_id = turn.resolved.identity.user_id

@@ -77,10 +77,9 @@ class IdentityResolver:
             user_id = f"ip:{self._client_address(client_ip, forwarded_for)}"
             name, email, roles, source = None, None, scopes, "anonymous"
         else:
-            user_id = getattr(principal, "user_id", "") or f"key:{key_id}"
-            name = getattr(principal, "name", None)
-            email = getattr(principal, "email", None)
-            roles = getattr(principal, "roles", None) or scopes
+            user_id = principal.user_id or f"key:{key_id}"
+            name, email = principal.name, principal.email
+            roles = principal.roles or scopes
             source = "jwt" if "jwt" in scopes else "api_key"
         named = False  # the end user was named by a signed JWT, trusted headers or metadata
         channel = "openai"

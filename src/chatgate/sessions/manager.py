@@ -56,20 +56,6 @@ class Session:
     def ephemeral(self) -> bool:
         return self.key is None
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "session_id": self.id,
-            "source": self.source,
-            "title": self.title,
-            "created_at": self.created_at.isoformat(),
-            "message_count": self.message_count,
-            "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out,
-            "rag_applied": self.rag_applied,
-            "request_counts": dict(self.request_counts),
-            "variables": dict(self.variables),
-        }
-
 
 @dataclass(slots=True)
 class SessionStats:
