@@ -26,7 +26,7 @@ async def test_migrates_from_empty_and_twice(db_url: str) -> None:
     finally:
         await engine.dispose()
     assert tables == TABLES
-    assert version == ["0001"]
+    assert version == ["0002"]
     store = await Store.open(db_url)  # and once more, through the facade
     assert await store.ping()
     await store.close()

@@ -205,3 +205,19 @@ async def test_rows_the_session_already_has_are_not_queued_again(parts):
     again = await sessions.get_or_create(who(), "dup", "openai")  # reloaded: it still knows the row
     sessions.add_message(again, "system", "be brief", dedupe_key(0, "system", "be brief"))
     assert sessions.writer.depth == 0 and again.message_count == 1
+
+
+async def test_the_brief_is_queued_and_loaded_with_the_session(parts):
+    sessions = manager(parts)
+    s = await sessions.get_or_create(who(), "chat-brief", "openai")
+    sessions.set_brief(s, "- a fact", 4, "f" * 64)
+    assert (s.brief, s.brief_upto, s.brief_digest) == ("- a fact", 4, "f" * 64)
+    await parts[1].flush()
+    fresh = await manager(parts).get_or_create(who(), "chat-brief", "openai")
+    assert (fresh.brief, fresh.brief_upto, fresh.brief_digest) == ("- a fact", 4, "f" * 64)
+    eph = sessions.ephemeral(who(), "openai")
+    await parts[1].flush()
+    written = parts[1].written
+    sessions.set_brief(eph, "- kept in memory only", 2, "0" * 64)
+    await parts[1].flush()
+    assert eph.brief == "- kept in memory only" and parts[1].written == written

@@ -23,7 +23,14 @@ from chatgate.sessions.messages import KINDS
 from chatgate.settings import SessionSettings
 from chatgate.store.db import Store
 from chatgate.store.repos import ConversationRow, MessageRow
-from chatgate.store.writebehind import AddMessage, CountRequest, UpsertConversation, UpsertUser, WriteBehind
+from chatgate.store.writebehind import (
+    AddMessage,
+    CountRequest,
+    SetBrief,
+    UpsertConversation,
+    UpsertUser,
+    WriteBehind,
+)
 
 KNOWN_KEYS = 256  # dedupe keys remembered per hot session
 
@@ -51,6 +58,11 @@ class Session:
     recent: deque[dict[str, Any]] = field(default_factory=deque)  # the last turns, for server-side history
     known: dict[str, None] = field(default_factory=dict)  # dedupe keys of recent rows (insertion-ordered, bounded)
     loaded_at: float = 0.0
+    # The running brief (context/): a summary of the first ``brief_upto`` non-system messages of the history,
+    # valid while those messages still hash to ``brief_digest``.
+    brief: str | None = None
+    brief_upto: int = 0
+    brief_digest: str | None = None
 
     @property
     def ephemeral(self) -> bool:
@@ -263,6 +275,12 @@ class SessionManager:
             )
         )
 
+    def set_brief(self, session: Session, brief: str | None, upto: int, digest: str | None) -> None:
+        """Keep the conversation's running brief hot and queue it for the store (not for ephemeral sessions)."""
+        session.brief, session.brief_upto, session.brief_digest = brief, upto, digest
+        if not session.ephemeral:
+            self.writer.put(SetBrief(conversation_id=session.id, brief=brief, upto=upto, digest=digest))
+
     def history(self, session: Session) -> list[dict[str, Any]]:
         """The last ``history_turns`` turns as chat messages, oldest first."""
         turns = self.settings.history_turns
@@ -313,4 +331,7 @@ def _from_row(row: ConversationRow, recent: list[MessageRow], *, is_first: bool)
         variables=dict(row.variables),
         recent=deque({"role": m.role, "content": m.content, "dedupe": m.dedupe_key} for m in recent),
         known=dict.fromkeys(m.dedupe_key for m in recent),
+        brief=row.brief,
+        brief_upto=row.brief_upto,
+        brief_digest=row.brief_digest,
     )

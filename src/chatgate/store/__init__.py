@@ -16,6 +16,7 @@ from chatgate.store.repos import (
 from chatgate.store.writebehind import (
     AddMessage,
     CountRequest,
+    SetBrief,
     TouchKey,
     UpsertConversation,
     UpsertUser,
@@ -33,6 +34,7 @@ __all__ = [
     "KeyRow",
     "MessageRepo",
     "MessageRow",
+    "SetBrief",
     "Store",
     "TouchKey",
     "UpsertConversation",

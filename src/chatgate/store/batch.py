@@ -1,8 +1,8 @@
 """Write ops and how one batch of them is applied, in one transaction, in a dependency-safe order.
 
 Order: users, conversations, (PostgreSQL: lock the touched conversation rows, in id order, so
-concurrent instances serialise per conversation), messages, counters, key touches. Each phase
-coalesces its ops and runs as one ``executemany``.
+concurrent instances serialise per conversation), messages, counters, briefs, key touches. Each
+phase coalesces its ops and runs as one ``executemany``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,17 @@ class TouchKey:
     at: datetime
 
 
-WriteOp = UpsertUser | UpsertConversation | AddMessage | CountRequest | TouchKey
+@dataclass(slots=True)
+class SetBrief:
+    """A conversation's running brief (``context/``): the last one queued for a conversation wins."""
+
+    conversation_id: str
+    brief: str | None
+    upto: int
+    digest: str | None
+
+
+WriteOp = UpsertUser | UpsertConversation | AddMessage | CountRequest | TouchKey | SetBrief
 
 
 @dataclass(slots=True)
@@ -109,6 +119,7 @@ async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
     messages: dict[tuple[str, str], dict[str, Any]] = {}
     activity: dict[str, _Activity] = {}
     touches: dict[str, datetime] = {}
+    briefs: dict[str, SetBrief] = {}
     for op in ops:
         if isinstance(op, AddMessage):
             messages.setdefault((op.conversation_id, op.dedupe_key), _message_values(op))
@@ -126,14 +137,17 @@ async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
             conversations.setdefault(op.id, _conversation_values(op))
         elif isinstance(op, TouchKey):
             touches[op.key_id] = max(op.at, touches.get(op.key_id, op.at))
+        elif isinstance(op, SetBrief):
+            briefs[op.conversation_id] = op
     if users:
         await _upsert_users(conn, [users[k] for k in sorted(users)])
     if conversations:
         stmt = _insert(conn, CONVERSATIONS).on_conflict_do_nothing()
         await conn.execute(stmt, [conversations[k] for k in sorted(conversations)])
-    if activity and conn.dialect.name == "postgresql":
+    if (activity or briefs) and conn.dialect.name == "postgresql":
         c = CONVERSATIONS.c
-        await conn.execute(select(c.id).where(c.id.in_(sorted(activity))).order_by(c.id).with_for_update())
+        touched = sorted(activity.keys() | briefs.keys())
+        await conn.execute(select(c.id).where(c.id.in_(touched)).order_by(c.id).with_for_update())
     if messages:
         # RETURNING names only the rows really inserted (duplicates are skipped): message_count grows by
         # exactly those, in the same transaction, instead of a recount that costs more as a conversation grows.
@@ -142,6 +156,20 @@ async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
             activity[cid].new_messages += 1
     if activity:
         await _update_conversations(conn, activity)
+    if briefs:
+        c = CONVERSATIONS.c
+        stmt = (
+            update(CONVERSATIONS)
+            .where(c.id == bindparam("b_id"))
+            .values(brief=bindparam("b_brief"), brief_upto=bindparam("b_upto"), brief_digest=bindparam("b_digest"))
+        )
+        await conn.execute(
+            stmt,
+            [
+                {"b_id": cid, "b_brief": op.brief, "b_upto": op.upto, "b_digest": op.digest}
+                for cid, op in sorted(briefs.items())
+            ],
+        )
     if touches:
         k = API_KEYS.c
         when = bindparam("b_at", type_=UTCDateTime())

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     false,
@@ -115,6 +116,11 @@ class Conversation(Base):
     request_multimodal: Mapped[int] = mapped_column(default=0, server_default="0")
     request_tool: Mapped[int] = mapped_column(default=0, server_default="0")
     variables: Mapped[dict[str, Any]]
+    # The running brief (context/): a summary of the first ``brief_upto`` non-system messages, whose hash is
+    # ``brief_digest`` (an edited history no longer matches it).
+    brief: Mapped[str | None] = mapped_column(Text)
+    brief_upto: Mapped[int] = mapped_column(default=0, server_default="0")
+    brief_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class Message(Base):

@@ -74,6 +74,9 @@ class ConversationRow:
     rag_applied: bool
     request_counts: dict[str, int]
     variables: dict[str, Any]
+    brief: str | None = None
+    brief_upto: int = 0
+    brief_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,9 @@ def _conversation(r: Row[Any]) -> ConversationRow:
         rag_applied=bool(m["rag_applied"]),
         request_counts={kind: m[f"request_{kind}"] for kind in REQUEST_KINDS},
         variables=dict(m["variables"] or {}),
+        brief=m["brief"],
+        brief_upto=m["brief_upto"],
+        brief_digest=m["brief_digest"],
     )
 
 

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
-from chatgate.store.batch import AddMessage, CountRequest, TouchKey, UpsertConversation, UpsertUser, WriteOp, apply
+from chatgate.store.batch import (
+    AddMessage,
+    CountRequest,
+    SetBrief,
+    TouchKey,
+    UpsertConversation,
+    UpsertUser,
+    WriteOp,
+    apply,
+)
 
 if TYPE_CHECKING:
     from chatgate.store.db import Store
@@ -28,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AddMessage",
     "CountRequest",
+    "SetBrief",
     "TouchKey",
     "UpsertConversation",
     "UpsertUser",
