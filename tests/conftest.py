@@ -71,11 +71,19 @@ class Fake:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
 
-def start_fake(name: str, models: str = "fake-model", port: int | None = None, api_key: str | None = None) -> Fake:
+def start_fake(
+    name: str,
+    models: str = "fake-model",
+    port: int | None = None,
+    api_key: str | None = None,
+    max_model_len: int | None = None,
+) -> Fake:
     port = port or free_port()
     cmd = [sys.executable, str(FAKE), "--port", str(port), "--name", name, "--models", models]
     if api_key:
         cmd += ["--api-key", api_key]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/_stats/ping", proc=proc)
     return Fake(name, port, proc)

@@ -19,6 +19,16 @@ tests set them on the client request):
 
 The answer is ``"echo: <last user text>"``; usage counts words. With ``tools``, the answer
 calls the first tool.
+
+A summariser call (chatgate's ``context/summarize.py``: the last user message holds ``<brief>``
+and ``<turns>``) gets a deterministic brief instead: the old brief's lines, then ``- `` and the
+first few words of each new transcript line. In the turns, ``[fake:fail]`` answers 500,
+``[fake:slow]`` waits 10 s, ``[fake:empty]`` answers an empty brief. Counted under
+``GET /_stats/summarizer`` (its ``bodies`` are the summariser's user messages, ``models`` the models asked).
+
+``--max-model-len N`` adds vLLM's ``max_model_len`` to every ``/v1/models`` object and, like
+vLLM, answers 400 to a chat request whose prompt (counted in words, fewer than tokens) plus
+``max_tokens`` exceeds it.
 """
 
 from __future__ import annotations
@@ -84,12 +94,60 @@ async def _faults(request: web.Request, body: dict[str, Any]) -> web.StreamRespo
     return None
 
 
+BRIEF_WORDS = 6
+
+
+async def _summary(body: dict[str, Any], text: str) -> web.Response:
+    stats = STATS["summarizer"]
+    stats["attempts"] += 1
+    stats["bodies"].append(text)
+    stats.setdefault("models", []).append(body.get("model"))
+    old = text.split("<brief>", 1)[1].split("</brief>", 1)[0].strip()
+    turns = text.split("<turns>", 1)[1].split("</turns>", 1)[0].strip()
+    if "[fake:fail]" in turns:
+        return web.json_response({"error": {"message": "fake summariser failure", "type": "fake_error"}}, status=500)
+    if "[fake:slow]" in turns:
+        await asyncio.sleep(10)
+    lines = [] if old == "(none yet)" else old.splitlines()
+    lines += ["- " + " ".join(line.split()[:BRIEF_WORDS]) for line in turns.splitlines() if line.strip()]
+    brief = "" if "[fake:empty]" in turns else "\n".join(lines)
+    stats["completed"] += 1
+    return web.json_response(
+        {
+            "id": "chatcmpl-fake-brief",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": brief},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(body, brief),
+        }
+    )
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     if not isinstance(body.get("messages"), list):
         return web.json_response(
             {"error": {"message": "messages is required", "type": "invalid_request_error"}}, status=400
         )
+    last = _last_user_text(body)
+    if "<brief>" in last and "<turns>" in last and not body.get("stream"):
+        return await _summary(body, last)
+    limit = request.app["max_model_len"]
+    if limit:
+        needed = _usage(body, "")["prompt_tokens"] + int(body.get("max_tokens") or 0)
+        if needed > limit:
+            message = f"This model's maximum context length is {limit} tokens. However, you requested {needed}."
+            return web.json_response(
+                {"object": "error", "message": message, "type": "BadRequestError", "code": 400}, status=400
+            )
     faulted = await _faults(request, body)
     if faulted is not None:
         return faulted
@@ -230,7 +288,13 @@ async def models(request: web.Request) -> web.Response:
         {
             "object": "list",
             "data": [
-                {"id": m, "object": "model", "created": 1700000000, "owned_by": request.app["name"]}
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": 1700000000,
+                    "owned_by": request.app["name"],
+                    **({"max_model_len": request.app["max_model_len"]} if request.app["max_model_len"] else {}),
+                }
                 for m in request.app["models"]
             ],
         }
@@ -241,7 +305,9 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(STATS[request.match_info["id"]])
 
 
-def make_app(name: str, model_names: list[str], api_key: str | None = None) -> web.Application:
+def make_app(
+    name: str, model_names: list[str], api_key: str | None = None, max_model_len: int | None = None
+) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
         if (
@@ -255,6 +321,7 @@ def make_app(name: str, model_names: list[str], api_key: str | None = None) -> w
     app = web.Application(middlewares=[auth])
     app["name"] = name
     app["models"] = model_names
+    app["max_model_len"] = max_model_len
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
@@ -268,9 +335,10 @@ def main() -> None:
     parser.add_argument("--name", default="fake")
     parser.add_argument("--models", default="fake-model")
     parser.add_argument("--api-key")
+    parser.add_argument("--max-model-len", type=int)
     args = parser.parse_args()
     web.run_app(
-        make_app(args.name, args.models.split(","), args.api_key),
+        make_app(args.name, args.models.split(","), args.api_key, args.max_model_len),
         host="127.0.0.1",
         port=args.port,
         print=None,

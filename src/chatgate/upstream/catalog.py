@@ -1,4 +1,7 @@
-"""What models exist: discovered from upstreams' ``GET /models`` (cached with a TTL), plus aliases."""
+"""What models exist: discovered from upstreams' ``GET /models`` (cached with a TTL), plus aliases.
+
+Also each model's context window as its upstreams report it (vLLM's ``max_model_len``).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,16 @@ log = logging.getLogger("chatgate.upstream")
 
 PROBE_TIMEOUT = 3.0
 RETRY_FAILED_AFTER = 5.0  # seconds before asking an upstream that failed discovery again
+WINDOW_FIELDS = ("max_model_len", "context_length", "context_window", "n_ctx")  # vLLM, OpenRouter, others, llama.cpp
+
+
+def window_in(obj: dict[str, Any]) -> int | None:
+    """The context window a ``/models`` object states, if any."""
+    for name in WINDOW_FIELDS:
+        value = obj.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class ModelCatalog:
@@ -26,6 +39,10 @@ class ModelCatalog:
         self._objects: dict[str, dict[str, Any]] = {}
         self._next_fetch: dict[str, float] = {}
         self._refresh_lock = asyncio.Lock()
+        # Upstreams with configured models are not discovered; their /models is read for windows only.
+        self._probed_windows: dict[str, int] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._next_probe: dict[str, float] = {}
 
     async def fetch(self, up: Upstream, timeout: float = PROBE_TIMEOUT) -> list[dict[str, Any]]:  # noqa: ASYNC109
         """The upstream's model objects. Raises on any failure."""
@@ -65,6 +82,47 @@ class ModelCatalog:
         """Before refusing a model as unknown, re-read stale model lists: an upstream may have come up."""
         if not self.router.knows(model):
             await self.refresh()
+
+    async def window_of(self, model: str) -> int | None:
+        """The context window of ``model`` (aliases followed) from its upstreams' ``/models`` objects.
+
+        The smallest when several upstreams serve it; None when none states one. Upstreams with
+        configured models are not discovered: their ``/models`` is read here, at most once per TTL,
+        concurrent callers sharing one read.
+        """
+        served = self.router.resolve(model)
+        ups = self.router.served_models().get(served, [])
+        now = time.monotonic()
+        due = [u for u in ups if not u.discovers and now >= self._next_probe.get(u.name, now)]
+        if due:
+            await asyncio.gather(*(asyncio.shield(self._probe(u)) for u in due), return_exceptions=True)
+        windows = []
+        for up in ups:
+            key = f"{up.name}\0{served}"
+            obj = self._objects.get(key)
+            window = window_in(obj) if obj is not None else self._probed_windows.get(key)
+            if window is not None:
+                windows.append(window)
+        return min(windows, default=None)
+
+    def _probe(self, up: Upstream) -> asyncio.Task[None]:
+        task = self._probes.get(up.name)
+        if task is None:
+            self._next_probe[up.name] = time.monotonic() + self.ttl  # answered or not: not again before the TTL
+            task = self._probes[up.name] = asyncio.create_task(self._read_objects(up))
+            task.add_done_callback(lambda _t: self._probes.pop(up.name, None))
+        return task
+
+    async def _read_objects(self, up: Upstream) -> None:
+        try:
+            result = await self.fetch(up)
+        except Exception as exc:  # not every server has /models; the window may come from elsewhere
+            log.info("model window lookup failed", extra={"upstream": up.name, "error": type(exc).__name__})
+            return
+        for obj in result:
+            window = window_in(obj)
+            if window is not None:
+                self._probed_windows[f"{up.name}\0{obj['id']}"] = window
 
     async def listing(self) -> list[dict[str, Any]]:
         """``GET /v1/models``: served models, then aliases, each once."""
