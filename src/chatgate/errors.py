@@ -102,3 +102,12 @@ class UpstreamRejected(ChatgateError):
 
     code = "UPSTREAM_REJECTED"
     type = "invalid_request_error"
+
+
+class ContextLengthExceeded(BadRequest):
+    """The prompt plus the completion budget do not fit the model's window, even with history dropped.
+
+    Details: ``window``, ``prompt_tokens``, ``max_tokens``, ``model``.
+    """
+
+    code = "CONTEXT_LENGTH"

@@ -260,6 +260,81 @@ class LimitSettings(_Section):
         return v
 
 
+DEFAULT_SUMMARY_PROMPT = (
+    "You keep the running brief of a conversation between a user and an assistant. You are given the brief "
+    "so far and the turns that follow it. Write the updated brief: keep every decision, fact, constraint, "
+    "name, number and open item (questions or tasks not yet resolved) from both; drop pleasantries and "
+    "repetition; prefer short bullet points; write in the conversation's language. Answer with the brief only."
+)
+
+
+class SummarizerSettings(_Section):
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible base URL (with `/v1`) for summariser calls. Unset: the call is routed like "
+        "a chat request (upstreams, retries, fallbacks).",
+    )
+    api_key: SecretStr | None = Field(None, description="Bearer key for `base_url`.")
+    model: str | None = Field(None, description="Model that writes the brief. Unset: the request's own model.")
+    timeout: float = Field(
+        30.0, gt=0, description="Seconds for one summariser call, retries included; then history is truncated."
+    )
+    retries: int = Field(
+        1,
+        ge=0,
+        description="Retries of a call to `base_url` (connect errors, 429, 5xx); routed calls follow "
+        "the upstream's retry settings within `timeout`.",
+    )
+    brief_max_tokens: int = Field(
+        512, ge=16, description="Largest brief, in tokens (asked as the call's `max_tokens`; longer answers are cut)."
+    )
+    input_max_tokens: int = Field(
+        4096,
+        ge=256,
+        description="Largest summariser prompt (instruction, brief so far and turns); longer histories are folded "
+        "in several calls. Keep it below the summariser model's window minus `brief_max_tokens`.",
+    )
+    prompt: str = Field(DEFAULT_SUMMARY_PROMPT, description="The summariser's instruction (its system message).")
+
+
+class ContextSettings(_Section):
+    strategy: Literal["reject", "truncate", "summarize"] = Field(
+        "summarize",
+        description="When prompt plus completion budget exceed the model's window: `reject` (400 "
+        "`CONTEXT_LENGTH`), `truncate` (drop the oldest turns), `summarize` (fold older turns into a running "
+        "brief; truncate if the summariser fails).",
+    )
+    windows: dict[str, int] = Field(
+        default_factory=dict,
+        description="Model (public or served name) -> context window in tokens. First source of a window; then "
+        "the upstream's `/models` (`max_model_len`), then `metadata.model.max_model_len`. The local model's "
+        "window is `local.n_ctx` unless listed here.",
+    )
+    default_window: int | None = Field(
+        None, ge=1, description="Window for models no source knows. Unset: such requests are sent unfitted."
+    )
+    reserve_completion_tokens: int = Field(
+        1024,
+        ge=0,
+        description="Completion tokens kept free in the window when a request sets no `max_tokens` (and its "
+        "upstream's `chat_defaults` set none).",
+    )
+    keep_last_turns: int = Field(
+        2,
+        ge=1,
+        description="Recent turns (a user message and what follows it) kept word for word when history is "
+        "summarised, unless they alone overflow; the last turn is always kept.",
+    )
+    fold_target: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="When history is summarised, the turns kept verbatim are cut to this share of the room left "
+        "for them, so the next turns fit without another summariser call.",
+    )
+    summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings, description="The summariser.")
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -315,6 +390,9 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings, description="Conversations.")
     tokens: TokenSettings = Field(default_factory=TokenSettings, description="Token counting.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Rate limits and budgets.")
+    context: ContextSettings = Field(
+        default_factory=ContextSettings, description="Fitting requests into the model's window."
+    )
 
     @classmethod
     def settings_customise_sources(
