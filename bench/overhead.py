@@ -722,6 +722,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeat", type=int, default=1, help="rounds of the non-streaming matrix, interleaved; medians reported"
     )
     p.add_argument("--no-stream-rps", action="store_true", help="skip streaming throughput at the top concurrency")
+    p.add_argument(
+        "--no-limits", action="store_true", help="chatgate with rate limits and token counting off (default: on)"
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     p.add_argument(
         "--sessions",
@@ -789,6 +792,9 @@ def start_all(tmp: Path, args: argparse.Namespace, python: str, chatgate: str, n
         "upstreams:\n"
         f"  - {{name: json, base_url: 'http://127.0.0.1:{json_port}/v1', models: [{MODEL}]}}\n"
         f"  - {{name: sse, base_url: 'http://127.0.0.1:{sse_port}/v1', models: [{STREAM_MODEL}]}}\n"
+        # Limits on (every request is counted and checked) but high enough never to refuse the load.
+        f"limits: {{enabled: {'false' if args.no_limits else 'true'}, user_requests_per_minute: 1000000000, "
+        "user_tokens_per_hour: 1000000000000}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATGATE_", "BENCH_"))}
     env.update(
@@ -1005,6 +1011,11 @@ def print_report(
             if report["settings"].get("sessions")
             else ""
         )
+        + (
+            ", rate limits on (prompt counted, limits checked and reconciled per request; memory backend)"
+            if report["settings"].get("limits", True)
+            else ", rate limits off"
+        )
     )
 
     if s["errors"]:
@@ -1126,6 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
             "ttfb_requests": args.ttfb_requests,
             "repeat": args.repeat,
             "sessions": args.sessions,
+            "limits": not args.no_limits,
         },
         "results_file": str(RESULTS_DIR / f"overhead-{started}.json"),
     }

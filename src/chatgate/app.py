@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from chatgate.api import chat_api, docs, health, openai
+from chatgate.api import admin, chat_api, docs, health, openai
 from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
-from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog
+from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog, RouteLimits
 from chatgate.identity.jwt import JWTVerifier
 from chatgate.identity.keys import ADMIN, Credentials, JWTSignIn, StaticKeys, StoredKeys, bootstrap_admin_digest
 from chatgate.identity.resolve import IdentityResolver
+from chatgate.limits import Limiter, MemoryLimiter, RedisLimiter
+from chatgate.limits.admit import Admission
 from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
 from chatgate.pipeline import Services
@@ -29,14 +34,17 @@ from chatgate.sessions.personalise import Personaliser
 from chatgate.settings import Settings, load_settings
 from chatgate.store.db import Store, database_url
 from chatgate.store.writebehind import WriteBehind
+from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.breaker import CircuitBreaker
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import UpstreamClient
+from chatgate.upstream.local import bundled_model_path
 from chatgate.upstream.routing import Router, Upstream
 
 log = logging.getLogger("chatgate")
 
 ANONYMOUS_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/api/v1/chat"})
+PIPELINE_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/api/v1/chat"})  # limited in the pipeline
 
 
 def build_upstream(settings: Settings) -> UpstreamClient:
@@ -58,6 +66,25 @@ def build_upstream(settings: Settings) -> UpstreamClient:
     return UpstreamClient(router, settings.retry, settings.timeouts)
 
 
+def build_counter(settings: Settings) -> TokenCounter:
+    """The token counter; with the local model running, its own vocabulary counts for it."""
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(settings.data_dir / "tiktoken"))
+    if not settings.local.base_url:
+        return TokenCounter(settings.tokens)
+    path = settings.local.model_path or bundled_model_path(settings.data_dir)
+    return TokenCounter(settings.tokens, local_model_path=Path(path), local_model_name=settings.local.served_name)
+
+
+def build_limiter(settings: Settings) -> Limiter:
+    """Redis when ``redis_url`` is set (exact across processes), else in process memory."""
+    local = MemoryLimiter(max_keys=settings.limits.memory_max_keys)
+    if settings.redis_url:
+        return RedisLimiter.from_url(settings.redis_url, fail_open=settings.limits.fail_open, fallback=local)
+    if settings.server.workers > 1 and settings.limits.enabled:
+        log.warning("rate limits are per worker process without Redis: set CHATGATE_REDIS_URL to share them")
+    return local
+
+
 def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Services:
     client = build_upstream(settings)
     template = settings.sessions.system_prompt_template
@@ -68,6 +95,8 @@ def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Ser
         sessions=SessionManager(store, writer, settings.sessions),
         connections=Connections(settings.sessions.max_concurrent_per_user),
         store_settings=settings.store,
+        counter=build_counter(settings),
+        admission=Admission(settings.limits, build_limiter(settings)),
         research_models=frozenset(settings.sessions.research_models),
         personaliser=Personaliser(template) if template else None,
     )
@@ -107,6 +136,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             stored,
         )
         await services.catalog.refresh(force=True)
+        await asyncio.to_thread(services.counter.warm_up)  # tokenizers load now, not on a first request
         if not services.upstream.router.upstreams:
             log.warning("no upstream configured: every model is unknown until one is (see docs/configuration.md)")
         # Start-up objects live as long as the process: keep them out of every garbage collection.
@@ -116,6 +146,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             yield
         finally:
             await services.upstream.close()
+            await services.admission.close()
             await writer.close()  # drains: nothing accepted is lost on a clean shutdown
             await store.close()
             access_log.flush()
@@ -131,6 +162,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/api/v1/chat/sessions/stats", chat_api.session_stats, methods=["GET"]),
             Route("/api/v1/chat/sessions/{session_id}", chat_api.get_session, methods=["GET"]),
             Route("/api/v1/chat/sessions/{session_id}", chat_api.delete_session, methods=["DELETE"]),
+            Route("/admin/users/{user_id:path}/limits", admin.get_user_limits, methods=["GET"]),
+            Route("/admin/users/{user_id:path}/limits/reset", admin.reset_user_limits, methods=["POST"]),
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             *docs.routes(),
@@ -144,6 +177,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                 public_paths=settings.server.public_paths,
                 anonymous_paths=ANONYMOUS_PATHS if settings.identity.allow_anonymous else frozenset(),
             ),
+            Middleware(RouteLimits, routes=frozenset(settings.limits.routes), pipeline_paths=PIPELINE_PATHS),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

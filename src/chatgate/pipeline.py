@@ -2,21 +2,26 @@
 
 1. identify -- who is calling: the API key or JWT (checked by ``api/middleware.Authenticate``),
                then signed identity, trusted headers, ``metadata``, the ``user`` field.
-2. session  -- the conversation's session (get or create; ephemeral without a key), and the
+2. admit    -- rate limits and budgets: one request and the estimated tokens (prompt as counted
+               + the completion budget) charged to every limit in one atomic step, or a 429.
+3. session  -- the conversation's session (get or create; ephemeral without a key), and the
                request counted in flight for its user.
-3. fit      -- the personalised system prompt, when configured.
-4. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
+4. fit      -- the personalised system prompt, when configured.
+5. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
                streams are relayed as they arrive.
-5. account  -- usage and request kind on the session, the new messages and the reply queued
-               for the store (write-behind), the in-flight count released.
+6. account  -- usage and request kind on the session, the new messages and the reply queued
+               for the store (write-behind), the in-flight count released, and the token
+               reservation reconciled with the real usage (refunded when the call failed or the
+               client left).
 
-Admission, grounding and caching slot in as their issues land. Nothing here knows about HTTP.
+Grounding and caching slot in as their issues land. Nothing here knows about HTTP beyond the
+route a request came in by (route limits are per path).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +31,13 @@ from chatgate.errors import NotFound
 from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
 from chatgate.identity.resolve import IdentityResolver
+from chatgate.limits.admit import Admission, Admitted, completion_budget, used_tokens
 from chatgate.sessions.connections import Connection, Connections
 from chatgate.sessions.manager import Session, SessionManager
 from chatgate.sessions.messages import compact, dedupe_key, request_kind
 from chatgate.sessions.personalise import Personaliser
 from chatgate.settings import StoreSettings
+from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
 from chatgate.upstream.sse import encode_data
@@ -47,6 +54,8 @@ class Services:
     sessions: SessionManager
     connections: Connections
     store_settings: StoreSettings
+    counter: TokenCounter
+    admission: Admission
     research_models: frozenset[str] = frozenset()
     personaliser: Personaliser | None = None
 
@@ -61,10 +70,12 @@ class Turn:
     headers: Mapping[str, str] = field(default_factory=dict)
     client_ip: str | None = None
     source: str | None = None  # the door: None lets identity decide (openai / openwebui)
+    route: str = ""  # the path it came in by, for route limits
     trace: CallTrace = field(default_factory=CallTrace)
     usage: dict[str, Any] | None = None
     resolved: Resolved | None = None
     session: Session | None = None
+    admitted: Admitted | None = None
 
     @property
     def stream(self) -> bool:
@@ -83,6 +94,44 @@ def identify(services: Services, turn: Turn) -> Resolved:
         turn.raw = None  # metadata was taken out: the upstream gets the payload re-serialised
     turn.resolved = resolved
     return resolved
+
+
+async def admit(services: Services, turn: Turn, model: str, count_prompt: Callable[[], int], completion: int) -> None:
+    """Charge the request to its limits (429 when one refuses); the charge is settled by ``settle``."""
+    assert turn.resolved is not None
+    admission = services.admission
+    limits = admission.limits(turn.principal, turn.resolved, turn.client_ip, turn.route, model)
+    if limits:
+        turn.admitted = await admission.admit(limits, count_prompt(), completion)
+
+
+async def settle(services: Services, turn: Turn, completed: bool, reply: Any = None) -> None:
+    """Reconcile the reservation with the usage (or a count of the reply without one); refund a failed call."""
+    admitted = turn.admitted
+    if admitted is None or admitted.settled:
+        return
+    tokens = used_tokens(turn.usage)
+    if tokens is None and completed:
+        tokens = admitted.prompt_tokens + _count_reply(services, reply, turn.payload.get("model"))
+    await services.admission.settle(admitted, tokens)
+
+
+def _count_reply(services: Services, reply: Any, model: Any) -> int:
+    if isinstance(reply, str):
+        return services.counter.count(reply, model if isinstance(model, str) else None)
+    if isinstance(reply, list):
+        text = orjson.dumps(reply).decode()
+        return services.counter.count(text, model if isinstance(model, str) else None)
+    return 0
+
+
+def _chat_admission(services: Services, turn: Turn, messages: list[dict[str, Any]]) -> tuple[Callable[[], int], int]:
+    model = turn.payload.get("model")
+    model = model if isinstance(model, str) else None
+    return (
+        lambda: services.counter.count_messages(messages, model),
+        completion_budget(turn.payload, services.admission.settings.default_max_tokens_reservation),
+    )
 
 
 async def open_session(services: Services, turn: Turn, key: str | None) -> tuple[Session, Connection]:
@@ -106,11 +155,14 @@ def personalise(services: Services, turn: Turn, messages: list[dict[str, Any]]) 
 async def chat(services: Services, turn: Turn) -> bytes | Relay:
     """An OpenAI chat completion (client-side history): JSON body, or a relay of SSE bytes."""
     resolved = identify(services, turn)
-    await services.catalog.ensure_known(turn.payload["model"])
-    session, conn = await open_session(services, turn, resolved.conversation_key)
+    model: str = turn.payload["model"]
+    await services.catalog.ensure_known(model)
     client_messages: list[dict[str, Any]] = turn.payload["messages"]
-    handed = False  # once a stream is returned, its end releases the connection
+    await admit(services, turn, model, *_chat_admission(services, turn, client_messages))
+    handed = False  # once a stream is returned, its end settles the charge and releases the connection
+    conn: Connection | None = None
     try:
+        session, conn = await open_session(services, turn, resolved.conversation_key)
         fitted = personalise(services, turn, client_messages)
         if fitted is not client_messages:
             turn.payload = {**turn.payload, "messages": fitted}
@@ -120,19 +172,22 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
             raw = turn.raw if payload is turn.payload else None
             opened = await services.upstream.open("/chat/completions", payload, raw, turn.trace)
             reply = ReplyBuffer()
+            left = conn
 
-            def end(completed: bool) -> None:
+            async def end(completed: bool) -> None:
                 try:
                     if completed:
                         account(services, turn, client_messages, reply.content())
                 finally:
-                    services.connections.leave(conn)
+                    services.connections.leave(left)
+                    await settle(services, turn, completed, reply.content())
 
             relay = Relay(
                 opened,
                 include_usage=include_usage,
                 on_usage=turn.record_usage,
-                reply=None if session.ephemeral else reply,
+                # the reply is parsed to be stored, or counted should the upstream send no usage
+                reply=None if session.ephemeral and turn.admitted is None else reply,
                 on_end=end,
             )
             handed = True
@@ -140,11 +195,15 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
         body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
         answer = _parse(body)
         turn.usage = _usage(answer)
-        account(services, turn, client_messages, _reply_content(answer))
+        content = _reply_content(answer)
+        account(services, turn, client_messages, content)
+        await settle(services, turn, True, content)
         return body
     finally:
         if not handed:
-            services.connections.leave(conn)
+            if conn is not None:
+                services.connections.leave(conn)
+            await settle(services, turn, False)  # a no-op once settled: here it refunds a failed call
 
 
 def account(services: Services, turn: Turn, client_messages: list[dict[str, Any]], reply: Any) -> None:
@@ -233,10 +292,28 @@ def _reply_content(data: dict[str, Any]) -> Any:
 
 async def embeddings(services: Services, turn: Turn) -> bytes:
     identify(services, turn)
-    await services.catalog.ensure_known(turn.payload["model"])
-    body = await services.upstream.call("/embeddings", turn.payload, turn.raw, turn.trace)
-    turn.usage = _usage(_parse(body))
-    return body
+    model: str = turn.payload["model"]
+    await services.catalog.ensure_known(model)
+    await admit(services, turn, model, lambda: _count_input(services, turn.payload.get("input"), model), 0)
+    try:
+        body = await services.upstream.call("/embeddings", turn.payload, turn.raw, turn.trace)
+        turn.usage = _usage(_parse(body))
+        await settle(services, turn, True)
+        return body
+    finally:
+        await settle(services, turn, False)
+
+
+def _count_input(services: Services, given: Any, model: str) -> int:
+    """Tokens of an embeddings ``input``: a string, strings, or token ids (one list or several)."""
+    if isinstance(given, str):
+        return services.counter.count(given, model)
+    if not isinstance(given, list):
+        return 0
+    if all(isinstance(x, int) for x in given):
+        return len(given)
+    texts = [x for x in given if isinstance(x, str)]
+    return sum(services.counter.count_batch(texts, model)) + sum(len(x) for x in given if isinstance(x, list))
 
 
 # ---- the chat API: server-side history ------------------------------------------------------------
@@ -255,22 +332,29 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
     resolved = identify(services, turn)
     identity = resolved.identity
     await services.catalog.ensure_known(req.model)
+    session: Session | None = None
     if req.session_id is not None:
         session = await services.sessions.find_for_user(identity.user_id, req.session_id)
         if session is None:
             raise NotFound("No such session.", details={"session_id": req.session_id})
         services.sessions.saw(identity)
-    else:
-        session = await services.sessions.get_or_create(identity, "api-" + uuid.uuid4().hex, "chat-api")
+    history = services.sessions.history(session) if session is not None else []
+    new = {"role": "user", "content": req.message}
+    messages = personalise(services, turn, [*history, new])
+    turn.payload = {"model": req.model, "messages": messages, "stream": req.stream}
+    turn.raw = None
+    await admit(services, turn, req.model, *_chat_admission(services, turn, messages))  # before a session is made
+    if session is None:
+        try:
+            session = await services.sessions.get_or_create(identity, "api-" + uuid.uuid4().hex, "chat-api")
+        except BaseException:
+            await settle(services, turn, False)
+            raise
     turn.session = session
-    conn = services.connections.enter(identity.user_id, session.id, resolved.message_id)
+    conn: Connection | None = None
     handed = False
     try:
-        history = services.sessions.history(session)
-        new = {"role": "user", "content": req.message}
-        messages = personalise(services, turn, [*history, new])
-        turn.payload = {"model": req.model, "messages": messages, "stream": req.stream}
-        turn.raw = None
+        conn = services.connections.enter(identity.user_id, session.id, resolved.message_id)
         position = session.message_count
         user_key = dedupe_key(position, "user", req.message, resolved.message_id)
 
@@ -286,13 +370,16 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
             answer = _parse(await services.upstream.call("/chat/completions", turn.payload, None, turn.trace))
             turn.usage = _usage(answer)
             content = _reply_content(answer)
+            await settle(services, turn, True, content)
             return finish(content if isinstance(content, str) else "")
         payload, _ = ask_for_usage(turn.payload)
         opened = await services.upstream.open("/chat/completions", payload, None, turn.trace)
         reply = ReplyBuffer()
+        left = conn
 
-        def end(completed: bool) -> None:
-            services.connections.leave(conn)
+        async def end(completed: bool) -> None:
+            services.connections.leave(left)
+            await settle(services, turn, completed, reply.text)
 
         def tail() -> bytes:  # the stream completed: store the turn, and say so in a last event
             return encode_data(orjson.dumps({"type": "done", **finish(reply.text)}))
@@ -312,4 +399,6 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         return relay
     finally:
         if not handed:
-            services.connections.leave(conn)
+            if conn is not None:
+                services.connections.leave(conn)
+            await settle(services, turn, False)

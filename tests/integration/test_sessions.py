@@ -301,6 +301,7 @@ def test_clean_shutdown_under_load_loses_no_write(tmp_path, fake_b):
         {
             "upstreams": [{"name": "b", "base_url": fake_b.base_url}],
             "store": {"flush_interval": 1.0, "batch_size": 100000},
+            "limits": {"user_requests_per_minute": 1000},  # 300 requests from one user
         },
     )
     ok = 0

@@ -191,7 +191,9 @@ def test_openapi_documents_every_route(client):
     assert body["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionRequest")
     assert "ChatMessage" in spec["components"]["schemas"]
     documented = {
-        (path.replace("{model_id}", "{model_id:path}"), m.upper()) for path, ops in spec["paths"].items() for m in ops
+        (path.replace("{model_id}", "{model_id:path}").replace("{user_id}", "{user_id:path}"), m.upper())
+        for path, ops in spec["paths"].items()
+        for m in ops
     }
     served = {
         (r.path, m)

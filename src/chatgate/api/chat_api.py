@@ -15,10 +15,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatgate import pipeline
-from chatgate.api.asgi import ClientLeft, read_body, send_bytes, send_stream, until_disconnect
+from chatgate.api.asgi import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    ClientLeft,
+    read_body,
+    send_bytes,
+    send_stream,
+    until_disconnect,
+)
 from chatgate.api.errors import send_error
 from chatgate.api.middleware import info
-from chatgate.api.openai import new_turn, services_of, traced
+from chatgate.api.openai import answer_headers, new_turn, services_of, traced
 from chatgate.api.protocol import parse_object
 from chatgate.errors import BadRequest, ChatgateError, ModelNotFound, NotFound
 from chatgate.identity.model import Identity
@@ -82,9 +90,9 @@ async def chat(scope: Scope, receive: Receive, send: Send) -> None:
 async def _answer(services: pipeline.Services, send: Send, turn: pipeline.Turn, req: pipeline.ChatAPIRequest) -> None:
     result = await pipeline.chat_api(services, turn, req)
     if isinstance(result, dict):
-        await send_bytes(send, 200, orjson.dumps(result))
+        await send_bytes(send, 200, orjson.dumps(result), answer_headers(JSON_HEADERS, turn))
     else:
-        await send_stream(send, result)
+        await send_stream(send, result, answer_headers(SSE_HEADERS, turn))
 
 
 # ---- sessions ----------------------------------------------------------------------------------

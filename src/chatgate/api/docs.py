@@ -115,6 +115,24 @@ def _session(session_id: str, limit: int = 50, offset: int = 0) -> None: ...
 def _delete_session(session_id: str) -> None: ...
 
 
+@_doc.get(
+    "/admin/users/{user_id}/limits",
+    tags=["admin"],
+    summary="A user's limit lines with current usage, remaining and reset (admin key)",
+    responses=ERRORS,
+)
+def _user_limits(user_id: str) -> None: ...
+
+
+@_doc.post(
+    "/admin/users/{user_id}/limits/reset",
+    tags=["admin"],
+    summary="Forget a user's usage in every limit window (admin key)",
+    responses=ERRORS,
+)
+def _reset_user_limits(user_id: str) -> None: ...
+
+
 DOCUMENTED = _doc.routes
 
 

@@ -1,6 +1,6 @@
 """Plain ASGI middleware: request id + access log + last-resort errors, body limit, credentials.
 
-Outermost first: ``RequestLog`` -> ``BodyLimit`` -> ``Authenticate`` -> routes.
+Outermost first: ``RequestLog`` -> ``BodyLimit`` -> ``Authenticate`` -> ``RouteLimits`` -> routes.
 """
 
 from __future__ import annotations
@@ -198,4 +198,25 @@ class Authenticate:
                 await send_error(send, Unauthorized("Invalid API key."), [(b"www-authenticate", b"Bearer")])
                 return
         scope["chatgate"].principal = principal
+        await self.app(scope, receive, send)
+
+
+class RouteLimits:
+    """``limits.routes`` for routes outside the pipeline (the pipeline checks its own routes' lines
+    together with the user's, in the same atomic step)."""
+
+    def __init__(self, app: ASGIApp, routes: frozenset[str], pipeline_paths: frozenset[str]) -> None:
+        self.app = app
+        self.routes = routes - pipeline_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.routes and (path := scope.get("path", "")) in self.routes:
+            admission = scope["app"].state.services.admission
+            client = scope.get("client")
+            limits = admission.route_limits(info(scope).principal, client[0] if client else None, path)
+            try:
+                await admission.admit(limits, 0, 0)
+            except ChatgateError as exc:
+                await send_error(send, exc)
+                return
         await self.app(scope, receive, send)

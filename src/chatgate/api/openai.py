@@ -15,7 +15,16 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from chatgate import pipeline
-from chatgate.api.asgi import ClientLeft, read_body, send_bytes, send_stream, until_disconnect
+from chatgate.api.asgi import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    ClientLeft,
+    Headers,
+    read_body,
+    send_bytes,
+    send_stream,
+    until_disconnect,
+)
 from chatgate.api.errors import send_error
 from chatgate.api.middleware import RequestInfo, info
 from chatgate.api.protocol import check_chat, check_embeddings, parse_object
@@ -41,7 +50,13 @@ def new_turn(scope: Scope, payload: dict[str, Any], raw: bytes | None, source: s
         headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
         client_ip=client[0] if client else None,
         source=source,
+        route=scope["path"],
     )
+
+
+def answer_headers(base: Headers, turn: pipeline.Turn) -> Headers:
+    """The content headers plus the rate-limit headers of an admitted request."""
+    return [*base, *turn.admitted.headers] if turn.admitted is not None else base
 
 
 class PipelineEndpoint:
@@ -72,9 +87,9 @@ class PipelineEndpoint:
     async def _answer(self, services: pipeline.Services, send: Send, turn: pipeline.Turn) -> None:
         result = await self.run(services, turn)
         if isinstance(result, bytes):
-            await send_bytes(send, 200, result)
+            await send_bytes(send, 200, result, answer_headers(JSON_HEADERS, turn))
         else:
-            await send_stream(send, result)
+            await send_stream(send, result, answer_headers(SSE_HEADERS, turn))
 
 
 def traced(req: RequestInfo, turn: pipeline.Turn) -> None:

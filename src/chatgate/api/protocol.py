@@ -212,9 +212,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or invalid API key.",
         404: "Unknown model or route.",
         413: "Body over `server.max_body_bytes`.",
-        429: "Rate limited (by the upstream, after retries); `Retry-After` says when to come back.",
+        403: "The key lacks the scope the route needs (admin routes).",
+        429: "Rate limited: `code: RATE_LIMIT` with `details.scope`, `limit`, `remaining`, `reset_in_seconds` "
+        "(ours), or the upstream's 429 after retries; `Retry-After` says when to come back.",
         502: "The upstream failed after retries.",
-        503: "Every upstream for the model has its circuit open.",
+        503: "Every upstream for the model has its circuit open, or the shared rate limiter is down "
+        "and configured to fail closed (`LIMITER_UNAVAILABLE`).",
         504: "The upstream timed out.",
     }.items()
 }

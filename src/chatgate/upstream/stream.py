@@ -8,7 +8,7 @@ gone out there is no retry and no status code left to change.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -106,7 +106,8 @@ class Relay:
     Hooks: ``on_usage`` gets the usage chunk; ``reply`` collects the reply (chunks are parsed
     only when it is set); ``transform`` re-encodes a data chunk for the client
     (``b""`` drops it; default: passed on as it came); ``tail`` gives a last event before
-    ``[DONE]`` when the stream completed; ``on_end(completed)`` runs once, when it is closed.
+    ``[DONE]`` when the stream completed; ``on_end(completed)`` runs once, when it is closed (awaited
+    if it returns an awaitable).
     """
 
     def __init__(
@@ -118,7 +119,7 @@ class Relay:
         reply: ReplyBuffer | None = None,
         transform: Callable[[bytes, str], bytes] | None = None,
         tail: Callable[[], bytes] | None = None,
-        on_end: Callable[[bool], None] | None = None,
+        on_end: Callable[[bool], Awaitable[None] | None] | None = None,
     ) -> None:
         self._opened = opened
         self.include_usage = include_usage
@@ -140,7 +141,9 @@ class Relay:
         if not self._ended:
             self._ended = True
             if self.on_end is not None:
-                self.on_end(self.completed)
+                ended = self.on_end(self.completed)
+                if ended is not None:
+                    await ended
 
     def _data(self, data: bytes) -> bytes:
         usage_only, usage = _is_usage_only(data)

@@ -1,0 +1,95 @@
+"""The admin API (keys with the ``admin`` scope): per-user limits and usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from chatgate.api.middleware import info
+from chatgate.errors import Forbidden
+from chatgate.limits.base import Limit
+from chatgate.limits.policy import limits_for, subject_key
+from chatgate.limits.redis import RedisLimiter
+from chatgate.pipeline import Services
+
+
+def _admin(request: Request) -> Services:
+    principal = info(request.scope).principal
+    if principal is None or "admin" not in principal.scopes:
+        raise Forbidden("This route needs an admin key.", details={"path": request.url.path})
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json")
+
+
+def user_limits(services: Services, user_id: str) -> list[Limit]:
+    """Every limit line that can apply to ``user_id``: its own, and per configured route and model.
+
+    A user id ``ip:<address>`` is an anonymous caller's (its lines are per IP).
+    """
+    settings = services.admission.settings
+    anonymous = user_id.startswith("ip:")
+    seen: dict[str, Limit] = {}
+    for route in ["", *settings.routes]:
+        for model in [None, *settings.models]:
+            for line in limits_for(
+                settings,
+                user_id=user_id,
+                key_id=None,
+                anonymous=anonymous,
+                client_ip=user_id.removeprefix("ip:") if anonymous else None,
+                route=route,
+                model=model,
+            ):
+                seen.setdefault(line.scope, line)
+    return list(seen.values())
+
+
+def _subject(user_id: str) -> str:
+    if user_id.startswith("ip:"):
+        return subject_key(client_ip=user_id.removeprefix("ip:"))
+    return subject_key(user_id=user_id)
+
+
+def _backend(services: Services) -> str:
+    return "redis" if isinstance(services.admission.limiter, RedisLimiter) else "memory"
+
+
+async def get_user_limits(request: Request) -> Response:
+    """``GET /admin/users/{user_id}/limits``: each limit line with its current usage."""
+    services = _admin(request)
+    user_id = request.path_params["user_id"]
+    lines = user_limits(services, user_id)
+    usage = await services.admission.limiter.usage(lines)
+    return _json(
+        {
+            "user_id": user_id,
+            "enabled": services.admission.settings.enabled,
+            "backend": _backend(services),
+            "limits": [
+                {
+                    "scope": line.scope,
+                    "unit": line.unit,
+                    "window_seconds": line.window,
+                    "limit": line.limit,
+                    "used": int(usage[line.scope]["used"]),
+                    "remaining": int(usage[line.scope]["remaining"]),
+                    "reset_in_seconds": round(usage[line.scope]["reset_in"], 3),
+                }
+                for line in lines
+            ],
+        }
+    )
+
+
+async def reset_user_limits(request: Request) -> Response:
+    """``POST /admin/users/{user_id}/limits/reset``: forget the user's usage in every window."""
+    services = _admin(request)
+    user_id = request.path_params["user_id"]
+    cleared = await services.admission.limiter.reset(_subject(user_id))
+    return _json({"user_id": user_id, "reset": True, "counters_cleared": cleared})

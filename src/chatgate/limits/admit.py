@@ -1,0 +1,230 @@
+"""The admit step: check and charge a request's limits, and settle the charge once the call is over.
+
+Costs: every request costs 1 ``requests`` unit and an estimate of ``tokens``: the prompt as
+counted by the model's tokenizer plus the completion budget (``max_tokens`` /
+``max_completion_tokens``, else ``limits.default_max_tokens_reservation``). After the call the
+token charge is reconciled with the real usage (the usage object; a count of the reply when the
+upstream sent none); a failed or cancelled call is refunded (its request still counts).
+
+Who is limited: the resolved end user. A sub-identity named by the OpenAI ``user`` field on an
+ordinary key is limited as the key's owner (otherwise any caller could mint fresh limits by
+varying ``user``); a trusted forwarder's end users are limited one by one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatgate.errors import RateLimited
+from chatgate.identity.keys import Principal
+from chatgate.identity.model import Resolved
+from chatgate.limits.base import Decision, Limit, Limiter, LimiterUnavailable, Reservation
+from chatgate.limits.policy import limits_for
+from chatgate.settings import LimitSettings
+
+log = logging.getLogger("chatgate.limits")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class AdmissionStats:
+    admitted: int = 0
+    limited: Counter[str] = field(default_factory=Counter)  # scope -> requests refused by it
+    reconciled: int = 0
+    refunded: int = 0
+    tokens_reserved: int = 0
+    tokens_charged: int = 0  # after reconciliation: what admitted requests really cost
+    settle_errors: int = 0
+    unavailable: int = 0  # requests refused because the shared limiter was down (fail closed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "admitted": self.admitted,
+            "limited": sum(self.limited.values()),
+            "limited_by_scope": dict(self.limited),
+            "reconciled": self.reconciled,
+            "refunded": self.refunded,
+            "tokens_reserved": self.tokens_reserved,
+            "tokens_charged": self.tokens_charged,
+            "settle_errors": self.settle_errors,
+            "unavailable": self.unavailable,
+        }
+
+
+@dataclass(slots=True)
+class Admitted:
+    """One admitted request's charge, settled exactly once (``Admission.settle``)."""
+
+    reservation: Reservation
+    headers: Headers
+    prompt_tokens: int
+    settled: bool = False
+
+
+def completion_budget(payload: Mapping[str, Any], default: int) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return default
+
+
+def limit_subject(principal: Principal, resolved: Resolved) -> str:
+    """The user id limits are charged to (see the module docstring)."""
+    identity = resolved.identity
+    if identity.source == "api_key" and "trusted_forwarder" not in principal.scopes:
+        return principal.user_id or f"key:{principal.key_id}"
+    return identity.user_id
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def rate_headers(limits: list[Limit], decision: Decision) -> Headers:
+    """OpenAI's ``x-ratelimit-*`` pair per unit, from the tightest limit of that unit."""
+    out: Headers = []
+    for unit in ("requests", "tokens"):
+        lines = [lim for lim in limits if lim.unit == unit]
+        if not lines:
+            continue
+        tight = min(lines, key=lambda lim: (decision.remaining.get(lim.scope, lim.limit), lim.limit))
+        out += [
+            (f"x-ratelimit-limit-{unit}".encode(), str(tight.limit).encode()),
+            (f"x-ratelimit-remaining-{unit}".encode(), str(decision.remaining.get(tight.scope, 0)).encode()),
+            (f"x-ratelimit-reset-{unit}".encode(), _seconds(decision.reset_in.get(tight.scope, 0.0)).encode()),
+        ]
+    return out
+
+
+class Admission:
+    def __init__(self, settings: LimitSettings, limiter: Limiter) -> None:
+        self.settings = settings
+        self.limiter = limiter
+        self.stats = AdmissionStats()
+
+    def limits(
+        self, principal: Principal, resolved: Resolved, client_ip: str | None, route: str, model: str | None
+    ) -> list[Limit]:
+        anonymous = resolved.identity.source == "anonymous"
+        return limits_for(
+            self.settings,
+            user_id=limit_subject(principal, resolved),
+            key_id=None if anonymous else principal.key_id,
+            anonymous=anonymous,
+            client_ip=resolved.identity.user_id.removeprefix("ip:") if anonymous else client_ip,
+            route=route,
+            model=model,
+        )
+
+    def route_limits(self, principal: Principal | None, client_ip: str | None, route: str) -> list[Limit]:
+        """The route line alone, for routes outside the pipeline (the caller: its key's user, else its IP)."""
+        if route not in self.settings.routes:
+            return []
+        anonymous = principal is None or principal.key_id == "anonymous"
+        lines = limits_for(
+            self.settings,
+            user_id="" if principal is None else principal.user_id or f"key:{principal.key_id}",
+            key_id=None,
+            anonymous=anonymous,
+            client_ip=client_ip,
+            route=route,
+            model=None,
+        )
+        return [lim for lim in lines if lim.scope.startswith("route:")]
+
+    async def admit(self, limits: list[Limit], prompt_tokens: int, completion_tokens: int) -> Admitted | None:
+        """Charge 1 request and the token estimate to every limit, or raise ``RateLimited`` (429)."""
+        if not limits:
+            return None
+        tokens = prompt_tokens + completion_tokens
+        try:
+            decision = await self.limiter.acquire(limits, {"requests": 1, "tokens": tokens})
+        except LimiterUnavailable:
+            self.stats.unavailable += 1
+            raise
+        headers = rate_headers(limits, decision)
+        if not decision.allowed:
+            raise self._refused(decision, headers, tokens)
+        assert decision.reservation is not None
+        self.stats.admitted += 1
+        self.stats.tokens_reserved += tokens
+        return Admitted(decision.reservation, headers, prompt_tokens)
+
+    def _refused(self, decision: Decision, headers: Headers, tokens: int) -> RateLimited:
+        blocked = decision.blocked
+        assert blocked is not None
+        self.stats.limited[blocked.scope] += 1
+        remaining = decision.remaining.get(blocked.scope, 0)
+        reset_in = decision.reset_in.get(blocked.scope, 0.0)
+        retry = max(decision.retry_after, 0.001)
+        if blocked.unit == "tokens" and tokens > blocked.limit:
+            message = (
+                f"This request needs about {tokens} tokens (prompt + max_tokens), more than the "
+                f"{blocked.scope} limit of {blocked.limit} allows; lower max_tokens or shorten the prompt."
+            )
+        else:
+            message = (
+                f"Rate limit reached: {blocked.scope} allows {blocked.limit} {blocked.unit}; "
+                f"try again in {math.ceil(retry)} s."
+            )
+        extra = {
+            "Retry-After": str(math.ceil(retry)),
+            "retry-after-ms": str(math.ceil(retry * 1000)),
+            "X-RateLimit-Limit": str(blocked.limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(math.ceil(reset_in)),
+        }
+        for name, value in headers:
+            extra[name.decode()] = value.decode()
+        return RateLimited(
+            message,
+            details={
+                "scope": blocked.scope,
+                "limit": blocked.limit,
+                "remaining": remaining,
+                "reset_in_seconds": round(reset_in, 3),
+                "retry_after_seconds": round(retry, 3),
+                "requested": tokens if blocked.unit == "tokens" else 1,
+            },
+            headers=extra,
+        )
+
+    async def settle(self, admitted: Admitted | None, tokens: int | None) -> None:
+        """Reconcile to ``tokens`` actually used, or refund (``None``: failed or cancelled). Once; never raises."""
+        if admitted is None or admitted.settled:
+            return
+        admitted.settled = True
+        try:
+            if tokens is None:
+                await self.limiter.refund(admitted.reservation)
+                self.stats.refunded += 1
+            else:
+                await self.limiter.reconcile(admitted.reservation, {"tokens": tokens})
+                self.stats.reconciled += 1
+                self.stats.tokens_charged += tokens
+        except Exception as exc:  # the charge stays as reserved: safe, and logged
+            self.stats.settle_errors += 1
+            log.warning("rate limiter: settling a reservation failed (%s)", type(exc).__name__)
+
+    async def close(self) -> None:
+        await self.limiter.close()
+
+
+def used_tokens(usage: Mapping[str, Any] | None) -> int | None:
+    """Total tokens from an OpenAI usage object, or None when it has none."""
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int) and total > 0:
+        return total
+    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    if any(isinstance(p, int) for p in parts):
+        return sum(p for p in parts if isinstance(p, int))
+    return None

@@ -1,0 +1,441 @@
+"""Limits through the gateway's public interface: real `chatgate serve` processes, the fake upstream,
+the official openai SDK, the admin API, and Redis (real, and lost mid-test behind a proxy we stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Fake, Gateway, start_gateway, stop
+from tests.limits.test_contract import REDIS_URL
+
+MESSAGES = [{"role": "user", "content": "hello there"}]
+
+
+def upstream(fake: Fake) -> dict[str, Any]:
+    return {"name": "a", "base_url": fake.base_url, "api_key": "upstream-secret-a"}
+
+
+def config(fake: Fake, **limits: Any) -> dict[str, Any]:
+    return {"upstreams": [upstream(fake)], "limits": limits}
+
+
+def auth(gw: Gateway) -> dict[str, str]:
+    return {"Authorization": f"Bearer {gw.key}"}
+
+
+def new_user() -> str:
+    """A fresh end user (the admin key forwards identity: ``user`` names a sub-identity ``admin/<user>``)."""
+    return "t-" + secrets.token_hex(4)
+
+
+def chat_body(user: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "fake-model", "messages": MESSAGES, "user": user, **extra}
+
+
+def usage_of(gw: Gateway, user: str) -> dict[str, dict[str, Any]]:
+    resp = httpx.get(f"{gw.url}/admin/users/admin/{user}/limits", headers=auth(gw), timeout=10)
+    assert resp.status_code == 200, resp.text
+    return {line["scope"]: line for line in resp.json()["limits"]}
+
+
+async def burst(gw: Gateway, bodies: list[dict[str, Any]], url: str | None = None) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(headers=auth(gw), timeout=60, limits=limits) as client:
+        return await asyncio.gather(*(client.post(url or gw.base_url + "/chat/completions", json=b) for b in bodies))
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, fake_a: Fake) -> Iterator[Gateway]:
+    cfg = config(
+        fake_a,
+        user_requests_per_minute=60,
+        user_tokens_per_hour=100_000,
+        default_max_tokens_reservation=100,
+        routes={"/v1/models": 3},
+    )
+    g = start_gateway(tmp_path_factory.mktemp("limits"), cfg)
+    yield g
+    stop(g.proc)
+
+
+# ---- exactness ------------------------------------------------------------------------------------
+
+
+def test_200_concurrent_requests_against_60_admit_exactly_60(gw: Gateway) -> None:
+    user = new_user()
+    responses = asyncio.run(burst(gw, [chat_body(user) for _ in range(200)]))
+    statuses = [r.status_code for r in responses]
+    assert statuses.count(200) == 60 and statuses.count(429) == 140
+    usage = usage_of(gw, user)["user:requests_per_minute"]
+    assert usage["used"] == 60 and usage["remaining"] == 0
+
+
+def test_two_gateways_sharing_redis_admit_exactly_60(tmp_path, fake_a: Fake) -> None:
+    cfg = {**config(fake_a, user_requests_per_minute=60), "redis_url": REDIS_URL}
+    gws = [start_gateway(tmp_path / f"gw{i}", cfg) for i in range(2)]
+    try:
+        user = new_user()
+
+        async def both() -> list[httpx.Response]:
+            halves = await asyncio.gather(*(burst(g, [chat_body(user) for _ in range(100)]) for g in gws))
+            return [r for half in halves for r in half]
+
+        statuses = [r.status_code for r in asyncio.run(both())]
+        assert statuses.count(200) == 60 and statuses.count(429) == 140
+        for g in gws:  # each sees the shared count
+            assert usage_of(g, user)["user:requests_per_minute"]["used"] == 60
+            assert httpx.get(g.url + "/admin/users/x/limits", headers=auth(g)).json()["backend"] == "redis"
+        httpx.post(f"{gws[0].url}/admin/users/admin/{user}/limits/reset", headers=auth(gws[0]))
+    finally:
+        for g in gws:
+            stop(g.proc)
+
+
+def test_token_limit_overshoots_by_at_most_one_reservation(tmp_path, fake_a: Fake) -> None:
+    limit, max_tokens = 500, 40
+    g = start_gateway(tmp_path, config(fake_a, user_tokens_per_hour=limit, user_requests_per_minute=1000))
+    try:
+        user = new_user()
+        # The fake's usage is words of the prompt + the echo; our estimate is tiktoken's prompt + max_tokens.
+        body = chat_body(user, max_tokens=max_tokens, messages=[{"role": "user", "content": "one two three " * 10}])
+        responses = asyncio.run(burst(g, [body for _ in range(40)]))
+        ok = [r for r in responses if r.status_code == 200]
+        refused = [r for r in responses if r.status_code == 429]
+        assert ok and refused and len(ok) + len(refused) == 40
+        used = usage_of(g, user)["user:tokens_per_hour"]["used"]
+        real = sum(r.json()["usage"]["total_tokens"] for r in ok)
+        assert used == real  # every admitted call was reconciled to its real usage
+        reservation = max(r.json()["usage"]["prompt_tokens"] for r in ok) + max_tokens
+        assert used <= limit + reservation
+        err = refused[0].json()["error"]
+        assert err["code"] == "RATE_LIMIT" and err["details"]["scope"] == "user:tokens_per_hour"
+        assert err["details"]["limit"] == limit
+    finally:
+        stop(g.proc)
+
+
+# ---- the 429 and the headers --------------------------------------------------------------------
+
+
+def test_429_body_and_headers(gw: Gateway) -> None:
+    user = new_user()
+    responses = asyncio.run(burst(gw, [chat_body(user) for _ in range(61)]))
+    ok = next(r for r in responses if r.status_code == 200)
+    assert ok.headers["x-ratelimit-limit-requests"] == "60"
+    assert int(ok.headers["x-ratelimit-remaining-requests"]) < 60
+    assert ok.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert 0 < int(ok.headers["x-ratelimit-remaining-tokens"]) < 100_000
+    assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+    refused = next(r for r in responses if r.status_code == 429)
+    err = refused.json()["error"]
+    assert err["code"] == "RATE_LIMIT" and err["type"] == "rate_limit_error"
+    assert "user:requests_per_minute" in err["message"]
+    details = err["details"]
+    assert details["scope"] == "user:requests_per_minute" and details["limit"] == 60 and details["remaining"] == 0
+    assert 0 < details["reset_in_seconds"] <= 63
+    retry = int(refused.headers["retry-after"])
+    assert 0 < retry <= 63 and abs(int(refused.headers["retry-after-ms"]) / 1000 - retry) < 1
+    assert refused.headers["x-ratelimit-limit"] == "60" and refused.headers["x-ratelimit-remaining"] == "0"
+    assert 0 < int(refused.headers["x-ratelimit-reset"]) <= 63
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_openai_sdk_sees_rate_limit_error_and_retries_after_our_retry_after(
+    gw: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = new_user()
+    asyncio.run(burst(gw, [chat_body(user) for _ in range(60)]))
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0)
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="fake-model", messages=MESSAGES, user=user)  # type: ignore[arg-type]
+    assert caught.value.status_code == 429 and caught.value.code == "RATE_LIMIT"
+    announced = int(caught.value.response.headers["retry-after-ms"]) / 1000
+
+    # With retries on, the SDK sleeps as long as we said, then retries. The sleep is where the wait
+    # would pass; we record it and clear the user's window instead of waiting a minute.
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        httpx.post(f"{gw.url}/admin/users/admin/{user}/limits/reset", headers=auth(gw), timeout=10)
+
+    monkeypatch.setattr(openai._base_client.time, "sleep", sleep)
+    retrying = openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=2)
+    answer = retrying.chat.completions.create(model="fake-model", messages=MESSAGES, user=user)  # type: ignore[arg-type]
+    assert answer.choices[0].message.content == "echo: hello there"
+    assert len(slept) == 1 and abs(slept[0] - announced) < 1.5  # the SDK waited what retry-after-ms said
+
+
+def test_route_limit_outside_the_pipeline(gw: Gateway) -> None:
+    statuses = [httpx.get(gw.base_url + "/models", headers=auth(gw)).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    httpx.post(f"{gw.url}/admin/users/admin/limits/reset", headers=auth(gw))
+    assert httpx.get(gw.base_url + "/models", headers=auth(gw)).status_code == 200
+    assert httpx.get(gw.url + "/health").status_code == 200  # unlisted: unlimited
+
+
+def user_key(gw: Gateway, user_id: str) -> str:
+    """An ordinary (``user`` scope) key for a new user, made with the CLI as an operator would."""
+    cli = str(Path(sys.executable).with_name("chatgate"))
+    env = {"CHATGATE_DATA_DIR": str(gw.data_dir), "PATH": os.environ["PATH"]}
+    subprocess.run([cli, "users", "create", user_id, "--id", user_id], check=True, env=env, capture_output=True)
+    out = subprocess.run(
+        [cli, "keys", "create", "--user", user_id], check=True, env=env, capture_output=True, text=True
+    ).stdout
+    return next(word for word in out.split() if word.startswith("cg-"))
+
+
+def test_user_field_on_an_ordinary_key_does_not_mint_new_limits(tmp_path, fake_a: Fake) -> None:
+    g = start_gateway(tmp_path, config(fake_a, user_requests_per_minute=5))
+    try:
+        key = user_key(g, "carol")
+        statuses = [
+            httpx.post(
+                g.base_url + "/chat/completions",
+                json=chat_body(f"sub{i}"),
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            ).status_code
+            for i in range(7)
+        ]
+        assert statuses == [200] * 5 + [429] * 2  # seven `user` values, one owner: limited as carol
+        assert usage_of_user(g, "carol")["user:requests_per_minute"]["used"] == 5
+    finally:
+        stop(g.proc)
+
+
+def usage_of_user(gw: Gateway, user_id: str) -> dict[str, dict[str, Any]]:
+    resp = httpx.get(f"{gw.url}/admin/users/{user_id}/limits", headers=auth(gw), timeout=10)
+    assert resp.status_code == 200, resp.text
+    return {line["scope"]: line for line in resp.json()["limits"]}
+
+
+# ---- reservation lifecycle ------------------------------------------------------------------------
+
+
+def test_non_streaming_call_is_reconciled_to_its_usage(gw: Gateway) -> None:
+    user = new_user()
+    resp = httpx.post(gw.base_url + "/chat/completions", json=chat_body(user, max_tokens=500), headers=auth(gw))
+    assert resp.status_code == 200
+    usage = usage_of(gw, user)
+    assert usage["user:tokens_per_hour"]["used"] == resp.json()["usage"]["total_tokens"]  # 500 reserved, given back
+    assert usage["user:requests_per_minute"]["used"] == 1
+
+
+def test_streaming_call_is_reconciled_from_the_usage_chunk(gw: Gateway) -> None:
+    user = new_user()
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0)
+    stream = client.chat.completions.create(
+        model="fake-model",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        user=user,
+        stream=True,
+        stream_options={"include_usage": True},
+        max_tokens=300,
+    )
+    chunks = list(stream)
+    total = next(c.usage for c in chunks if c.usage is not None).total_tokens
+    deadline = time.monotonic() + 5
+    while usage_of(gw, user)["user:tokens_per_hour"]["used"] != total and time.monotonic() < deadline:
+        time.sleep(0.05)  # the stream's end settles just after the last byte went out
+    assert usage_of(gw, user)["user:tokens_per_hour"]["used"] == total
+
+
+def test_streaming_without_usage_for_the_client_still_reconciles(gw: Gateway) -> None:
+    user = new_user()
+    with httpx.stream(
+        "POST", gw.base_url + "/chat/completions", json=chat_body(user, stream=True), headers=auth(gw)
+    ) as resp:
+        assert resp.status_code == 200 and resp.headers["x-ratelimit-limit-requests"] == "60"
+        text = "".join(resp.iter_text())
+    assert '"usage"' not in text  # the client did not ask for it; we asked upstream anyway
+    deadline = time.monotonic() + 5
+    while usage_of(gw, user)["user:tokens_per_hour"]["used"] > 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    used = usage_of(gw, user)["user:tokens_per_hour"]["used"]
+    assert 0 < used <= 10  # the fake's words, not the 100-token default reservation
+
+
+def test_failed_call_is_refunded_but_still_counts_as_a_request(gw: Gateway) -> None:
+    user = new_user()
+    body = chat_body(user, fake={"fail": [500, 500, 500, 500, 500], "id": "lim-fail-" + user})
+    resp = httpx.post(gw.base_url + "/chat/completions", json=body, headers=auth(gw), timeout=30)
+    assert resp.status_code == 502
+    usage = usage_of(gw, user)
+    assert usage["user:tokens_per_hour"]["used"] == 0 and usage["user:requests_per_minute"]["used"] == 1
+
+
+def test_cancelled_calls_are_refunded(gw: Gateway, fake_a: Fake) -> None:
+    user = new_user()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            gw.base_url + "/chat/completions",
+            json=chat_body(user, fake={"hang": True, "id": "lim-hang-" + user}),
+            headers=auth(gw),
+            timeout=0.5,
+        )
+    with pytest.raises(httpx.ReadTimeout):  # a stream left after its first chunk
+        with httpx.stream(
+            "POST",
+            gw.base_url + "/chat/completions",
+            json=chat_body(user, stream=True, fake={"chunk_delay": 5, "id": "lim-slow-" + user}),
+            headers=auth(gw),
+            timeout=httpx.Timeout(10, read=0.5),
+        ) as resp:
+            for _ in resp.iter_bytes():
+                pass
+    deadline = time.monotonic() + 5
+    while usage_of(gw, user)["user:tokens_per_hour"]["used"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    usage = usage_of(gw, user)
+    assert usage["user:tokens_per_hour"]["used"] == 0 and usage["user:requests_per_minute"]["used"] == 2
+
+
+def test_embeddings_are_charged_their_input_tokens(gw: Gateway) -> None:
+    user = new_user()
+    resp = httpx.post(
+        gw.base_url + "/embeddings",
+        json={"model": "fake-model", "input": ["a b c", "d e"], "user": user},
+        headers=auth(gw),
+    )
+    assert resp.status_code == 200
+    assert usage_of(gw, user)["user:tokens_per_hour"]["used"] == resp.json()["usage"]["total_tokens"]
+
+
+def test_chat_api_is_limited_too(gw: Gateway) -> None:
+    resp = httpx.post(gw.url + "/api/v1/chat", json={"message": "hi", "model": "fake-model"}, headers=auth(gw))
+    assert resp.status_code == 200 and resp.headers["x-ratelimit-limit-requests"] == "60"
+
+
+# ---- admin ---------------------------------------------------------------------------------------
+
+
+def test_admin_limits_need_an_admin_key_and_reset_clears(gw: Gateway) -> None:
+    user = new_user()
+    httpx.post(gw.base_url + "/chat/completions", json=chat_body(user), headers=auth(gw))
+    before = usage_of(gw, user)
+    assert set(before) >= {"user:requests_per_minute", "user:tokens_per_hour"}
+    assert before["user:requests_per_minute"] | {"used": 1} == before["user:requests_per_minute"]
+    assert before["user:requests_per_minute"]["window_seconds"] == 60
+    reset = httpx.post(f"{gw.url}/admin/users/admin/{user}/limits/reset", headers=auth(gw)).json()
+    assert reset["reset"] is True and reset["counters_cleared"] >= 2
+    assert usage_of(gw, user)["user:requests_per_minute"]["used"] == 0
+    # An anonymous caller's usage is under ip:<address>.
+    assert "ip:requests_per_minute" in usage_of_user(gw, "ip:127.0.0.1")
+
+
+def test_admin_limits_refuse_a_non_admin_key(tmp_path, fake_a: Fake) -> None:
+    g = start_gateway(tmp_path, config(fake_a))
+    try:
+        key = user_key(g, "dave")
+        for resp in (
+            httpx.get(g.url + "/admin/users/dave/limits", headers={"Authorization": f"Bearer {key}"}),
+            httpx.post(g.url + "/admin/users/dave/limits/reset", headers={"Authorization": f"Bearer {key}"}),
+        ):
+            assert resp.status_code == 403 and resp.json()["error"]["code"] == "FORBIDDEN"
+    finally:
+        stop(g.proc)
+
+
+# ---- Redis lost mid-test ----------------------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy to Redis in its own thread's loop; ``stop`` cuts every connection, like Redis dying."""
+
+    def __init__(self, target_port: int = 6379) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def start(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(5)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(5)
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for w in list(self.writers):
+            w.transport.abort()
+        self.writers.clear()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_redis_stopped_mid_test(tmp_path, fake_a: Fake, fail_open: bool) -> None:
+    proxy = Proxy()
+    proxy.start()
+    cfg = {
+        **config(fake_a, user_requests_per_minute=3, fail_open=fail_open),
+        "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
+    }
+    g = start_gateway(tmp_path, cfg)
+    try:
+        user = new_user()
+
+        def post() -> httpx.Response:
+            return httpx.post(g.base_url + "/chat/completions", json=chat_body(user), headers=auth(g), timeout=10)
+
+        assert post().status_code == 200  # counted in Redis
+        proxy.stop()
+        down = [post() for _ in range(4)]
+        if fail_open:
+            # The local limiter takes over (its own count, from zero): 3 admitted, then 429.
+            assert [r.status_code for r in down] == [200, 200, 200, 429]
+        else:
+            assert {r.status_code for r in down} == {503}
+            assert down[0].json()["error"]["code"] == "LIMITER_UNAVAILABLE"
+        assert "Redis unreachable" in g.logs()
+        proxy.start()
+        deadline = time.monotonic() + 5
+        while (resp := post()).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # Redis again: it had counted 1 before the outage (fail-closed refusals charged nothing).
+        assert resp.status_code == 200
+        assert [post().status_code for _ in range(2)] == [200, 429]
+        assert httpx.get(g.url + "/health").status_code == 200  # served throughout
+    finally:
+        stop(g.proc)
+        proxy.stop()
