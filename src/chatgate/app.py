@@ -20,6 +20,7 @@ from chatgate.api import admin, chat_api, docs, health, openai
 from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
 from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog, RouteLimits
+from chatgate.context import ContextFitter, Summariser, WindowResolver
 from chatgate.identity.jwt import JWTVerifier
 from chatgate.identity.keys import ADMIN, Credentials, JWTSignIn, StaticKeys, StoredKeys, bootstrap_admin_digest
 from chatgate.identity.resolve import IdentityResolver
@@ -88,15 +89,26 @@ def build_limiter(settings: Settings) -> Limiter:
 def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Services:
     client = build_upstream(settings)
     template = settings.sessions.system_prompt_template
+    catalog = ModelCatalog(client, settings.server.models_cache_ttl)
+    sessions = SessionManager(store, writer, settings.sessions)
+    counter = build_counter(settings)
+    fitter = ContextFitter(
+        settings.context,
+        counter,
+        WindowResolver.from_settings(settings, catalog),
+        Summariser(settings.context.summarizer, counter, client),
+        sessions,
+    )
     return Services(
         upstream=client,
-        catalog=ModelCatalog(client, settings.server.models_cache_ttl),
+        catalog=catalog,
         resolver=IdentityResolver(settings.identity),
-        sessions=SessionManager(store, writer, settings.sessions),
+        sessions=sessions,
         connections=Connections(settings.sessions.max_concurrent_per_user),
         store_settings=settings.store,
-        counter=build_counter(settings),
+        counter=counter,
         admission=Admission(settings.limits, build_limiter(settings)),
+        fitter=fitter,
         research_models=frozenset(settings.sessions.research_models),
         personaliser=Personaliser(template) if template else None,
     )

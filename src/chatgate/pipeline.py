@@ -6,7 +6,9 @@
                + the completion budget) charged to every limit in one atomic step, or a 429.
 3. session  -- the conversation's session (get or create; ephemeral without a key), and the
                request counted in flight for its user.
-4. fit      -- the personalised system prompt, when configured.
+4. fit      -- the personalised system prompt, when configured; then prompt + completion budget
+               within the model's window: rejected, truncated or summarised into the
+               conversation's running brief (``context/``).
 5. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
                streams are relayed as they arrive.
 6. account  -- usage and request kind on the session, the new messages and the reply queued
@@ -27,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from chatgate.context import ContextFitter, Fitted, requested_max_tokens
 from chatgate.errors import NotFound
 from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
@@ -56,6 +59,7 @@ class Services:
     store_settings: StoreSettings
     counter: TokenCounter
     admission: Admission
+    fitter: ContextFitter
     research_models: frozenset[str] = frozenset()
     personaliser: Personaliser | None = None
 
@@ -76,6 +80,7 @@ class Turn:
     resolved: Resolved | None = None
     session: Session | None = None
     admitted: Admitted | None = None
+    fitted: Fitted | None = None
 
     @property
     def stream(self) -> bool:
@@ -112,7 +117,11 @@ async def settle(services: Services, turn: Turn, completed: bool, reply: Any = N
         return
     tokens = used_tokens(turn.usage)
     if tokens is None and completed:
-        tokens = admitted.prompt_tokens + _count_reply(services, reply, turn.payload.get("model"))
+        prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
+        tokens = prompt + _count_reply(services, reply, turn.payload.get("model"))
+    summarised = (turn.fitted.summary_usage or {}).get("total_tokens", 0) if turn.fitted is not None else 0
+    if summarised:  # the summariser's tokens were spent for this user, whatever became of the call
+        tokens = (tokens or 0) + summarised
     await services.admission.settle(admitted, tokens)
 
 
@@ -152,6 +161,24 @@ def personalise(services: Services, turn: Turn, messages: list[dict[str, Any]]) 
     return services.personaliser.apply(messages, services.personaliser.prompt(identity.variables, identity.email))
 
 
+async def fit(services: Services, turn: Turn, messages: list[dict[str, Any]], session: Session | None) -> None:
+    """The payload's messages (already personalised) fitted to the model's window."""
+    assert turn.resolved is not None
+    payload = turn.payload
+    fitted = await services.fitter.fit(
+        messages,
+        model=payload["model"],
+        max_tokens=requested_max_tokens(payload),
+        session=session,
+        model_info=turn.resolved.model_info,
+        tools=payload.get("tools") or payload.get("functions"),
+    )
+    turn.fitted = fitted
+    if fitted.messages is not payload["messages"]:
+        turn.payload = {**payload, "messages": fitted.messages}
+        turn.raw = None
+
+
 async def chat(services: Services, turn: Turn) -> bytes | Relay:
     """An OpenAI chat completion (client-side history): JSON body, or a relay of SSE bytes."""
     resolved = identify(services, turn)
@@ -163,10 +190,11 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
     conn: Connection | None = None
     try:
         session, conn = await open_session(services, turn, resolved.conversation_key)
-        fitted = personalise(services, turn, client_messages)
-        if fitted is not client_messages:
-            turn.payload = {**turn.payload, "messages": fitted}
+        personalised = personalise(services, turn, client_messages)
+        if personalised is not client_messages:
+            turn.payload = {**turn.payload, "messages": personalised}
             turn.raw = None
+        await fit(services, turn, personalised, session)
         if turn.stream:
             payload, include_usage = ask_for_usage(turn.payload)
             raw = turn.raw if payload is turn.payload else None
@@ -355,6 +383,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
     handed = False
     try:
         conn = services.connections.enter(identity.user_id, session.id, resolved.message_id)
+        await fit(services, turn, messages, session)
         position = session.message_count
         user_key = dedupe_key(position, "user", req.message, resolved.message_id)
 

@@ -80,6 +80,8 @@ def test_200_concurrent_requests_against_60_admit_exactly_60(gw: Gateway) -> Non
     assert statuses.count(200) == 60 and statuses.count(429) == 140
     usage = usage_of(gw, user)["user:requests_per_minute"]
     assert usage["used"] == 60 and usage["remaining"] == 0
+    counters = httpx.get(gw.url + "/ready", headers=auth(gw)).json()["limits"]
+    assert counters["backend"] == "memory" and counters["limited_by_scope"]["user:requests_per_minute"] >= 140
 
 
 def test_two_gateways_sharing_redis_admit_exactly_60(tmp_path, fake_a: Fake) -> None:
@@ -428,6 +430,7 @@ def test_redis_stopped_mid_test(tmp_path, fake_a: Fake, fail_open: bool) -> None
             assert {r.status_code for r in down} == {503}
             assert down[0].json()["error"]["code"] == "LIMITER_UNAVAILABLE"
         assert "Redis unreachable" in g.logs()
+        assert httpx.get(g.url + "/ready", headers=auth(g)).json()["limits"]["redis_errors"] >= 1
         proxy.start()
         deadline = time.monotonic() + 5
         while (resp := post()).status_code == 503 and time.monotonic() < deadline:

@@ -203,16 +203,21 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready", "not_ready"]
     upstreams: dict[str, dict[str, Any]]
+    store: dict[str, Any]
+    limits: dict[str, Any] = Field(description="Admission counters of this process: admitted, limited (by scope), ...")
+    context: dict[str, Any] = Field(description="Fit counters: overflows, truncated, summarized, ...")
+    tokens: dict[str, Any] = Field(description="Token counter cache statistics.")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        400: "Malformed JSON or a field of the wrong type (`details.field` names it).",
+        400: "Malformed JSON or a field of the wrong type (`details.field` names it), or the prompt cannot "
+        "fit the model's window (`CONTEXT_LENGTH`).",
         401: "Missing or invalid API key.",
         404: "Unknown model or route.",
-        413: "Body over `server.max_body_bytes`.",
         403: "The key lacks the scope the route needs (admin routes).",
+        413: "Body over `server.max_body_bytes`.",
         429: "Rate limited: `code: RATE_LIMIT` with `details.scope`, `limit`, `remaining`, `reset_in_seconds` "
         "(ours), or the upstream's 429 after retries; `Retry-After` says when to come back.",
         502: "The upstream failed after retries.",

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatgate.context.window import requested_max_tokens
 from chatgate.errors import RateLimited
 from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
@@ -68,11 +69,9 @@ class Admitted:
 
 
 def completion_budget(payload: Mapping[str, Any], default: int) -> int:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = payload.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return default
+    """The completion tokens to reserve: the request's limit, else ``default``."""
+    requested = requested_max_tokens(payload)
+    return default if requested is None else requested
 
 
 def limit_subject(principal: Principal, resolved: Resolved) -> str:
