@@ -80,10 +80,19 @@ def build_limiter(settings: Settings) -> Limiter:
     """Redis when ``redis_url`` is set (exact across processes), else in process memory."""
     local = MemoryLimiter(max_keys=settings.limits.memory_max_keys)
     if settings.redis_url:
-        return RedisLimiter.from_url(settings.redis_url, fail_open=settings.limits.fail_open, fallback=local)
+        return RedisLimiter.from_url(
+            settings.redis_url, prefix=settings.limits.redis_prefix, fail_open=settings.limits.fail_open, fallback=local
+        )
     if settings.server.workers > 1 and settings.limits.enabled:
         log.warning("rate limits are per worker process without Redis: set CHATGATE_REDIS_URL to share them")
     return local
+
+
+def outside_routes(settings: Settings) -> frozenset[str]:
+    """Routes with a limit of their own that the pipeline does not check (``RouteLimits`` does)."""
+    if not settings.limits.enabled:
+        return frozenset()
+    return frozenset(settings.limits.routes) - PIPELINE_PATHS
 
 
 def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Services:
@@ -189,7 +198,9 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                 public_paths=settings.server.public_paths,
                 anonymous_paths=ANONYMOUS_PATHS if settings.identity.allow_anonymous else frozenset(),
             ),
-            Middleware(RouteLimits, routes=frozenset(settings.limits.routes), pipeline_paths=PIPELINE_PATHS),
+            *(  # only when a route outside the pipeline is listed: no extra layer otherwise
+                [Middleware(RouteLimits, routes=route_limited)] if (route_limited := outside_routes(settings)) else []
+            ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

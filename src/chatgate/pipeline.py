@@ -81,6 +81,7 @@ class Turn:
     session: Session | None = None
     admitted: Admitted | None = None
     fitted: Fitted | None = None
+    counted: tuple[list[dict[str, Any]], int] | None = None  # messages admission counted, and their tokens
 
     @property
     def stream(self) -> bool:
@@ -116,31 +117,40 @@ async def settle(services: Services, turn: Turn, completed: bool, reply: Any = N
     if admitted is None or admitted.settled:
         return
     tokens = used_tokens(turn.usage)
-    if tokens is None and completed:
+    if tokens is None and completed:  # the upstream sent no usage: count the reply, or keep the estimate
         prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
-        tokens = prompt + _count_reply(services, reply, turn.payload.get("model"))
+        counted = _count_reply(services, reply, turn.payload.get("model"))
+        tokens = prompt + counted if counted is not None else admitted.reservation.costs.get("tokens")
     summarised = (turn.fitted.summary_usage or {}).get("total_tokens", 0) if turn.fitted is not None else 0
     if summarised:  # the summariser's tokens were spent for this user, whatever became of the call
         tokens = (tokens or 0) + summarised
     await services.admission.settle(admitted, tokens)
 
 
-def _count_reply(services: Services, reply: Any, model: Any) -> int:
+def _count_reply(services: Services, reply: Any, model: Any) -> int | None:
+    """Tokens of a reply (text, or content parts with tool calls); None when it was not kept."""
+    name = model if isinstance(model, str) else None
     if isinstance(reply, str):
-        return services.counter.count(reply, model if isinstance(model, str) else None)
+        return services.counter.count(reply, name)
     if isinstance(reply, list):
-        text = orjson.dumps(reply).decode()
-        return services.counter.count(text, model if isinstance(model, str) else None)
-    return 0
+        return services.counter.count(orjson.dumps(reply).decode(), name)
+    return None
+
+
+def _tools(payload: Mapping[str, Any]) -> Any:
+    return payload.get("tools") or payload.get("functions")
 
 
 def _chat_admission(services: Services, turn: Turn, messages: list[dict[str, Any]]) -> tuple[Callable[[], int], int]:
-    model = turn.payload.get("model")
-    model = model if isinstance(model, str) else None
-    return (
-        lambda: services.counter.count_messages(messages, model),
-        completion_budget(turn.payload, services.admission.settings.default_max_tokens_reservation),
-    )
+    """(prompt counter, completion budget) for ``admit``; the count is kept for the fit step."""
+    payload = turn.payload
+
+    def count() -> int:
+        n = services.fitter.prompt_tokens(messages, payload["model"], _tools(payload))
+        turn.counted = (messages, n)
+        return n
+
+    return count, completion_budget(payload, services.admission.settings.default_max_tokens_reservation)
 
 
 async def open_session(services: Services, turn: Turn, key: str | None) -> tuple[Session, Connection]:
@@ -165,13 +175,15 @@ async def fit(services: Services, turn: Turn, messages: list[dict[str, Any]], se
     """The payload's messages (already personalised) fitted to the model's window."""
     assert turn.resolved is not None
     payload = turn.payload
+    counted = turn.counted
     fitted = await services.fitter.fit(
         messages,
         model=payload["model"],
         max_tokens=requested_max_tokens(payload),
         session=session,
         model_info=turn.resolved.model_info,
-        tools=payload.get("tools") or payload.get("functions"),
+        tools=_tools(payload),
+        prompt_tokens=counted[1] if counted is not None and counted[0] is messages else None,
     )
     turn.fitted = fitted
     if fitted.messages is not payload["messages"]:
@@ -208,14 +220,14 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
                         account(services, turn, client_messages, reply.content())
                 finally:
                     services.connections.leave(left)
-                    await settle(services, turn, completed, reply.content())
+                    await settle(services, turn, completed, None if keep is None else keep.content())
 
+            keep = None if session.ephemeral else reply  # chunks are parsed only for a reply that is stored
             relay = Relay(
                 opened,
                 include_usage=include_usage,
                 on_usage=turn.record_usage,
-                # the reply is parsed to be stored, or counted should the upstream send no usage
-                reply=None if session.ephemeral and turn.admitted is None else reply,
+                reply=keep,
                 on_end=end,
             )
             handed = True

@@ -248,6 +248,11 @@ class LimitSettings(_Section):
     memory_max_keys: int = Field(
         100_000, ge=1, description="Most counters the in-process limiter keeps (stale ones are swept first)."
     )
+    redis_prefix: str = Field(
+        "chatgate:limits:",
+        min_length=1,
+        description="Prefix of the limiter's Redis keys: gateways sharing a prefix share their limits.",
+    )
 
     @field_validator("keys", "models")
     @classmethod
@@ -378,7 +383,11 @@ class Settings(BaseSettings):
         None,
         description="Store URL, e.g. `postgresql+asyncpg://user:pw@host/db`. Unset: SQLite in the data directory.",
     )
-    redis_url: str | None = Field(None, description="Redis URL (used from the limits and cache issues on).")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL, e.g. `redis://127.0.0.1:6379/0`: rate limits and budgets are then shared by every "
+        "process and instance using it (exact across them). Unset: in process memory, per worker.",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Upstream retries.")
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings, description="Upstream timeouts.")

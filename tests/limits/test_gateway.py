@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from redis import Redis
 
 from tests.conftest import Fake, Gateway, start_gateway, stop
 from tests.limits.test_contract import REDIS_URL
@@ -85,8 +86,10 @@ def test_200_concurrent_requests_against_60_admit_exactly_60(gw: Gateway) -> Non
 
 
 def test_two_gateways_sharing_redis_admit_exactly_60(tmp_path, fake_a: Fake) -> None:
-    cfg = {**config(fake_a, user_requests_per_minute=60), "redis_url": REDIS_URL}
+    prefix = f"cgtest:{secrets.token_hex(6)}:"
+    cfg = {**config(fake_a, user_requests_per_minute=60, redis_prefix=prefix), "redis_url": REDIS_URL}
     gws = [start_gateway(tmp_path / f"gw{i}", cfg) for i in range(2)]
+    redis = Redis.from_url(REDIS_URL)
     try:
         user = new_user()
 
@@ -99,10 +102,13 @@ def test_two_gateways_sharing_redis_admit_exactly_60(tmp_path, fake_a: Fake) -> 
         for g in gws:  # each sees the shared count
             assert usage_of(g, user)["user:requests_per_minute"]["used"] == 60
             assert httpx.get(g.url + "/admin/users/x/limits", headers=auth(g)).json()["backend"] == "redis"
+        assert redis.keys(prefix + "*"), "the counters live under the configured prefix"
         httpx.post(f"{gws[0].url}/admin/users/admin/{user}/limits/reset", headers=auth(gws[0]))
+        assert not redis.keys(prefix + "*")
     finally:
         for g in gws:
             stop(g.proc)
+        redis.close()
 
 
 def test_token_limit_overshoots_by_at_most_one_reservation(tmp_path, fake_a: Fake) -> None:

@@ -205,12 +205,12 @@ class RouteLimits:
     """``limits.routes`` for routes outside the pipeline (the pipeline checks its own routes' lines
     together with the user's, in the same atomic step)."""
 
-    def __init__(self, app: ASGIApp, routes: frozenset[str], pipeline_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, routes: frozenset[str]) -> None:
         self.app = app
-        self.routes = routes - pipeline_paths
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.routes and (path := scope.get("path", "")) in self.routes:
+        if scope["type"] == "http" and (path := scope.get("path", "")) in self.routes:
             admission = scope["app"].state.services.admission
             client = scope.get("client")
             limits = admission.route_limits(info(scope).principal, client[0] if client else None, path)

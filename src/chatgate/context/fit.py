@@ -138,17 +138,27 @@ class ContextFitter:
         session: Session | None = None,
         model_info: Mapping[str, Any] | None = None,
         tools: Any = None,
+        prompt_tokens: int | None = None,
     ) -> Fitted:
         """The messages to send for a request to ``model`` (see the module docstring).
 
         ``max_tokens``: the request's completion limit (:func:`requested_max_tokens`), None if it set
-        none. ``tools``: the request's tool definitions, which take room too. Raises
+        none. ``tools``: the request's tool definitions, which take room too. ``prompt_tokens``:
+        :meth:`prompt_tokens` of these very messages, when the caller has it already. Raises
         :class:`ContextLengthExceeded`.
         """
         window, source = await self.windows.window(model, model_info)
-        fitted = await self._fit(messages, model, max_tokens, session, window, tools)
+        fitted = await self._fit(messages, model, max_tokens, session, window, tools, prompt_tokens)
         fitted.window_source = source
         return fitted
+
+    def prompt_tokens(self, messages: Sequence[Mapping[str, Any]], model: str, tools: Any = None) -> int:
+        """The prompt's tokens as :meth:`fit` counts them (the served model's tokenizer, tools included)."""
+        served = self.windows.served(model)
+        return self.counter.count_messages(messages, served) + self._tools_tokens(tools, served)
+
+    def _tools_tokens(self, tools: Any, served: str) -> int:
+        return self.counter.count(orjson.dumps(tools).decode(), served) if tools else 0
 
     async def _fit(
         self,
@@ -158,13 +168,14 @@ class ContextFitter:
         session: Session | None,
         window: int | None,
         tools: Any,
+        counted: int | None,
     ) -> Fitted:
         stats = self._stats
         stats.requests += 1
         served = self.windows.served(model)
         budget = max_tokens if max_tokens is not None else self.windows.default_completion(model)
-        extra = self.counter.count(orjson.dumps(tools).decode(), served) if tools else 0
-        prompt = self.counter.count_messages(messages, served) + extra
+        extra = self._tools_tokens(tools, served)
+        prompt = counted if counted is not None else self.counter.count_messages(messages, served) + extra
         if window is None:
             stats.unknown_window += 1
             return Fitted(messages, prompt, None, budget)

@@ -31,6 +31,7 @@ from chatgate.settings import LimitSettings
 log = logging.getLogger("chatgate.limits")
 
 Headers = list[tuple[bytes, bytes]]
+LINES_CACHE = 10_000  # callers whose limit lines are kept built
 
 
 @dataclass(slots=True)
@@ -82,23 +83,27 @@ def limit_subject(principal: Principal, resolved: Resolved) -> str:
     return identity.user_id
 
 
-def _seconds(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+_HEADER_NAMES = {
+    unit: tuple(f"x-ratelimit-{what}-{unit}".encode() for what in ("limit", "remaining", "reset"))
+    for unit in ("requests", "tokens")
+}
 
 
 def rate_headers(limits: list[Limit], decision: Decision) -> Headers:
-    """OpenAI's ``x-ratelimit-*`` pair per unit, from the tightest limit of that unit."""
+    """OpenAI's ``x-ratelimit-*`` trio per unit, from the tightest limit of that unit (least remaining)."""
+    tightest: dict[str, tuple[int, Limit]] = {}
+    remaining = decision.remaining
+    for lim in limits:
+        left = remaining.get(lim.scope, lim.limit)
+        best = tightest.get(lim.unit)
+        if best is None or left < best[0]:
+            tightest[lim.unit] = (left, lim)
     out: Headers = []
-    for unit in ("requests", "tokens"):
-        lines = [lim for lim in limits if lim.unit == unit]
-        if not lines:
-            continue
-        tight = min(lines, key=lambda lim: (decision.remaining.get(lim.scope, lim.limit), lim.limit))
-        out += [
-            (f"x-ratelimit-limit-{unit}".encode(), str(tight.limit).encode()),
-            (f"x-ratelimit-remaining-{unit}".encode(), str(decision.remaining.get(tight.scope, 0)).encode()),
-            (f"x-ratelimit-reset-{unit}".encode(), _seconds(decision.reset_in.get(tight.scope, 0.0)).encode()),
-        ]
+    for unit, (left, lim) in tightest.items():
+        names = _HEADER_NAMES.get(unit)
+        if names is not None:
+            reset = decision.reset_in.get(lim.scope, 0.0)
+            out += [(names[0], b"%d" % lim.limit), (names[1], b"%d" % left), (names[2], b"%.3fs" % reset)]
     return out
 
 
@@ -107,20 +112,29 @@ class Admission:
         self.settings = settings
         self.limiter = limiter
         self.stats = AdmissionStats()
+        self._lines: dict[tuple[str, str | None, str, str | None], list[Limit]] = {}  # limit lines by caller
 
     def limits(
         self, principal: Principal, resolved: Resolved, client_ip: str | None, route: str, model: str | None
     ) -> list[Limit]:
         anonymous = resolved.identity.source == "anonymous"
-        return limits_for(
-            self.settings,
-            user_id=limit_subject(principal, resolved),
-            key_id=None if anonymous else principal.key_id,
-            anonymous=anonymous,
-            client_ip=resolved.identity.user_id.removeprefix("ip:") if anonymous else client_ip,
-            route=route,
-            model=model,
-        )
+        subject = resolved.identity.user_id if anonymous else limit_subject(principal, resolved)
+        key_id = None if anonymous else principal.key_id
+        cache_key = (subject, key_id, route, model)
+        lines = self._lines.get(cache_key)
+        if lines is None:
+            if len(self._lines) >= LINES_CACHE:
+                self._lines.clear()  # cheap and rare: rebuilt on demand
+            lines = self._lines[cache_key] = limits_for(
+                self.settings,
+                user_id=subject,
+                key_id=key_id,
+                anonymous=anonymous,
+                client_ip=subject.removeprefix("ip:") if anonymous else client_ip,
+                route=route,
+                model=model,
+            )
+        return lines
 
     def route_limits(self, principal: Principal | None, client_ip: str | None, route: str) -> list[Limit]:
         """The route line alone, for routes outside the pipeline (the caller: its key's user, else its IP)."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatgate.errors import ChatgateError
@@ -51,14 +51,14 @@ class Limit:
     limit: int
     window: float  # seconds
     unit: str  # "requests" | "tokens"
+    counter: str = field(init=False, compare=False, repr=False)
+    """The counter's id: the same subject may have several windows and units."""
 
-    @property
-    def counter(self) -> str:
-        """The counter's id: the same subject may have several windows and units."""
-        return f"{self.key}|{self.unit}|{round(self.window * 1000)}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "counter", f"{self.key}|{self.unit}|{round(self.window * 1000)}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init is slow
 class Charge:
     """What one acquire put into one counter: ``amount`` units in slot number ``slot``."""
 
@@ -69,7 +69,7 @@ class Charge:
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init is slow
 class Reservation:
     """What an admitted request was charged, for ``reconcile`` or ``refund`` (settle it once)."""
 
@@ -78,7 +78,7 @@ class Reservation:
     origin: str = "memory"  # "memory" | "redis": which backend holds the charge
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen init is slow
 class Decision:
     allowed: bool
     reservation: Reservation | None  # present when allowed
