@@ -46,9 +46,8 @@ def chat_body(user: str, **extra: Any) -> dict[str, Any]:
 
 
 def usage_of(gw: Gateway, user: str) -> dict[str, dict[str, Any]]:
-    resp = httpx.get(f"{gw.url}/admin/users/admin/{user}/limits", headers=auth(gw), timeout=10)
-    assert resp.status_code == 200, resp.text
-    return {line["scope"]: line for line in resp.json()["limits"]}
+    """The admin view of the sub-identity ``admin/<user>``'s limit lines, by scope."""
+    return usage_of_user(gw, f"admin/{user}")
 
 
 async def burst(gw: Gateway, bodies: list[dict[str, Any]], url: str | None = None) -> list[httpx.Response]:
