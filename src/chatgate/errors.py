@@ -55,12 +55,6 @@ class Unauthorized(ChatgateError):
     type = "authentication_error"
 
 
-class Forbidden(ChatgateError):
-    status = 403
-    code = "FORBIDDEN"
-    type = "permission_error"
-
-
 class NotFound(ChatgateError):
     status = 404
     code = "NOT_FOUND"

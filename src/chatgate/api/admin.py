@@ -1,4 +1,4 @@
-"""The admin API (keys with the ``admin`` scope): per-user limits and usage."""
+"""The admin API (keys with the ``admin`` scope; to anyone else these routes do not exist): per-user limits."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from chatgate.api.middleware import info
-from chatgate.errors import Forbidden
+from chatgate.errors import NotFound
 from chatgate.limits.base import Limit
 from chatgate.limits.policy import limits_for, subject_key
 from chatgate.limits.redis import RedisLimiter
@@ -17,9 +17,11 @@ from chatgate.pipeline import Services
 
 
 def _admin(request: Request) -> Services:
+    """The services, for a caller with the ``admin`` scope; anyone else gets the unknown-route 404."""
     principal = info(request.scope).principal
     if principal is None or "admin" not in principal.scopes:
-        raise Forbidden("This route needs an admin key.", details={"path": request.url.path})
+        path = request.url.path
+        raise NotFound(f"No route {request.method} {path}.", details={"path": path})  # not revealed
     return request.app.state.services  # type: ignore[no-any-return]
 
 

@@ -216,7 +216,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "fit the model's window (`CONTEXT_LENGTH`).",
         401: "Missing or invalid API key.",
         404: "Unknown model or route.",
-        403: "The key lacks the scope the route needs (admin routes).",
         413: "Body over `server.max_body_bytes`.",
         429: "Rate limited: `code: RATE_LIMIT` with `details.scope`, `limit`, `remaining`, `reset_in_seconds` "
         "(ours), or the upstream's 429 after retries; `Retry-After` says when to come back.",
