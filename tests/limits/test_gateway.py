@@ -447,3 +447,23 @@ def test_redis_stopped_mid_test(tmp_path, fake_a: Fake, fail_open: bool) -> None
     finally:
         stop(g.proc)
         proxy.stop()
+
+
+def test_anonymous_callers_are_limited_per_ip(tmp_path, fake_a: Fake) -> None:
+    cfg = {**config(fake_a, anonymous_ip_requests_per_minute=3), "identity": {"allow_anonymous": True}}
+    g = start_gateway(tmp_path, cfg)
+    try:
+        responses = [
+            httpx.post(g.base_url + "/chat/completions", json={"model": "fake-model", "messages": MESSAGES})
+            for _ in range(4)
+        ]
+        assert [r.status_code for r in responses] == [200, 200, 200, 429]
+        assert responses[0].headers["x-ratelimit-limit-requests"] == "3"
+        assert responses[3].json()["error"]["details"]["scope"] == "ip:requests_per_minute"
+        assert usage_of_user(g, "ip:127.0.0.1")["ip:requests_per_minute"]["used"] == 3
+        # A caller with a key is not limited as the IP.
+        assert (
+            httpx.post(g.base_url + "/chat/completions", json=chat_body(new_user()), headers=auth(g)).status_code == 200
+        )
+    finally:
+        stop(g.proc)
