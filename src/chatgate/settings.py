@@ -340,6 +340,32 @@ class ContextSettings(_Section):
     summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings, description="The summariser.")
 
 
+class CacheSettings(_Section):
+    enabled: bool = Field(True, description="Serve repeated identical requests from the response cache.")
+    ttl: float = Field(3600.0, gt=0, description="Seconds a cached answer is served.")
+    max_entries: int = Field(10_000, ge=1, description="Most answers the in-process cache keeps (LRU).")
+    max_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="Most bytes of answers the in-process cache keeps (LRU)."
+    )
+    max_entry_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest single answer stored, in bytes (larger ones are not cached)."
+    )
+    allow_sampling: bool = Field(
+        False,
+        description="Also cache requests that sample (`temperature` > 0, or unset: OpenAI's default is 1). "
+        "Off: only `temperature: 0` requests are cached.",
+    )
+    redis_prefix: str = Field(
+        "chatgate:cache:",
+        min_length=1,
+        description="Prefix of the cache's Redis keys (Redis is used when `redis_url` is set): gateways sharing "
+        "a prefix share their cache.",
+    )
+    stream_chunk_chars: int = Field(
+        128, ge=1, description="Characters per content chunk when a cached answer is replayed as a stream."
+    )
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -401,6 +427,10 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Rate limits and budgets.")
     context: ContextSettings = Field(
         default_factory=ContextSettings, description="Fitting requests into the model's window."
+    )
+    cache: CacheSettings = Field(
+        default_factory=CacheSettings,
+        description="Response cache (its storage and key exist; it is not yet in the request path).",
     )
 
     @classmethod
