@@ -17,6 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from chatgate.api import admin, chat_api, docs, health, openai
+from chatgate.api import metrics as metrics_api
 from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
 from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog, RouteLimits
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             await store.close()
             access_log.flush()
 
+    scrape = metrics_api.MetricsEndpoint(settings.metrics, credentials) if settings.metrics.enabled else None
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
@@ -185,6 +187,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/api/v1/chat/sessions/{session_id}", chat_api.delete_session, methods=["DELETE"]),
             Route("/admin/users/{user_id:path}/limits", admin.get_user_limits, methods=["GET"]),
             Route("/admin/users/{user_id:path}/limits/reset", admin.reset_user_limits, methods=["POST"]),
+            *([Route(metrics_api.PATH, scrape.handle, methods=["GET"])] if scrape is not None else []),
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             *docs.routes(),
@@ -195,7 +198,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Middleware(
                 Authenticate,
                 authenticator=credentials,
-                public_paths=settings.server.public_paths,
+                # /metrics checks its own credentials (a scraper's token is not an API key)
+                public_paths=[*settings.server.public_paths, metrics_api.PATH],
                 anonymous_paths=ANONYMOUS_PATHS if settings.identity.allow_anonymous else frozenset(),
             ),
             *(  # only when a route outside the pipeline is listed: no extra layer otherwise

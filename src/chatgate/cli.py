@@ -25,6 +25,16 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise SystemExit(f"chatgate: invalid configuration:\n{exc}") from None
 
 
+def prepare_metrics_dir(directory: Path) -> None:
+    """Empty ``directory`` and point this process and its workers' Prometheus values at it (multiprocess
+    mode). It must run before ``prometheus_client`` is imported in any of them: it reads the variable
+    once, at import."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -54,6 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             local.stop()
             raise SystemExit(f"chatgate: the local model did not start: {exc}") from None
         os.environ["CHATGATE_LOCAL__API_KEY"] = local.api_key
+    if settings.metrics.enabled:
+        prepare_metrics_dir(settings.data_dir / "metrics")
     # uvicorn drains and shuts down on SIGTERM/SIGINT, then re-raises the signal: end with a clean exit
     # (status 0) that still runs the ``finally`` below, instead of dying on the default handler.
     for sig in (signal.SIGTERM, signal.SIGINT):

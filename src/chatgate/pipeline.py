@@ -30,11 +30,13 @@ from typing import Any
 import orjson
 
 from chatgate.context import ContextFitter, Fitted, requested_max_tokens
-from chatgate.errors import NotFound
+from chatgate.context.fit import SUMMARY_FAILED
+from chatgate.errors import ContextLengthExceeded, NotFound
 from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
 from chatgate.identity.resolve import IdentityResolver
 from chatgate.limits.admit import Admission, Admitted, completion_budget, used_tokens
+from chatgate.observe import metrics
 from chatgate.sessions.connections import Connection, Connections
 from chatgate.sessions.manager import Session, SessionManager
 from chatgate.sessions.messages import compact, dedupe_key, request_kind
@@ -174,17 +176,25 @@ def personalise(services: Services, turn: Turn, messages: list[dict[str, Any]]) 
 async def fit(services: Services, turn: Turn, messages: list[dict[str, Any]], session: Session | None) -> None:
     """The payload's messages (already personalised) fitted to the model's window."""
     assert turn.resolved is not None
-    payload = turn.payload
-    counted = turn.counted
-    fitted = await services.fitter.fit(
-        messages,
-        model=payload["model"],
-        max_tokens=requested_max_tokens(payload),
-        session=session,
-        model_info=turn.resolved.model_info,
-        tools=_tools(payload),
-        prompt_tokens=counted[1] if counted is not None and counted[0] is messages else None,
-    )
+    payload, counted = turn.payload, turn.counted
+    try:
+        fitted = await services.fitter.fit(
+            messages,
+            model=payload["model"],
+            max_tokens=requested_max_tokens(payload),
+            session=session,
+            model_info=turn.resolved.model_info,
+            tools=_tools(payload),
+            prompt_tokens=counted[1] if counted is not None and counted[0] is messages else None,
+        )
+    except ContextLengthExceeded:
+        metrics.CONTEXT_ACTIONS.labels("rejected").inc()
+        raise
+    if fitted.action is not None:
+        metrics.CONTEXT_ACTIONS.labels(fitted.action).inc()
+    if fitted.summary_usage is not None:
+        outcome = "failed" if fitted.action == SUMMARY_FAILED else "ok"
+        metrics.SUMMARIZATIONS.labels(outcome).inc(fitted.summary_usage.get("calls", 1))
     turn.fitted = fitted
     if fitted.messages is not payload["messages"]:
         turn.payload = {**payload, "messages": fitted.messages}
@@ -215,6 +225,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
             left = conn
 
             async def end(completed: bool) -> None:
+                turn.trace.first_token_at = relay.first_at
                 try:
                     if completed:
                         account(services, turn, client_messages, reply.content())
@@ -419,6 +430,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         left = conn
 
         async def end(completed: bool) -> None:
+            turn.trace.first_token_at = relay.first_at
             services.connections.leave(left)
             await settle(services, turn, completed, reply.text)
 

@@ -8,6 +8,7 @@ Sources, highest priority first: explicit arguments, environment (``CHATGATE_`` 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -366,6 +367,29 @@ class CacheSettings(_Section):
     )
 
 
+class MetricsSettings(_Section):
+    enabled: bool = Field(True, description="Serve Prometheus metrics at `GET /metrics`.")
+    token: SecretStr | None = Field(
+        None,
+        description="A bearer token that may read `/metrics` (for a Prometheus scraper), besides admin keys.",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Client addresses or CIDR networks that may read `/metrics` without a key "
+        "(e.g. `[10.0.0.0/8]`); empty: a key or the token is needed.",
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for spec in v:
+            try:
+                ipaddress.ip_network(spec, strict=False)
+            except ValueError:
+                raise ValueError(f"metrics.allow: {spec!r} is not an IP address or CIDR network") from None
+        return v
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -425,6 +449,7 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings, description="Conversations.")
     tokens: TokenSettings = Field(default_factory=TokenSettings, description="Token counting.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Rate limits and budgets.")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics.")
     context: ContextSettings = Field(
         default_factory=ContextSettings, description="Fitting requests into the model's window."
     )

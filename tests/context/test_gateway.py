@@ -102,6 +102,8 @@ def test_truncate_keeps_the_system_prompt_and_the_last_turn(tmp_path_factory, fa
         assert got[0] == messages[0] and got[-1] == messages[-1]
         assert len(got) < len(messages) and got[1]["role"] == "user"
         assert got[1:] == messages[len(messages) - len(got) + 1 :]  # the newest turns, whole, in order
+        scraped = httpx.get(g.url + "/metrics", headers={"x-api-key": g.key}).text
+        assert 'chatgate_context_overflows_total{action="truncated"} 1.0' in scraped
         assert not summaries(fake_window) or all("q29" not in s for s in summaries(fake_window))
     finally:
         stop(g.proc)

@@ -157,6 +157,8 @@ def test_429_body_and_headers(gw: Gateway) -> None:
     assert refused.headers["x-ratelimit-limit"] == "60" and refused.headers["x-ratelimit-remaining"] == "0"
     assert 0 < int(refused.headers["x-ratelimit-reset"]) <= 63
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    scraped = httpx.get(gw.url + "/metrics", headers=auth(gw)).text
+    assert 'chatgate_rate_limit_decisions_total{decision="rejected",scope="user:requests_per_minute"}' in scraped
 
 
 def test_openai_sdk_sees_rate_limit_error_and_retries_after_our_retry_after(

@@ -84,7 +84,7 @@ async def chat(scope: Scope, receive: Receive, send: Send) -> None:
         req.status = 499
     finally:
         if turn is not None:
-            traced(req, turn)
+            traced(req, turn, services)
 
 
 async def _answer(services: pipeline.Services, send: Send, turn: pipeline.Turn, req: pipeline.ChatAPIRequest) -> None:

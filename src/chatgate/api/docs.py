@@ -133,6 +133,15 @@ def _user_limits(user_id: str) -> None: ...
 def _reset_user_limits(user_id: str) -> None: ...
 
 
+@_doc.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics (admin key, the metrics token, or an allowed network)",
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}, **ERRORS},
+)
+def _metrics() -> None: ...
+
+
 DOCUMENTED = _doc.routes
 
 

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatgate.api.errors import send_error
 from chatgate.errors import ChatgateError, PayloadTooLarge, Unauthorized
 from chatgate.identity.keys import ANONYMOUS, Authenticator, Principal
+from chatgate.observe import metrics
 from chatgate.observe.logging import AccessLog
 
 error_log = logging.getLogger("chatgate.api")
@@ -74,6 +75,7 @@ class RequestLog:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
+        metrics.IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:  # the last resort: no route should let anything reach here
@@ -86,14 +88,18 @@ class RequestLog:
                     send, ChatgateError("Internal error; the request id identifies it in our logs."), [rid_header]
                 )
         finally:
+            metrics.IN_FLIGHT.dec()
             route = scope.get("route")
+            seconds = time.perf_counter() - start
+            # Metrics are labelled by route template only: an unmatched path would be a label per URL.
+            metrics.observe_http(getattr(route, "path", "unmatched"), scope["method"], req.status, seconds)
             self.access_log.write(
                 {
                     "request_id": request_id,
                     "method": scope["method"],
                     "route": getattr(route, "path", scope["path"]),
                     "status": req.status,
-                    "latency_ms": round((time.perf_counter() - start) * 1000, 3),
+                    "latency_ms": round(seconds * 1000, 3),
                     "model": req.model,
                     "upstream": req.upstream,
                     "retries": req.retries,

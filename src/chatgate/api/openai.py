@@ -29,6 +29,7 @@ from chatgate.api.errors import send_error
 from chatgate.api.middleware import RequestInfo, info
 from chatgate.api.protocol import check_chat, check_embeddings, parse_object
 from chatgate.errors import ChatgateError, ModelNotFound
+from chatgate.observe import metrics
 from chatgate.upstream.stream import Relay
 
 Check = Callable[[dict[str, Any]], None]
@@ -82,7 +83,7 @@ class PipelineEndpoint:
             req.status = 499  # nobody reads an answer now; the access log records the hang-up
         finally:
             if turn is not None:
-                traced(req, turn)
+                traced(req, turn, services_of(scope))
 
     async def _answer(self, services: pipeline.Services, send: Send, turn: pipeline.Turn) -> None:
         result = await self.run(services, turn)
@@ -92,9 +93,19 @@ class PipelineEndpoint:
             await send_stream(send, result, answer_headers(SSE_HEADERS, turn))
 
 
-def traced(req: RequestInfo, turn: pipeline.Turn) -> None:
-    """What the pipeline did, onto the request's access-log line."""
-    req.upstream, req.retries, req.usage = turn.trace.upstream, turn.trace.retries, turn.usage
+def traced(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -> None:
+    """What the pipeline did, onto the request's access-log line and into the metrics."""
+    trace = turn.trace
+    req.upstream, req.retries, req.usage = trace.upstream, trace.retries, turn.usage
+    if trace.upstream is not None:
+        latency, ttft = trace.seconds()
+        metrics.observe_call(trace.upstream, trace.model, trace.retries, latency, ttft, turn.usage)
+        for up in services.upstream.router.upstreams:
+            metrics.set_circuit(up.name, up.breaker.state.value)
+    metrics.SESSIONS_ACTIVE.set(services.sessions.active)
+    writer = services.sessions.writer
+    metrics.QUEUE_DEPTH.set(writer.depth)
+    metrics.QUEUE_DROPS.set(writer.drops)
     if turn.resolved is not None:
         req.user_id = turn.resolved.identity.user_id
     if turn.session is not None and not turn.session.ephemeral:

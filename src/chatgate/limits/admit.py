@@ -26,6 +26,7 @@ from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
 from chatgate.limits.base import Decision, Limit, Limiter, LimiterUnavailable, Reservation
 from chatgate.limits.policy import limits_for
+from chatgate.observe import metrics
 from chatgate.settings import LimitSettings
 
 log = logging.getLogger("chatgate.limits")
@@ -164,8 +165,18 @@ class Admission:
             raise
         headers = rate_headers(limits, decision)
         if not decision.allowed:
+            assert decision.blocked is not None
+            metrics.LIMIT_DECISIONS.labels(decision.blocked.scope, "rejected").inc()
             raise self._refused(decision, headers, tokens)
         assert decision.reservation is not None
+        tightest: float | None = None
+        for lim in limits:
+            metrics.LIMIT_DECISIONS.labels(lim.scope, "allowed").inc()
+            if lim.unit == "tokens":
+                share = decision.remaining.get(lim.scope, lim.limit) / lim.limit
+                tightest = share if tightest is None else min(tightest, share)
+        if tightest is not None:
+            metrics.BUDGET_REMAINING.observe(tightest)
         self.stats.admitted += 1
         self.stats.tokens_reserved += tokens
         return Admitted(decision.reservation, headers, prompt_tokens)
@@ -222,6 +233,7 @@ class Admission:
                 await self.limiter.reconcile(admitted.reservation, {"tokens": tokens})
                 self.stats.reconciled += 1
                 self.stats.tokens_charged += tokens
+                metrics.BUDGET_USED.observe(tokens)
         except Exception as exc:  # the charge stays as reserved: safe, and logged
             self.stats.settle_errors += 1
             log.warning("rate limiter: settling a reservation failed (%s)", type(exc).__name__)

@@ -287,8 +287,13 @@ class SessionManager:
         recent = list(session.recent)[-2 * turns :] if turns else []
         return [{"role": m["role"], "content": m["content"]} for m in recent]
 
+    @property
+    def active(self) -> int:
+        """Sessions held hot in memory."""
+        return len(self._hot)
+
     def overview(self) -> dict[str, Any]:
-        return self.stats.as_dict(active=len(self._hot))
+        return self.stats.as_dict(active=self.active)
 
     # ---- the LRU ------------------------------------------------------------------------------
 

@@ -38,6 +38,17 @@ class CallTrace:
     upstream: str | None = None
     model: str | None = None
     retries: int = 0
+    sent_at: float | None = None  # loop time the last attempt was sent
+    answered_at: float | None = None  # loop time it answered: the whole body, or a stream's headers
+    first_token_at: float | None = None  # loop time a stream's first event arrived
+
+    def seconds(self) -> tuple[float | None, float | None]:
+        """(upstream latency, time to first token), when the call got an answer."""
+        if self.sent_at is None or self.answered_at is None:
+            return None, None
+        latency = self.answered_at - self.sent_at
+        first = self.first_token_at if self.first_token_at is not None else self.answered_at
+        return latency, first - self.sent_at
 
 
 class Opened:
@@ -146,7 +157,10 @@ class UpstreamClient:
                 made += 1
                 body = _body_for(up, path, served, payload, raw)
                 try:
-                    return await self._attempt(up, path, body, served, deadline, read)
+                    trace.sent_at = loop.time()
+                    answer = await self._attempt(up, path, body, served, deadline, read)
+                    trace.answered_at = loop.time()
+                    return answer
                 except _Attempt as failed:
                     last = failed
                 tries += 1

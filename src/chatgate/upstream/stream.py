@@ -129,6 +129,7 @@ class Relay:
         self.tail = tail
         self.on_end = on_end
         self.completed = False
+        self.first_at: float | None = None  # loop time the first event arrived
         self._ended = False
         self._chunks = self._run()
 
@@ -163,6 +164,8 @@ class Relay:
         try:
             async with asyncio.timeout_at(opened.deadline):
                 async for chunk in opened.response.content.iter_any():
+                    if self.first_at is None:
+                        self.first_at = asyncio.get_running_loop().time()
                     out: list[bytes] = []
                     for ev in decoder.feed(chunk):
                         if ev.data is None:
