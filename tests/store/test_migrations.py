@@ -12,7 +12,7 @@ from chatgate.store import Store, database_url, migrate
 from chatgate.store.db import async_url, create_engine
 from chatgate.store.models import Base
 
-TABLES = {"alembic_version", "api_keys", "conversations", "messages", "users"}
+TABLES = {"alembic_version", "api_keys", "conversations", "messages", "request_log", "usage_hourly", "users"}
 
 
 async def test_migrates_from_empty_and_twice(db_url: str) -> None:
@@ -26,7 +26,7 @@ async def test_migrates_from_empty_and_twice(db_url: str) -> None:
     finally:
         await engine.dispose()
     assert tables == TABLES
-    assert version == ["0002"]
+    assert version == ["0003"]
     store = await Store.open(db_url)  # and once more, through the facade
     assert await store.ping()
     await store.close()

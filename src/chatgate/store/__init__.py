@@ -1,5 +1,6 @@
 """The store: SQLAlchemy models, repositories, Alembic migrations and the write-behind queue."""
 
+from chatgate.store.analytics import AnalyticsRepo
 from chatgate.store.db import Store, database_url, migrate
 from chatgate.store.repos import (
     AlreadyExists,
@@ -16,6 +17,7 @@ from chatgate.store.repos import (
 from chatgate.store.writebehind import (
     AddMessage,
     CountRequest,
+    RecordRequest,
     SetBrief,
     TouchKey,
     UpsertConversation,
@@ -27,6 +29,7 @@ from chatgate.store.writebehind import (
 __all__ = [
     "AddMessage",
     "AlreadyExists",
+    "AnalyticsRepo",
     "ConversationRepo",
     "ConversationRow",
     "CountRequest",
@@ -34,6 +37,7 @@ __all__ = [
     "KeyRow",
     "MessageRepo",
     "MessageRow",
+    "RecordRequest",
     "SetBrief",
     "Store",
     "TouchKey",

@@ -1,22 +1,35 @@
 """Write ops and how one batch of them is applied, in one transaction, in a dependency-safe order.
 
 Order: users, conversations, (PostgreSQL: lock the touched conversation rows, in id order, so
-concurrent instances serialise per conversation), messages, counters, briefs, key touches. Each
-phase coalesces its ops and runs as one ``executemany``.
+concurrent instances serialise per conversation), messages, counters, briefs, key touches, analytics
+(raw request rows, then their hourly rollups, one upsert per (hour, user, model, kind) in key order).
+Each phase coalesces its ops and runs as one ``executemany``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Integer, Table, bindparam, case, func, or_, select, update
+from sqlalchemy import Boolean, Integer, Table, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chatgate.store.models import API_KEYS, CONVERSATIONS, MESSAGES, REQUEST_KINDS, USERS, UTCDateTime
+from chatgate.store.models import (
+    API_KEYS,
+    CONVERSATIONS,
+    LATENCY_COLUMNS,
+    MESSAGES,
+    REQUEST_KINDS,
+    REQUEST_LOG,
+    ROLLUP_SUMS,
+    USAGE_HOURLY,
+    USERS,
+    UTCDateTime,
+    latency_bucket,
+)
 
 # The ops are treated as immutable; they are not frozen dataclasses, which cost on every construction.
 
@@ -85,7 +98,38 @@ class SetBrief:
     digest: str | None
 
 
-WriteOp = UpsertUser | UpsertConversation | AddMessage | CountRequest | TouchKey | SetBrief
+@dataclass(slots=True)
+class RecordRequest:
+    """One request for analytics: a ``request_log`` row, and its share of the ``usage_hourly`` rollup.
+
+    ``kind``: standard, rag, research, multimodal or tool. ``status``: the HTTP status sent (a stream
+    that failed after its 200 keeps the 200 and carries an ``error_code``); an error is a status of 400
+    or more, or an error code. ``latency_ms``: until the last byte; ``ttft_ms``: until the first token
+    (streams), else None. Strings longer than their columns are cut.
+    """
+
+    at: datetime
+    user_id: str
+    conversation_id: str | None
+    message_id: str | None
+    model: str
+    upstream: str | None
+    kind: str
+    status: int
+    error_code: str | None
+    tokens_in: int
+    tokens_out: int
+    cached: bool
+    stream: bool
+    latency_ms: int
+    ttft_ms: int | None
+
+
+WriteOp = UpsertUser | UpsertConversation | AddMessage | CountRequest | TouchKey | SetBrief | RecordRequest
+
+
+def is_error(status: int, error_code: str | None) -> bool:
+    return status >= 400 or error_code is not None
 
 
 @dataclass(slots=True)
@@ -120,10 +164,13 @@ async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
     activity: dict[str, _Activity] = {}
     touches: dict[str, datetime] = {}
     briefs: dict[str, SetBrief] = {}
+    requests: list[RecordRequest] = []
     for op in ops:
         if isinstance(op, AddMessage):
             messages.setdefault((op.conversation_id, op.dedupe_key), _message_values(op))
             _touch(activity, op.conversation_id, op.created_at)
+        elif isinstance(op, RecordRequest):
+            requests.append(op)
         elif isinstance(op, CountRequest):
             a = _touch(activity, op.conversation_id, op.at)
             a.tokens_in += op.tokens_in
@@ -179,6 +226,8 @@ async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
             .values(last_used_at=when)
         )
         await conn.execute(stmt, [{"b_id": key, "b_at": touches[key]} for key in sorted(touches)])
+    if requests:
+        await _record_requests(conn, requests)
 
 
 def _touch(activity: dict[str, _Activity], conversation_id: str, at: datetime) -> _Activity:
@@ -281,5 +330,69 @@ async def _update_conversations(conn: AsyncConnection, activity: dict[str, _Acti
             **{f"b_n_{kind}": n for kind, n in a.kinds.items()},
         }
         for cid, a in sorted(activity.items())
+    ]
+    await conn.execute(stmt, params)
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+_FIRST_BUCKET = ROLLUP_SUMS.index(LATENCY_COLUMNS[0])
+
+
+async def _record_requests(conn: AsyncConnection, ops: list[RecordRequest]) -> None:
+    """Insert the raw rows; add them to their hourly rollups (aggregated here: one upsert per key)."""
+    rows = []
+    rollups: dict[tuple[datetime, str, str, str], list[int]] = {}
+    for op in ops:
+        at = _utc(op.at)
+        user_id, model, kind = op.user_id[:255], op.model[:255], op.kind[:16]
+        error = is_error(op.status, op.error_code)
+        rows.append(
+            {
+                "at": at,
+                "user_id": user_id,
+                "conversation_id": op.conversation_id[:64] if op.conversation_id is not None else None,
+                "message_id": op.message_id[:255] if op.message_id is not None else None,
+                "model": model,
+                "upstream": op.upstream[:255] if op.upstream is not None else None,
+                "kind": kind,
+                "status": op.status,
+                "error_code": op.error_code[:64] if op.error_code is not None else None,
+                "tokens_in": op.tokens_in,
+                "tokens_out": op.tokens_out,
+                "cached": op.cached,
+                "stream": op.stream,
+                "latency_ms": op.latency_ms,
+                "ttft_ms": op.ttft_ms,
+            }
+        )
+        key = (at.replace(minute=0, second=0, microsecond=0), user_id, model, kind)
+        r = rollups.get(key)
+        if r is None:
+            r = rollups[key] = [0] * len(ROLLUP_SUMS)
+        # ROLLUP_SUMS: requests, errors, cached, streams, ttft_count, tokens_in, tokens_out, latency_ms_sum,
+        # ttft_ms_sum, then the histogram.
+        r[0] += 1
+        r[1] += error
+        r[2] += op.cached
+        r[3] += op.stream
+        r[5] += op.tokens_in
+        r[6] += op.tokens_out
+        r[7] += op.latency_ms
+        if op.ttft_ms is not None:
+            r[4] += 1
+            r[8] += op.ttft_ms
+        r[_FIRST_BUCKET + latency_bucket(op.latency_ms)] += 1
+    await conn.execute(insert(REQUEST_LOG), rows)
+    stmt = _insert(conn, USAGE_HOURLY)
+    new, u = stmt.excluded, USAGE_HOURLY.c
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[u.hour, u.user_id, u.model, u.kind], set_={n: u[n] + new[n] for n in ROLLUP_SUMS}
+    )
+    params = [
+        {"hour": hour, "user_id": user_id, "model": model, "kind": kind, **dict(zip(ROLLUP_SUMS, r, strict=True))}
+        for (hour, user_id, model, kind), r in sorted(rollups.items())
     ]
     await conn.execute(stmt, params)

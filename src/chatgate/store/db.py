@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chatgate.settings import Settings
+from chatgate.store.analytics import AnalyticsRepo
 from chatgate.store.repos import ConversationRepo, KeyRepo, MessageRepo, UserRepo
 
 log = logging.getLogger("chatgate.store")
@@ -128,6 +129,7 @@ class Store:
         self.keys = KeyRepo(engine)
         self.conversations = ConversationRepo(engine)
         self.messages = MessageRepo(engine)
+        self.analytics = AnalyticsRepo(engine)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:

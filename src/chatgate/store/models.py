@@ -3,22 +3,27 @@
 These describe the tables for queries; ``migrations/`` creates them. Timestamps are stored and
 returned as timezone-aware UTC (SQLite keeps naive UTC text, which sorts correctly).
 Request counts by type live in integer columns so concurrent increments are plain ``col = col + n``.
+The analytics rollups (``usage_hourly``) follow the same rule, their latency histogram included.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -35,6 +40,26 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 REQUEST_KINDS = ("standard", "rag", "research", "multimodal", "tool")
+
+# The hourly rollups' latency histogram: the upper bounds (ms) of its buckets, each counting the requests
+# slower than the previous bound and at most this one (not cumulative), then one bucket for the slower
+# rest. Neighbouring bounds are 1.4-2x apart, so a percentile read from the histogram is within one
+# bucket of the exact value. Fixed: changing them needs a migration.
+LATENCY_BOUNDS_MS = (
+    *(1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700),
+    *(1_000, 1_500, 2_000, 3_000, 5_000, 7_000, 10_000, 15_000, 20_000, 30_000, 50_000, 70_000),
+    *(100_000, 150_000, 200_000, 300_000),
+)
+LATENCY_COLUMNS = (*(f"lat_le_{bound}" for bound in LATENCY_BOUNDS_MS), "lat_inf")
+# The rollups' additive columns, in this order; ``latency_ms_sum`` and friends are BIGINT.
+ROLLUP_COUNTS = ("requests", "errors", "cached", "streams", "ttft_count")
+ROLLUP_TOTALS = ("tokens_in", "tokens_out", "latency_ms_sum", "ttft_ms_sum")
+ROLLUP_SUMS = (*ROLLUP_COUNTS, *ROLLUP_TOTALS, *LATENCY_COLUMNS)
+
+
+def latency_bucket(ms: float) -> int:
+    """The index in ``LATENCY_COLUMNS`` of the bucket counting a latency of ``ms``."""
+    return bisect_left(LATENCY_BOUNDS_MS, ms)
 
 
 def utcnow() -> datetime:
@@ -141,6 +166,58 @@ class Message(Base):
     created_at: Mapped[datetime]
 
 
+class RequestLog(Base):
+    """One row per request, kept for the raw retention period (analytics: ``analytics.py``).
+
+    No foreign keys: anonymous callers and ephemeral conversations are recorded too, and a row must not
+    wait for (or vanish with) the conversation it belongs to.
+    """
+
+    __tablename__ = "request_log"
+    __table_args__ = (
+        Index("ix_request_log_at", "at"),
+        Index("ix_request_log_user_id_at", "user_id", "at"),
+        Index("ix_request_log_conversation_id_at", "conversation_id", "at"),
+    )
+
+    # BIGINT on PostgreSQL (thousands of rows a second outrun 2^31 ids in days); SQLite's rowid is 64-bit.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime]
+    user_id: Mapped[str] = mapped_column(String(255))
+    conversation_id: Mapped[str | None] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))
+    upstream: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    tokens_in: Mapped[int]
+    tokens_out: Mapped[int]
+    cached: Mapped[bool]
+    stream: Mapped[bool]
+    latency_ms: Mapped[int]
+    ttft_ms: Mapped[int | None]
+
+
+# Hourly rollups per (UTC hour, user, model, kind), upserted with ``col = col + excluded.col`` in the batch
+# that writes the raw rows. A plain table (its histogram columns are generated from LATENCY_BOUNDS_MS).
+USAGE_HOURLY = Table(
+    "usage_hourly",
+    Base.metadata,
+    Column("hour", UTCDateTime(), nullable=False),
+    Column("user_id", String(255), nullable=False),
+    Column("model", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),
+    *(Column(name, Integer(), nullable=False, server_default="0") for name in ROLLUP_COUNTS),
+    *(Column(name, BigInteger(), nullable=False, server_default="0") for name in ROLLUP_TOTALS),
+    *(Column(name, Integer(), nullable=False, server_default="0") for name in LATENCY_COLUMNS),
+    PrimaryKeyConstraint("hour", "user_id", "model", "kind", name="pk_usage_hourly"),
+    Index("ix_usage_hourly_user_id_hour", "user_id", "hour"),
+)
+
+
 def _table(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
@@ -151,3 +228,4 @@ USERS = _table(User)
 API_KEYS = _table(ApiKey)
 CONVERSATIONS = _table(Conversation)
 MESSAGES = _table(Message)
+REQUEST_LOG = _table(RequestLog)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from chatgate.store.batch import (
     AddMessage,
     CountRequest,
+    RecordRequest,
     SetBrief,
     TouchKey,
     UpsertConversation,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AddMessage",
     "CountRequest",
+    "RecordRequest",
     "SetBrief",
     "TouchKey",
     "UpsertConversation",
