@@ -67,6 +67,7 @@ def gw(request, tmp_path_factory, fake_b) -> Iterator[Gateway]:
     config = {
         "upstreams": [{"name": "b", "base_url": fake_b.base_url, "models": ["fake-model"]}],
         "retry": {"base": 0.01, "cap": 0.1},
+        "limits": {"user_requests_per_minute": 10_000},  # 100 concurrent requests from one user below
     }
     gateway = start_gateway(tmp_path_factory.mktemp(f"sess-{request.param}"), config, env=env, args=["--workers", "2"])
     gateway.extra["env"] = {k: v for k, v in env.items() if k == "CHATGATE_DATABASE_URL"}
