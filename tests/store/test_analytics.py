@@ -169,6 +169,29 @@ async def test_every_request_is_a_row_and_the_rollups_match_the_rows(store: Stor
     assert any(m["lat_inf"] for m in rollups) and any(m["lat_le_1"] for m in rollups)  # both ends are exercised
 
 
+async def test_two_instances_add_to_the_same_rollups(db_url: str) -> None:
+    """Two processes' worth of stores and queues recording into the same (hour, user, model, kind) keys at once."""
+    stores = [await Store.open(db_url), await Store.open(db_url)]
+    queues = [WriteBehind(s, batch_size=50, flush_interval=0.001, retry_base=0.01) for s in stores]
+    recs = records(600, seed_=11)
+    for q in queues:
+        await q.start()
+    for i, r in enumerate(recs):
+        queues[i % 2].put(r)
+        queues[(i + 1) % 2].put(r)  # every record twice, once through each instance
+        if i % 25 == 0:
+            await asyncio.sleep(0)
+    await asyncio.gather(*(q.close() for q in queues))
+    assert sum(q.lost + q.rejected for q in queues) == 0
+    got = await stores[0].analytics.summary(T0, T0 + timedelta(hours=HOURS))
+    assert {k: got[k] for k in ("requests", "errors", "cached", "tokens_in", "tokens_out")} == {
+        k: 2 * v for k, v in _expected(recs).items() if k in ("requests", "errors", "cached", "tokens_in", "tokens_out")
+    }
+    assert len(await _export(stores[0])) == 1200
+    for s in stores:
+        await s.close()
+
+
 async def test_summaries_match_the_records(store: Store) -> None:
     recs = records()
     await _record(store, recs)
