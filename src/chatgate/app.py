@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -27,6 +28,7 @@ from chatgate.identity.keys import ADMIN, Credentials, JWTSignIn, StaticKeys, St
 from chatgate.identity.resolve import IdentityResolver
 from chatgate.limits import Limiter, MemoryLimiter, RedisLimiter
 from chatgate.limits.admit import Admission
+from chatgate.observe import metrics
 from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
 from chatgate.pipeline import Services
@@ -164,9 +166,15 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         # Start-up objects live as long as the process: keep them out of every garbage collection.
         gc.collect()
         gc.freeze()
+        shared = metrics.metrics_dir() if settings.metrics.enabled else None
+        flusher = asyncio.create_task(metrics.run_flusher(shared)) if shared is not None else None
         try:
             yield
         finally:
+            if flusher is not None:
+                flusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flusher
             await services.upstream.close()
             await services.admission.close()
             await writer.close()  # drains: nothing accepted is lost on a clean shutdown

@@ -26,13 +26,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def prepare_metrics_dir(directory: Path) -> None:
-    """Empty ``directory`` and point this process and its workers' Prometheus values at it (multiprocess
-    mode). It must run before ``prometheus_client`` is imported in any of them: it reads the variable
-    once, at import."""
+    """Empty ``directory`` and have the workers share their metrics through it (``observe/metrics.py``)."""
+    from chatgate.observe.metrics import DIR_ENV
+
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
+    for stale in directory.glob("*.json"):
         stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    os.environ[DIR_ENV] = str(directory)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             local.stop()
             raise SystemExit(f"chatgate: the local model did not start: {exc}") from None
         os.environ["CHATGATE_LOCAL__API_KEY"] = local.api_key
-    if settings.metrics.enabled:
+    if settings.metrics.enabled and workers > 1:
         prepare_metrics_dir(settings.data_dir / "metrics")
     # uvicorn drains and shuts down on SIGTERM/SIGINT, then re-raises the signal: end with a clean exit
     # (status 0) that still runs the ``finally`` below, instead of dying on the default handler.

@@ -188,13 +188,13 @@ async def fit(services: Services, turn: Turn, messages: list[dict[str, Any]], se
             prompt_tokens=counted[1] if counted is not None and counted[0] is messages else None,
         )
     except ContextLengthExceeded:
-        metrics.CONTEXT_ACTIONS.labels("rejected").inc()
+        metrics.CONTEXT_ACTIONS.inc(("rejected",))
         raise
     if fitted.action is not None:
-        metrics.CONTEXT_ACTIONS.labels(fitted.action).inc()
+        metrics.CONTEXT_ACTIONS.inc((fitted.action,))
     if fitted.summary_usage is not None:
         outcome = "failed" if fitted.action == SUMMARY_FAILED else "ok"
-        metrics.SUMMARIZATIONS.labels(outcome).inc(fitted.summary_usage.get("calls", 1))
+        metrics.SUMMARIZATIONS.inc((outcome,), fitted.summary_usage.get("calls", 1))
     turn.fitted = fitted
     if fitted.messages is not payload["messages"]:
         turn.payload = {**payload, "messages": fitted.messages}

@@ -1,6 +1,7 @@
 """``GET /metrics`` through a real `chatgate serve` with 2 workers: the text parses with
 prometheus_client's own parser, and counters move by exactly the requests made, whichever worker
-served them and whichever answers the scrape."""
+served them and whichever answers the scrape (once the other worker's values are shared: each
+worker writes them every second)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,17 @@ def test_counters_move_by_exactly_the_requests_made_across_two_workers(gw: Gatew
     assert sorted(r.status_code for r in responses) == [200] * (n_ok + n_stream) + [404] * n_missing
     prompt_tokens = sum(r.json()["usage"]["prompt_tokens"] for r in responses[:n_ok])
 
+    # Each worker shares its values every second: wait for both workers' parts to be in.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = samples(gw)
+        done = value(after, "chatgate_http_requests_total", route=CHAT, method="POST", status="200")
+        if (
+            done - value(before, "chatgate_http_requests_total", route=CHAT, method="POST", status="200")
+            >= n_ok + n_stream
+        ):
+            break
+        time.sleep(0.2)
     pids = set()
     for _ in range(4):  # several scrapes: whichever worker answers, the same totals
         after = samples(gw)

@@ -88,7 +88,7 @@ class RequestLog:
                     send, ChatgateError("Internal error; the request id identifies it in our logs."), [rid_header]
                 )
         finally:
-            metrics.IN_FLIGHT.dec()
+            metrics.IN_FLIGHT.inc(-1)
             route = scope.get("route")
             seconds = time.perf_counter() - start
             # Metrics are labelled by route template only: an unmatched path would be a label per URL.

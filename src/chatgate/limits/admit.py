@@ -166,12 +166,12 @@ class Admission:
         headers = rate_headers(limits, decision)
         if not decision.allowed:
             assert decision.blocked is not None
-            metrics.LIMIT_DECISIONS.labels(decision.blocked.scope, "rejected").inc()
+            metrics.LIMIT_DECISIONS.inc((decision.blocked.scope, "rejected"))
             raise self._refused(decision, headers, tokens)
         assert decision.reservation is not None
         tightest: float | None = None
         for lim in limits:
-            metrics.LIMIT_DECISIONS.labels(lim.scope, "allowed").inc()
+            metrics.LIMIT_DECISIONS.inc((lim.scope, "allowed"))
             if lim.unit == "tokens":
                 share = decision.remaining.get(lim.scope, lim.limit) / lim.limit
                 tightest = share if tightest is None else min(tightest, share)
