@@ -223,8 +223,10 @@ def flush(directory: Path) -> None:
 
 
 async def run_flusher(directory: Path, interval: float = FLUSH_INTERVAL) -> None:
-    """Flush every ``interval`` seconds until cancelled, then once more."""
+    """Flush now (so every worker is known from its start), then every ``interval`` seconds until
+    cancelled, then once more."""
     try:
+        await asyncio.to_thread(flush, directory)
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(flush, directory)
