@@ -22,6 +22,7 @@ from chatgate.api import metrics as metrics_api
 from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
 from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog, RouteLimits
+from chatgate.cache import MemoryCache, RedisCache, ResponseCache
 from chatgate.context import ContextFitter, Summariser, WindowResolver
 from chatgate.identity.jwt import JWTVerifier
 from chatgate.identity.keys import ADMIN, Credentials, JWTSignIn, StaticKeys, StoredKeys, bootstrap_admin_digest
@@ -98,6 +99,18 @@ def outside_routes(settings: Settings) -> frozenset[str]:
     return frozenset(settings.limits.routes) - PIPELINE_PATHS
 
 
+def build_cache(settings: Settings) -> ResponseCache | None:
+    """The response cache: Redis when ``redis_url`` is set (shared), else in process memory."""
+    c = settings.cache
+    if not c.enabled:
+        return None
+    if settings.redis_url:
+        return RedisCache.from_url(
+            settings.redis_url, prefix=c.redis_prefix, ttl=c.ttl, max_entry_bytes=c.max_entry_bytes
+        )
+    return MemoryCache(ttl=c.ttl, max_entries=c.max_entries, max_bytes=c.max_bytes, max_entry_bytes=c.max_entry_bytes)
+
+
 def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Services:
     client = build_upstream(settings)
     template = settings.sessions.system_prompt_template
@@ -121,6 +134,8 @@ def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Ser
         counter=counter,
         admission=Admission(settings.limits, build_limiter(settings)),
         fitter=fitter,
+        cache=build_cache(settings),
+        cache_settings=settings.cache,
         research_models=frozenset(settings.sessions.research_models),
         personaliser=Personaliser(template) if template else None,
     )
@@ -177,6 +192,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                     await flusher
             await services.upstream.close()
             await services.admission.close()
+            if services.cache is not None:
+                await services.cache.close()
             await writer.close()  # drains: nothing accepted is lost on a clean shutdown
             await store.close()
             access_log.flush()
@@ -195,6 +212,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/api/v1/chat/sessions/{session_id}", chat_api.delete_session, methods=["DELETE"]),
             Route("/admin/users/{user_id:path}/limits", admin.get_user_limits, methods=["GET"]),
             Route("/admin/users/{user_id:path}/limits/reset", admin.reset_user_limits, methods=["POST"]),
+            Route("/admin/cache/stats", admin.cache_stats, methods=["GET"]),
+            Route("/admin/cache", admin.cache_clear, methods=["DELETE"]),
             *([Route(metrics_api.PATH, scrape.handle, methods=["GET"])] if scrape is not None else []),
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),

@@ -9,26 +9,29 @@
 4. fit      -- the personalised system prompt, when configured; then prompt + completion budget
                within the model's window: rejected, truncated or summarised into the
                conversation's running brief (``context/``).
-5. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
+5. cache    -- a request answered before (same normalised request, not sampling, not bypassed) is
+               answered from the response cache: no upstream call, no tokens charged.
+6. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
                streams are relayed as they arrive.
-6. account  -- usage and request kind on the session, the new messages and the reply queued
+7. account  -- usage and request kind on the session, the new messages and the reply queued
                for the store (write-behind), the in-flight count released, and the token
                reservation reconciled with the real usage (refunded when the call failed or the
                client left).
 
-Grounding and caching slot in as their issues land. Nothing here knows about HTTP beyond the
+Grounding slots in as its issue lands. Nothing here knows about HTTP beyond the
 route a request came in by (route limits are per path).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from chatgate.cache import Entry, ResponseCache, bypass, cache_key, replay_sse
 from chatgate.context import ContextFitter, Fitted, requested_max_tokens
 from chatgate.context.fit import SUMMARY_FAILED
 from chatgate.errors import ContextLengthExceeded, NotFound
@@ -41,11 +44,11 @@ from chatgate.sessions.connections import Connection, Connections
 from chatgate.sessions.manager import Session, SessionManager
 from chatgate.sessions.messages import compact, dedupe_key, request_kind
 from chatgate.sessions.personalise import Personaliser
-from chatgate.settings import StoreSettings
+from chatgate.settings import CacheSettings, StoreSettings
 from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
-from chatgate.upstream.sse import encode_data
+from chatgate.upstream.sse import DONE_EVENT, encode_data
 from chatgate.upstream.stream import Relay, ReplyBuffer, ask_for_usage
 
 
@@ -62,6 +65,8 @@ class Services:
     counter: TokenCounter
     admission: Admission
     fitter: ContextFitter
+    cache: ResponseCache | None = None
+    cache_settings: CacheSettings | None = None
     research_models: frozenset[str] = frozenset()
     personaliser: Personaliser | None = None
 
@@ -84,6 +89,7 @@ class Turn:
     admitted: Admitted | None = None
     fitted: Fitted | None = None
     counted: tuple[list[dict[str, Any]], int] | None = None  # messages admission counted, and their tokens
+    cache_status: str | None = None  # "HIT" | "MISS" once the cache was consulted
 
     @property
     def stream(self) -> bool:
@@ -118,7 +124,7 @@ async def settle(services: Services, turn: Turn, completed: bool, reply: Any = N
     admitted = turn.admitted
     if admitted is None or admitted.settled:
         return
-    tokens = used_tokens(turn.usage)
+    tokens = 0 if turn.cache_status == "HIT" else used_tokens(turn.usage)  # a hit spent no tokens
     if tokens is None and completed:  # the upstream sent no usage: count the reply, or keep the estimate
         prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
         counted = _count_reply(services, reply, turn.payload.get("model"))
@@ -201,7 +207,52 @@ async def fit(services: Services, turn: Turn, messages: list[dict[str, Any]], se
         turn.raw = None
 
 
-async def chat(services: Services, turn: Turn) -> bytes | Relay:
+class Replay:
+    """A cached answer replayed as SSE events (``send_stream`` reads it like a ``Relay``)."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            yield event
+
+    async def aclose(self) -> None:
+        return None
+
+
+def cache_key_for(services: Services, turn: Turn, use_cache: bool = True) -> str | None:
+    """The cache key of the request as it will be sent, or None when the cache is off, bypassed
+    (``use_cache: false``, ``Cache-Control: no-cache``) or the request samples. ``use_cache`` is ours:
+    it never goes upstream."""
+    payload = turn.payload
+    if "use_cache" in payload:
+        turn.payload = {k: v for k, v in payload.items() if k != "use_cache"}
+        turn.raw = None
+    if services.cache is None or services.cache_settings is None:
+        return None
+    turn.cache_status = "MISS"  # with the cache on, every answer says HIT or MISS
+    if not use_cache or bypass(payload, turn.headers):
+        return None
+    return cache_key(turn.payload, allow_sampling=services.cache_settings.allow_sampling)
+
+
+async def cached(services: Services, turn: Turn, key: str | None) -> Entry | None:
+    """The cached answer for ``key`` (and the request marked HIT or MISS)."""
+    if key is None or services.cache is None:
+        return None
+    entry = await services.cache.get(key)
+    turn.cache_status = "MISS" if entry is None else "HIT"
+    metrics.CACHE_LOOKUPS.inc(("miss" if entry is None else "hit",))
+    return entry
+
+
+async def remember(services: Services, key: str | None, body: bytes) -> None:
+    if key is not None and services.cache is not None and (entry := Entry.from_response(body)) is not None:
+        await services.cache.set(key, entry)
+
+
+async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
     """An OpenAI chat completion (client-side history): JSON body, or a relay of SSE bytes."""
     resolved = identify(services, turn)
     model: str = turn.payload["model"]
@@ -217,6 +268,22 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
             turn.payload = {**turn.payload, "messages": personalised}
             turn.raw = None
         await fit(services, turn, personalised, session)
+        key = cache_key_for(services, turn)
+        entry = await cached(services, turn, key)
+        if entry is not None:
+            account(services, turn, client_messages, _reply_content(_parse(entry.body)))
+            await settle(services, turn, True)
+            if not turn.stream:
+                return entry.body
+            assert services.cache_settings is not None
+            options = turn.payload.get("stream_options")
+            return Replay(
+                replay_sse(
+                    entry,
+                    include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+                    chunk_chars=services.cache_settings.stream_chunk_chars,
+                )
+            )
         if turn.stream:
             payload, include_usage = ask_for_usage(turn.payload)
             raw = turn.raw if payload is turn.payload else None
@@ -249,6 +316,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay:
         content = _reply_content(answer)
         account(services, turn, client_messages, content)
         await settle(services, turn, True, content)
+        await remember(services, key, body)
         return body
     finally:
         if not handed:
@@ -376,9 +444,10 @@ class ChatAPIRequest:
     session_id: str | None
     model: str
     stream: bool
+    use_cache: bool = True
 
 
-async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[str, Any] | Relay:
+async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[str, Any] | Relay | Replay:
     """``POST /api/v1/chat``: the history comes from the session; the answer is plain JSON or SSE events."""
     resolved = identify(services, turn)
     identity = resolved.identity
@@ -416,13 +485,32 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
                 session, "user", _stored(services, req.message), user_key, client_message_id=resolved.message_id
             )
             _store_reply(services, turn, reply, position + 1)
-            return {"response": reply, "session_id": session.id, "cached": False, "sources": [], "usage": turn.usage}
+            return {
+                "response": reply,
+                "session_id": session.id,
+                "cached": turn.cache_status == "HIT",
+                "sources": [],
+                "usage": turn.usage,
+            }
+
+        key = cache_key_for(services, turn, req.use_cache)
+        entry = await cached(services, turn, key)
+        if entry is not None:
+            await settle(services, turn, True)
+            content = _reply_content(_parse(entry.body))
+            answer = finish(content if isinstance(content, str) else "")
+            if not req.stream:
+                return answer
+            events = [{"type": "delta", "content": answer["response"]}, {"type": "done", **answer}]
+            return Replay([*(encode_data(orjson.dumps(e)) for e in events), DONE_EVENT])
 
         if not req.stream:
-            answer = _parse(await services.upstream.call("/chat/completions", turn.payload, None, turn.trace))
+            body = await services.upstream.call("/chat/completions", turn.payload, None, turn.trace)
+            answer = _parse(body)
             turn.usage = _usage(answer)
             content = _reply_content(answer)
             await settle(services, turn, True, content)
+            await remember(services, key, body)
             return finish(content if isinstance(content, str) else "")
         payload, _ = ask_for_usage(turn.payload)
         opened = await services.upstream.open("/chat/completions", payload, None, turn.trace)

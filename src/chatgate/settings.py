@@ -455,7 +455,7 @@ class Settings(BaseSettings):
     )
     cache: CacheSettings = Field(
         default_factory=CacheSettings,
-        description="Response cache (its storage and key exist; it is not yet in the request path).",
+        description="Response cache for chat completions and the chat API (Redis when `redis_url` is set).",
     )
 
     @classmethod

@@ -1,4 +1,5 @@
-"""The admin API (keys with the ``admin`` scope; to anyone else these routes do not exist): per-user limits."""
+"""The admin API (keys with the ``admin`` scope; to anyone else these routes do not exist): per-user limits,
+the response cache."""
 
 from __future__ import annotations
 
@@ -95,3 +96,18 @@ async def reset_user_limits(request: Request) -> Response:
     user_id = request.path_params["user_id"]
     cleared = await services.admission.limiter.reset(_subject(user_id))
     return _json({"user_id": user_id, "reset": True, "counters_cleared": cleared})
+
+
+async def cache_stats(request: Request) -> Response:
+    """``GET /admin/cache/stats``: total, valid, expired, hits, misses, hit rate, bytes, TTL."""
+    services = _admin(request)
+    if services.cache is None:
+        return _json({"enabled": False})
+    return _json({"enabled": True, **(await services.cache.stats()).as_dict()})
+
+
+async def cache_clear(request: Request) -> Response:
+    """``DELETE /admin/cache``: drop every cached answer."""
+    services = _admin(request)
+    cleared = await services.cache.clear() if services.cache is not None else 0
+    return _json({"cleared": cleared})

@@ -49,12 +49,12 @@ def parse_chat(data: dict[str, Any], default_model: str | None) -> pipeline.Chat
     model = _field(data, "model", (str,), "a string") or default_model
     if not model:
         raise ModelNotFound("No model given and no default model is served.", details={"model": None})
-    _field(data, "use_cache", (bool,), "a boolean")
     return pipeline.ChatAPIRequest(
         message=message,
         session_id=_field(data, "session_id", (str,), "a string"),
         model=model,
         stream=_field(data, "stream", (bool,), "a boolean") is True,
+        use_cache=_field(data, "use_cache", (bool,), "a boolean") is not False,
     )
 
 

@@ -133,6 +133,14 @@ def _user_limits(user_id: str) -> None: ...
 def _reset_user_limits(user_id: str) -> None: ...
 
 
+@_doc.get("/admin/cache/stats", tags=["admin"], summary="Response cache statistics (admin key)", responses=ERRORS)
+def _cache_stats() -> None: ...
+
+
+@_doc.delete("/admin/cache", tags=["admin"], summary="Drop every cached answer (admin key)", responses=ERRORS)
+def _cache_clear() -> None: ...
+
+
 @_doc.get(
     "/metrics",
     tags=["health"],

@@ -33,7 +33,7 @@ from chatgate.observe import metrics
 from chatgate.upstream.stream import Relay
 
 Check = Callable[[dict[str, Any]], None]
-Run = Callable[[pipeline.Services, pipeline.Turn], Awaitable[bytes | Relay]]
+Run = Callable[[pipeline.Services, pipeline.Turn], Awaitable[bytes | Relay | pipeline.Replay]]
 
 
 def services_of(scope: Scope) -> pipeline.Services:
@@ -57,7 +57,10 @@ def new_turn(scope: Scope, payload: dict[str, Any], raw: bytes | None, source: s
 
 def answer_headers(base: Headers, turn: pipeline.Turn) -> Headers:
     """The content headers plus the rate-limit headers of an admitted request."""
-    return [*base, *turn.admitted.headers] if turn.admitted is not None else base
+    out = [*base, *turn.admitted.headers] if turn.admitted is not None else list(base)
+    if turn.cache_status is not None:
+        out.append((b"x-cache", turn.cache_status.encode()))
+    return out
 
 
 class PipelineEndpoint:

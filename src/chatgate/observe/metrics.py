@@ -165,6 +165,7 @@ CONTEXT_ACTIONS = Counter(
 SUMMARIZATIONS = Counter(
     "chatgate_summarizations", "Running-brief summariser calls, by outcome (ok, failed).", ["outcome"]
 )
+CACHE_LOOKUPS = Counter("chatgate_cache_lookups", "Response cache lookups, by result (hit, miss).", ["result"])
 SESSIONS_ACTIVE = Gauge("chatgate_sessions_active", "Sessions held hot in memory.")
 QUEUE_DEPTH = Gauge("chatgate_writebehind_queue_depth", "Writes waiting in the queue.")
 QUEUE_DROPS = Gauge("chatgate_writebehind_dropped", "Writes dropped because the queue was full, since start.")
