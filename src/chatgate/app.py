@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -92,6 +93,23 @@ def build_limiter(settings: Settings) -> Limiter:
     return local
 
 
+async def purge_analytics(store: Store, settings: Settings) -> None:
+    """Drop analytics rows past their retention, every ``analytics.purge_interval`` seconds (safe to run
+    on every instance at once)."""
+    a = settings.analytics
+    while True:
+        await asyncio.sleep(a.purge_interval)
+        try:
+            raw, rollups = await store.analytics.purge_expired(
+                datetime.now(UTC), timedelta(hours=a.raw_retention_hours), timedelta(days=a.rollup_retention_days)
+            )
+        except Exception as exc:  # the next round tries again
+            log.warning("analytics purge failed (%s)", type(exc).__name__)
+            continue
+        if raw or rollups:
+            log.info("analytics purged", extra={"raw_rows": raw, "rollup_rows": rollups})
+
+
 def outside_routes(settings: Settings) -> frozenset[str]:
     """Routes with a limit of their own that the pipeline does not check (``RouteLimits`` does)."""
     if not settings.limits.enabled:
@@ -136,6 +154,7 @@ def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Ser
         fitter=fitter,
         cache=build_cache(settings),
         cache_settings=settings.cache,
+        record_requests=settings.analytics.enabled,
         research_models=frozenset(settings.sessions.research_models),
         personaliser=Personaliser(template) if template else None,
     )
@@ -183,9 +202,14 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         gc.freeze()
         shared = metrics.metrics_dir() if settings.metrics.enabled else None
         flusher = asyncio.create_task(metrics.run_flusher(shared)) if shared is not None else None
+        purger = asyncio.create_task(purge_analytics(store, settings)) if settings.analytics.enabled else None
         try:
             yield
         finally:
+            if purger is not None:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
             if flusher is not None:
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -214,6 +238,10 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/admin/users/{user_id:path}/limits/reset", admin.reset_user_limits, methods=["POST"]),
             Route("/admin/cache/stats", admin.cache_stats, methods=["GET"]),
             Route("/admin/cache", admin.cache_clear, methods=["DELETE"]),
+            Route("/admin/analytics/global", admin.analytics_global, methods=["GET"]),
+            Route("/admin/analytics/users/{user_id:path}", admin.analytics_user, methods=["GET"]),
+            Route("/admin/analytics/chats/{chat_id}", admin.analytics_chat, methods=["GET"]),
+            Route("/admin/analytics/export", admin.analytics_export, methods=["GET"]),
             *([Route(metrics_api.PATH, scrape.handle, methods=["GET"])] if scrape is not None else []),
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),

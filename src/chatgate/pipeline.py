@@ -67,6 +67,7 @@ class Services:
     fitter: ContextFitter
     cache: ResponseCache | None = None
     cache_settings: CacheSettings | None = None
+    record_requests: bool = False  # one analytics row per request
     research_models: frozenset[str] = frozenset()
     personaliser: Personaliser | None = None
 
@@ -90,6 +91,7 @@ class Turn:
     fitted: Fitted | None = None
     counted: tuple[list[dict[str, Any]], int] | None = None  # messages admission counted, and their tokens
     cache_status: str | None = None  # "HIT" | "MISS" once the cache was consulted
+    stream_failed: bool = False  # the upstream broke off a stream after it had begun
 
     @property
     def stream(self) -> bool:
@@ -292,7 +294,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
             left = conn
 
             async def end(completed: bool) -> None:
-                turn.trace.first_token_at = relay.first_at
+                turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
                 try:
                     if completed:
                         account(services, turn, client_messages, reply.content())
@@ -518,7 +520,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         left = conn
 
         async def end(completed: bool) -> None:
-            turn.trace.first_token_at = relay.first_at
+            turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
             services.connections.leave(left)
             await settle(services, turn, completed, reply.text)
 

@@ -367,6 +367,13 @@ class CacheSettings(_Section):
     )
 
 
+class AnalyticsSettings(_Section):
+    enabled: bool = Field(True, description="Record every chat, chat-API and embeddings request for analytics.")
+    raw_retention_hours: float = Field(24.0, gt=0, description="Hours raw per-request rows are kept.")
+    rollup_retention_days: float = Field(90.0, gt=0, description="Days the hourly rollups are kept.")
+    purge_interval: float = Field(600.0, gt=0, description="Seconds between purges of expired rows.")
+
+
 class MetricsSettings(_Section):
     enabled: bool = Field(True, description="Serve Prometheus metrics at `GET /metrics`.")
     token: SecretStr | None = Field(
@@ -450,6 +457,7 @@ class Settings(BaseSettings):
     tokens: TokenSettings = Field(default_factory=TokenSettings, description="Token counting.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Rate limits and budgets.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics.")
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings, description="Request analytics.")
     context: ContextSettings = Field(
         default_factory=ContextSettings, description="Fitting requests into the model's window."
     )

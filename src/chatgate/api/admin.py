@@ -1,20 +1,25 @@
 """The admin API (keys with the ``admin`` scope; to anyone else these routes do not exist): per-user limits,
-the response cache."""
+the response cache, analytics."""
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from chatgate.api.middleware import info
-from chatgate.errors import NotFound
+from chatgate.errors import BadRequest, NotFound
 from chatgate.limits.base import Limit
 from chatgate.limits.policy import limits_for, subject_key
 from chatgate.limits.redis import RedisLimiter
 from chatgate.pipeline import Services
+from chatgate.store.analytics import EXPORT_COLUMNS
 
 
 def _admin(request: Request) -> Services:
@@ -111,3 +116,89 @@ async def cache_clear(request: Request) -> Response:
     services = _admin(request)
     cleared = await services.cache.clear() if services.cache is not None else 0
     return _json({"cleared": cleared})
+
+
+# ---- analytics ------------------------------------------------------------------------------------
+
+
+def _window(request: Request) -> tuple[datetime, datetime]:
+    """``?from=&to=`` (ISO 8601; without a zone: UTC); default: the last 24 hours."""
+
+    def parse(name: str) -> datetime | None:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return None
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            raise BadRequest(f"'{name}' must be an ISO 8601 time.", details={"field": name}) from None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    to = parse("to") or datetime.now(UTC)
+    from_ = parse("from") or to - timedelta(hours=24)
+    if from_ >= to:
+        raise BadRequest("'from' must be before 'to'.", details={"field": "from"})
+    return from_, to
+
+
+async def _analytics(request: Request) -> tuple[Services, datetime, datetime]:
+    services = _admin(request)
+    from_, to = _window(request)
+    await services.sessions.writer.flush()  # every request recorded so far is in
+    return services, from_, to
+
+
+async def analytics_global(request: Request) -> Response:
+    """``GET /admin/analytics/global?from=&to=``: everyone's totals, by kind, model and hour."""
+    services, from_, to = await _analytics(request)
+    return _json(await services.sessions.store.analytics.summary(from_, to))
+
+
+async def analytics_user(request: Request) -> Response:
+    """``GET /admin/analytics/users/{user_id}?from=&to=``."""
+    services, from_, to = await _analytics(request)
+    user_id = request.path_params["user_id"]
+    return _json({"user_id": user_id, **await services.sessions.store.analytics.summary(from_, to, user_id=user_id)})
+
+
+async def analytics_chat(request: Request) -> Response:
+    """``GET /admin/analytics/chats/{chat_id}?from=&to=``: one conversation, from its raw rows."""
+    services, from_, to = await _analytics(request)
+    chat_id = request.path_params["chat_id"]
+    summary = await services.sessions.store.analytics.summary(from_, to, conversation_id=chat_id)
+    return _json({"chat_id": chat_id, **summary})
+
+
+async def analytics_export(request: Request) -> Response:
+    """``GET /admin/analytics/export?from=&to=&user_id=&chat_id=&format=json|csv``: the raw rows."""
+    services, from_, to = await _analytics(request)
+    fmt = request.query_params.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise BadRequest("'format' must be json or csv.", details={"field": "format"})
+    rows = services.sessions.store.analytics.export_rows(
+        from_, to, user_id=request.query_params.get("user_id"), conversation_id=request.query_params.get("chat_id")
+    )
+    if fmt == "json":
+        return _json([row async for row in rows])
+
+    async def lines() -> AsyncIterator[bytes]:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(EXPORT_COLUMNS)
+        async for row in rows:
+            writer.writerow(_csv_value(row[c]) for c in EXPORT_COLUMNS)
+            if out.tell() > 64 * 1024:
+                yield out.getvalue().encode()
+                out.seek(0)
+                out.truncate()
+        yield out.getvalue().encode()
+
+    return StreamingResponse(
+        lines(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="chatgate-requests.csv"'},
+    )
+
+
+def _csv_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value

@@ -79,6 +79,7 @@ async def chat(scope: Scope, receive: Receive, send: Send) -> None:
         turn = new_turn(scope, {"model": chat_req.model}, None, source="chat-api")
         await until_disconnect(receive, _answer(services, send, turn, chat_req))
     except ChatgateError as exc:
+        req.error_code = exc.code
         await send_error(send, exc)
     except ClientLeft:
         req.status = 499

@@ -141,6 +141,26 @@ def _cache_stats() -> None: ...
 def _cache_clear() -> None: ...
 
 
+@_doc.get("/admin/analytics/global", tags=["admin"], summary="Everyone's request analytics (?from=&to=)")
+def _analytics_global() -> None: ...
+
+
+@_doc.get("/admin/analytics/users/{user_id}", tags=["admin"], summary="One user's request analytics")
+def _analytics_user(user_id: str) -> None: ...
+
+
+@_doc.get("/admin/analytics/chats/{chat_id}", tags=["admin"], summary="One conversation's request analytics")
+def _analytics_chat(chat_id: str) -> None: ...
+
+
+@_doc.get(
+    "/admin/analytics/export",
+    tags=["admin"],
+    summary="The raw request rows as JSON or CSV (?from=&to=&user_id=&chat_id=&format=json|csv)",
+)
+def _analytics_export() -> None: ...
+
+
 @_doc.get(
     "/metrics",
     tags=["health"],

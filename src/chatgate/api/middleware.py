@@ -27,9 +27,22 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 class RequestInfo:
     """Per-request facts the routes fill in and the access log writes out."""
 
-    __slots__ = ("model", "principal", "retries", "session_id", "status", "upstream", "usage", "user_id")
+    __slots__ = (
+        "error_code",
+        "model",
+        "principal",
+        "retries",
+        "session_id",
+        "started",
+        "status",
+        "upstream",
+        "usage",
+        "user_id",
+    )
 
     def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.error_code: str | None = None
         self.principal: Principal | None = None
         self.model: str | None = None
         self.upstream: str | None = None
@@ -55,7 +68,6 @@ class RequestLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
         rid = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -63,6 +75,7 @@ class RequestLog:
                 break
         request_id = rid.decode() if rid and _REQUEST_ID.match(rid) else os.urandom(12).hex()
         req = RequestInfo()
+        start = req.started
         scope["chatgate"] = req
         rid_header = (b"x-request-id", request_id.encode())
         started = False

@@ -6,7 +6,9 @@ framework request object, no dependency resolution; errors are answered right he
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,6 +32,8 @@ from chatgate.api.middleware import RequestInfo, info
 from chatgate.api.protocol import check_chat, check_embeddings, parse_object
 from chatgate.errors import ChatgateError, ModelNotFound
 from chatgate.observe import metrics
+from chatgate.sessions.messages import request_kind
+from chatgate.store.batch import RecordRequest
 from chatgate.upstream.stream import Relay
 
 Check = Callable[[dict[str, Any]], None]
@@ -81,6 +85,7 @@ class PipelineEndpoint:
             turn = new_turn(scope, payload, raw)
             await until_disconnect(receive, self._answer(services_of(scope), send, turn))
         except ChatgateError as exc:
+            req.error_code = exc.code
             await send_error(send, exc)
         except ClientLeft:
             req.status = 499  # nobody reads an answer now; the access log records the hang-up
@@ -96,6 +101,43 @@ class PipelineEndpoint:
             await send_stream(send, result, answer_headers(SSE_HEADERS, turn))
 
 
+def record(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -> None:
+    """One analytics row for the request, through the write-behind queue (never waits on the database)."""
+    resolved, usage = turn.resolved, turn.usage or {}
+    if resolved is not None:
+        user_id = resolved.identity.user_id
+        kind = request_kind(turn.payload, resolved.features, services.research_models)
+    else:  # refused before the caller was resolved (e.g. bad metadata)
+        user_id = turn.principal.user_id or f"key:{turn.principal.key_id}"
+        kind = "standard"
+    session = turn.session
+    _, ttft = turn.trace.seconds()
+    model = turn.trace.model or turn.payload.get("model")
+    services.sessions.writer.put(
+        RecordRequest(
+            at=datetime.now(UTC),
+            user_id=user_id,
+            conversation_id=session.id if session is not None and not session.ephemeral else None,
+            message_id=resolved.message_id if resolved is not None else None,
+            model=model if isinstance(model, str) else "",
+            upstream=turn.trace.upstream,
+            kind=kind,
+            status=req.status,
+            error_code=req.error_code or ("STREAM_INTERRUPTED" if turn.stream_failed else None),
+            tokens_in=_int(usage.get("prompt_tokens")),
+            tokens_out=_int(usage.get("completion_tokens")),
+            cached=turn.cache_status == "HIT",
+            stream=turn.stream,
+            latency_ms=round((time.perf_counter() - req.started) * 1000),
+            ttft_ms=round(ttft * 1000) if ttft is not None and turn.stream else None,
+        )
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
 def traced(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -> None:
     """What the pipeline did, onto the request's access-log line and into the metrics."""
     trace = turn.trace
@@ -105,6 +147,8 @@ def traced(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -
         metrics.observe_call(trace.upstream, trace.model, trace.retries, latency, ttft, turn.usage)
         for up in services.upstream.router.upstreams:
             metrics.set_circuit(up.name, up.breaker.state.value)
+    if services.record_requests:
+        record(req, turn, services)
     metrics.SESSIONS_ACTIVE.set(services.sessions.active)
     writer = services.sessions.writer
     metrics.QUEUE_DEPTH.set(writer.depth)

@@ -130,6 +130,7 @@ class Relay:
         self.on_end = on_end
         self.completed = False
         self.first_at: float | None = None  # loop time the first event arrived
+        self.failed = False  # the upstream broke off (or timed out) mid-stream
         self._ended = False
         self._chunks = self._run()
 
@@ -193,6 +194,7 @@ class Relay:
         finally:
             # Not done here means failed, or our client left: drop the upstream connection at once.
             opened.close(failed=failed, abort=not done)
+        self.failed = failed
         self.completed = done and not failed
         if self.completed and self.tail is not None:
             yield self.tail()
