@@ -725,6 +725,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-limits", action="store_true", help="chatgate with rate limits and token counting off (default: on)"
     )
+    p.add_argument(
+        "--no-analytics",
+        action="store_true",
+        help="chatgate with request analytics and the response cache off (default: on)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs) for inspection")
     p.add_argument(
         "--sessions",
@@ -795,6 +800,7 @@ def start_all(tmp: Path, args: argparse.Namespace, python: str, chatgate: str, n
         # Limits on (every request is counted and checked) but high enough never to refuse the load.
         f"limits: {{enabled: {'false' if args.no_limits else 'true'}, user_requests_per_minute: 1000000000, "
         "user_tokens_per_hour: 1000000000000}\n"
+        + ("analytics: {enabled: false}\ncache: {enabled: false}\n" if args.no_analytics else "")
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATGATE_", "BENCH_"))}
     env.update(
@@ -1016,6 +1022,11 @@ def print_report(
             if report["settings"].get("limits", True)
             else ", rate limits off"
         )
+        + (
+            ", analytics and response cache on"
+            if report["settings"].get("analytics", True)
+            else ", analytics and response cache off"
+        )
     )
 
     if s["errors"]:
@@ -1138,6 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "sessions": args.sessions,
             "limits": not args.no_limits,
+            "analytics": not args.no_analytics,
         },
         "results_file": str(RESULTS_DIR / f"overhead-{started}.json"),
     }
