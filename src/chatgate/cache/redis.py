@@ -18,17 +18,12 @@ import logging
 import math
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from redis.asyncio import Redis
 
 from chatgate.cache.base import CacheStats, Entry, hit_rate
+from chatgate.redis_client import UNREACHABLE, fail_fast_client, glob_escape
 
 log = logging.getLogger("chatgate.cache")
-
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class RedisCache:
@@ -57,15 +52,7 @@ class RedisCache:
     def from_url(cls, url: str, *, timeout: float = 0.5, max_connections: int = 64, **kwargs: Any) -> RedisCache:
         """A cache with its own client: a blocking pool, no retries (a slow Redis is a miss, not a wait),
         ``timeout`` seconds to connect, to answer and to get a connection."""
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(Redis.from_pool(pool), **kwargs)
+        return cls(fail_fast_client(url, timeout=timeout, max_connections=max_connections), **kwargs)
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
@@ -113,7 +100,7 @@ class RedisCache:
     async def _keys(self) -> list[list[bytes]]:
         batches: list[list[bytes]] = []
         batch: list[bytes] = []
-        async for key in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*", count=1000):
+        async for key in self._redis.scan_iter(match=glob_escape(self.prefix) + "*", count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 batches.append(batch)
@@ -159,10 +146,3 @@ class RedisCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-
-def _glob_escape(text: str) -> str:
-    out = []
-    for ch in text:
-        out.append("\\" + ch if ch in "*?[]\\" else ch)
-    return "".join(out)

@@ -23,16 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from chatgate.limits.base import (
     SLOTS,
@@ -45,10 +40,10 @@ from chatgate.limits.base import (
     slot_width,
 )
 from chatgate.limits.memory import MemoryLimiter
+from chatgate.redis_client import UNREACHABLE, fail_fast_client, glob_escape
 
 log = logging.getLogger("chatgate.limits")
 
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # ARGV: mode ("acquire" | "usage" | "adjust"), SLOTS, then three per key:
 #   acquire/usage: limit, slot width (ms), cost      adjust: slot, slot width (ms), delta
@@ -163,15 +158,7 @@ class RedisLimiter:
     def from_url(cls, url: str, *, timeout: float = 0.5, max_connections: int = 64, **kwargs: Any) -> RedisLimiter:
         """A limiter with its own client: a blocking pool (callers queue for a connection), no retries
         (the caller falls back at once), ``timeout`` seconds to connect, to answer and to get a connection."""
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
-        return cls(Redis.from_pool(pool), **kwargs)
+        return cls(fail_fast_client(url, timeout=timeout, max_connections=max_connections), **kwargs)
 
     async def _run(self, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -264,7 +251,7 @@ class RedisLimiter:
     async def reset(self, key_prefix: str) -> int:
         """Delete one subject's counters (SCAN + UNLINK: a few round trips, admin only)."""
         await self.fallback.reset(key_prefix)
-        pattern = _glob_escape(self.prefix + key_prefix) + "[|:]*"
+        pattern = glob_escape(self.prefix + key_prefix) + "[|:]*"
         deleted = 0
         try:
             batch: list[bytes] = []
@@ -283,7 +270,3 @@ class RedisLimiter:
     async def close(self) -> None:
         await self._redis.aclose()
         await self.fallback.close()
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
