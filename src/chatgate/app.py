@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -75,10 +76,11 @@ def build_upstream(settings: Settings) -> UpstreamClient:
 def build_counter(settings: Settings) -> TokenCounter:
     """The token counter; with the local model running, its own vocabulary counts for it."""
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(settings.data_dir / "tiktoken"))
-    if not settings.local.base_url:
+    local = settings.local
+    if not local.base_url:
         return TokenCounter(settings.tokens)
-    path = settings.local.model_path or bundled_model_path(settings.data_dir)
-    return TokenCounter(settings.tokens, local_model_path=Path(path), local_model_name=settings.local.served_name)
+    path = local.gguf_path or local.model_path or bundled_model_path(settings.data_dir)
+    return TokenCounter(settings.tokens, local_model_path=Path(path), local_model_name=local.served_name)
 
 
 def build_limiter(settings: Settings) -> Limiter:
@@ -91,6 +93,16 @@ def build_limiter(settings: Settings) -> Limiter:
     if settings.server.workers > 1 and settings.limits.enabled:
         log.warning("rate limits are per worker process without Redis: set CHATGATE_REDIS_URL to share them")
     return local
+
+
+def sample_state(services: Services) -> None:
+    """The gauges that describe state, read when metrics are (not on every request)."""
+    for up in services.upstream.router.upstreams:
+        metrics.set_circuit(up.name, up.breaker.state.value)
+    metrics.SESSIONS_ACTIVE.set(services.sessions.active)
+    writer = services.sessions.writer
+    metrics.QUEUE_DEPTH.set(writer.depth)
+    metrics.QUEUE_DROPS.set(writer.drops)
 
 
 async def purge_analytics(store: Store, settings: Settings) -> None:
@@ -201,6 +213,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         gc.collect()
         gc.freeze()
         shared = metrics.metrics_dir() if settings.metrics.enabled else None
+        sampler = functools.partial(sample_state, services)
+        metrics.SAMPLERS.append(sampler)
         flusher = asyncio.create_task(metrics.run_flusher(shared)) if shared is not None else None
         purger = asyncio.create_task(purge_analytics(store, settings)) if settings.analytics.enabled else None
         try:
@@ -214,6 +228,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
+            metrics.SAMPLERS.remove(sampler)
             await services.upstream.close()
             await services.admission.close()
             if services.cache is not None:

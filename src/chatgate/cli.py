@@ -64,6 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             local.stop()
             raise SystemExit(f"chatgate: the local model did not start: {exc}") from None
         os.environ["CHATGATE_LOCAL__API_KEY"] = local.api_key
+        os.environ["CHATGATE_LOCAL__GGUF_PATH"] = str(local.model_path)  # the workers need not assemble it again
     if settings.metrics.enabled and workers > 1:
         prepare_metrics_dir(settings.data_dir / "metrics")
     # uvicorn drains and shuts down on SIGTERM/SIGINT, then re-raises the signal: end with a clean exit

@@ -98,6 +98,11 @@ class LocalModelSettings(_Section):
     api_key: SecretStr | None = Field(
         None, description="Per-run key between chatgate and the local model; set by `chatgate serve`."
     )
+    gguf_path: Path | None = Field(
+        None,
+        description="The GGUF file the running local model serves (its vocabulary counts tokens); "
+        "set by `chatgate serve` for its workers.",
+    )
 
 
 class StoreSettings(_Section):

@@ -17,7 +17,6 @@ from chatgate.api.middleware import info
 from chatgate.errors import BadRequest, NotFound
 from chatgate.limits.base import Limit
 from chatgate.limits.policy import limits_for, subject_key
-from chatgate.limits.redis import RedisLimiter
 from chatgate.pipeline import Services
 from chatgate.store.analytics import EXPORT_COLUMNS
 
@@ -64,10 +63,6 @@ def _subject(user_id: str) -> str:
     return subject_key(user_id=user_id)
 
 
-def _backend(services: Services) -> str:
-    return "redis" if isinstance(services.admission.limiter, RedisLimiter) else "memory"
-
-
 async def get_user_limits(request: Request) -> Response:
     """``GET /admin/users/{user_id}/limits``: each limit line with its current usage."""
     services = _admin(request)
@@ -78,7 +73,7 @@ async def get_user_limits(request: Request) -> Response:
         {
             "user_id": user_id,
             "enabled": services.admission.settings.enabled,
-            "backend": _backend(services),
+            "backend": services.admission.backend,
             "limits": [
                 {
                     "scope": line.scope,

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from chatgate import __version__
-from chatgate.limits import RedisLimiter
 from chatgate.pipeline import Services
 
 
 async def health(request: Request) -> JSONResponse:
     uptime = round(time.monotonic() - request.app.state.started, 3)
     return JSONResponse({"status": "ok", "version": __version__, "uptime_s": uptime})
-
-
-def limits_overview(services: Services) -> dict[str, Any]:
-    """Admission counters (this process), and the Redis backend's outage count."""
-    limiter = services.admission.limiter
-    out: dict[str, Any] = {
-        "enabled": services.admission.settings.enabled,
-        "backend": "redis" if isinstance(limiter, RedisLimiter) else "memory",
-        **services.admission.stats.as_dict(),
-    }
-    if isinstance(limiter, RedisLimiter):
-        out["redis_errors"] = limiter.redis_errors
-    return out
 
 
 async def ready(request: Request) -> JSONResponse:
@@ -46,7 +31,7 @@ async def ready(request: Request) -> JSONResponse:
         "status": "ready" if ok else "not_ready",
         "upstreams": upstreams,
         "store": store,
-        "limits": limits_overview(services),
+        "limits": services.admission.overview(),
         "context": services.fitter.stats,
         "tokens": services.counter.stats,
     }

@@ -145,14 +145,8 @@ def traced(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -
     if trace.upstream is not None:
         latency, ttft = trace.seconds()
         metrics.observe_call(trace.upstream, trace.model, trace.retries, latency, ttft, turn.usage)
-        for up in services.upstream.router.upstreams:
-            metrics.set_circuit(up.name, up.breaker.state.value)
     if services.record_requests:
         record(req, turn, services)
-    metrics.SESSIONS_ACTIVE.set(services.sessions.active)
-    writer = services.sessions.writer
-    metrics.QUEUE_DEPTH.set(writer.depth)
-    metrics.QUEUE_DROPS.set(writer.drops)
     if turn.resolved is not None:
         req.user_id = turn.resolved.identity.user_id
     if turn.session is not None and not turn.session.ephemeral:

@@ -26,6 +26,7 @@ from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
 from chatgate.limits.base import Decision, Limit, Limiter, LimiterUnavailable, Reservation
 from chatgate.limits.policy import limits_for
+from chatgate.limits.redis import RedisLimiter
 from chatgate.observe import metrics
 from chatgate.settings import LimitSettings
 
@@ -136,6 +137,17 @@ class Admission:
                 model=model,
             )
         return lines
+
+    @property
+    def backend(self) -> str:
+        return "redis" if isinstance(self.limiter, RedisLimiter) else "memory"
+
+    def overview(self) -> dict[str, Any]:
+        """Admission counters (this process), and the Redis backend's outage count."""
+        out: dict[str, Any] = {"enabled": self.settings.enabled, "backend": self.backend, **self.stats.as_dict()}
+        if isinstance(self.limiter, RedisLimiter):
+            out["redis_errors"] = self.limiter.redis_errors
+        return out
 
     def route_limits(self, principal: Principal | None, client_ip: str | None, route: str) -> list[Limit]:
         """The route line alone, for routes outside the pipeline (the caller: its key's user, else its IP)."""

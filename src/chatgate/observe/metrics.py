@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,28 +49,19 @@ class Family:
         self.name = name
         self.help = help
         self.labels = tuple(labels)
+        self.values: dict[Labels, Any] = {}  # labels -> a number (a list for histograms)
         FAMILIES[name] = self
 
-    def items(self) -> Iterable[tuple[Labels, Any]]:
-        raise NotImplementedError
-
     def dump(self) -> list[list[Any]]:
-        return [[list(k), v] for k, v in self.items()]
+        return [[list(k), v] for k, v in self.values.items()]
 
 
 class Counter(Family):
     kind = "counter"
 
-    def __init__(self, name: str, help: str, labels: Iterable[str] = ()) -> None:
-        super().__init__(name, help, labels)
-        self.values: dict[Labels, float] = {}
-
     def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
         values = self.values
         values[labels] = values.get(labels, 0.0) + amount
-
-    def items(self) -> Iterable[tuple[Labels, Any]]:
-        return self.values.items()
 
 
 class Gauge(Family):
@@ -78,7 +70,6 @@ class Gauge(Family):
     def __init__(self, name: str, help: str, labels: Iterable[str] = (), mode: str = "livesum") -> None:
         super().__init__(name, help, labels)
         self.mode = mode  # how workers combine: "livesum" or "max" (over live processes)
-        self.values: dict[Labels, float] = {}
 
     def set(self, value: float, labels: Labels = ()) -> None:
         self.values[labels] = value
@@ -86,17 +77,13 @@ class Gauge(Family):
     def inc(self, amount: float = 1.0, labels: Labels = ()) -> None:
         self.values[labels] = self.values.get(labels, 0.0) + amount
 
-    def items(self) -> Iterable[tuple[Labels, Any]]:
-        return self.values.items()
-
 
 class Histogram(Family):
     kind = "histogram"
 
     def __init__(self, name: str, help: str, labels: Iterable[str] = (), buckets: Iterable[float] = ()) -> None:
         super().__init__(name, help, labels)
-        self.buckets = tuple(buckets)
-        self.values: dict[Labels, list[float]] = {}  # per bucket (non-cumulative), +Inf, then the sum
+        self.buckets = tuple(buckets)  # values: per bucket (non-cumulative), +Inf, then the sum
 
     def observe(self, value: float, labels: Labels = ()) -> None:
         row = self.values.get(labels)
@@ -104,9 +91,6 @@ class Histogram(Family):
             row = self.values[labels] = [0.0] * (len(self.buckets) + 2)
         row[bisect_left(self.buckets, value)] += 1
         row[-1] += value
-
-    def items(self) -> Iterable[tuple[Labels, Any]]:
-        return self.values.items()
 
 
 FAMILIES: dict[str, Family] = {}
@@ -211,26 +195,40 @@ def metrics_dir() -> Path | None:
     return Path(path) if path else None
 
 
+SAMPLERS: list[Callable[[], None]] = []
+"""Called before values are read: they set the gauges that describe state (circuits, sessions, the
+queue), so nothing on the request path has to."""
+
+
+def sample() -> None:
+    for sampler in SAMPLERS:
+        sampler()
+
+
 def snapshot() -> bytes:
+    sample()
     return orjson.dumps({name: family.dump() for name, family in FAMILIES.items()})
+
+
+def _write(directory: Path, data: bytes) -> None:
+    target = directory / f"{os.getpid()}.json"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
 
 
 def flush(directory: Path) -> None:
     """Write this process's values for the others to add up (atomically: write, then rename)."""
-    target = directory / f"{os.getpid()}.json"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(snapshot())
-    tmp.replace(target)
+    _write(directory, snapshot())
 
 
 async def run_flusher(directory: Path, interval: float = FLUSH_INTERVAL) -> None:
     """Flush now (so every worker is known from its start), then every ``interval`` seconds until
     cancelled, then once more."""
     try:
-        await asyncio.to_thread(flush, directory)
-        while True:
+        while True:  # values are read on the loop (samplers touch its state), written in a thread
+            await asyncio.to_thread(_write, directory, snapshot())
             await asyncio.sleep(interval)
-            await asyncio.to_thread(flush, directory)
     finally:
         flush(directory)
 
@@ -268,7 +266,7 @@ class _Merged(Collector):
         others = _others(self.directory)
         alive = {pid: _alive(pid) for pid, _ in others}
         for name, family in FAMILIES.items():
-            rows: list[tuple[Labels, Any, bool]] = [(k, v, True) for k, v in family.items()]
+            rows: list[tuple[Labels, Any, bool]] = [(k, v, True) for k, v in family.values.items()]
             for pid, data in others:
                 rows += [(tuple(k), v, alive[pid]) for k, v in data.get(name, ())]
             yield _render(family, rows)
@@ -352,8 +350,13 @@ class ProcessCollector(Collector):
 
 def exposition() -> bytes:
     """The Prometheus text of every worker's values."""
-    directory = metrics_dir()
+    sample()
+    return generate_latest(_registry(metrics_dir()))
+
+
+@functools.cache
+def _registry(directory: Path | None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged(directory))
     registry.register(ProcessCollector(directory))
-    return generate_latest(registry)
+    return registry

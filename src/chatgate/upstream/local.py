@@ -59,6 +59,7 @@ class LocalModel:
         self.settings = settings
         self.data_dir = data_dir
         self.port = 0
+        self.model_path: Path | None = None  # once started
         self.api_key = secrets.token_urlsafe(24)
         self.restarts = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -89,6 +90,7 @@ class LocalModel:
         """Start the server and wait until it answers; returns its base URL."""
         bundled = self.settings.model_path is None
         model_path = bundled_model_path(self.data_dir) if bundled else Path(str(self.settings.model_path))
+        self.model_path = model_path
         self.port = free_port()
         return self.launch(self.command(model_path, bundled))
 
