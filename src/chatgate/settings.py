@@ -402,6 +402,28 @@ class MetricsSettings(_Section):
         return v
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry tracing (filled in by the tracing work)."""
+
+
+class ChunkingSettings(_Section):
+    """How documents are split into chunks (RAG)."""
+
+
+class EmbeddingSettings(_Section):
+    """The embedder (RAG)."""
+
+
+class RetrievalSettings(_Section):
+    """Indexes and retrieval (RAG)."""
+
+
+class RagSettings(_Section):
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking.")
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings, description="Embeddings.")
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings, description="Indexes and retrieval.")
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -470,6 +492,8 @@ class Settings(BaseSettings):
         default_factory=CacheSettings,
         description="Response cache for chat completions and the chat API (Redis when `redis_url` is set).",
     )
+    tracing: TracingSettings = Field(default_factory=TracingSettings, description="OpenTelemetry tracing.")
+    rag: RagSettings = Field(default_factory=RagSettings, description="Documents: ingestion, embeddings, retrieval.")
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,1 @@
+"""RAG: loaders, chunking, embedders, dense and lexical indexes, retrieval and fusion, ingestion jobs."""
