@@ -24,6 +24,7 @@ from chatgate.api import metrics as metrics_api
 from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
 from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog, RouteLimits
+from chatgate.api.tracing import TraceRequests
 from chatgate.cache import MemoryCache, RedisCache, ResponseCache
 from chatgate.context import ContextFitter, Summariser, WindowResolver
 from chatgate.identity.jwt import JWTVerifier
@@ -34,6 +35,7 @@ from chatgate.limits.admit import Admission
 from chatgate.observe import metrics
 from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
+from chatgate.observe.tracing import TracedAccessLog, Tracing
 from chatgate.pipeline import Services
 from chatgate.sessions.connections import Connections
 from chatgate.sessions.manager import SessionManager
@@ -54,7 +56,7 @@ ANONYMOUS_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/api/v1/chat
 PIPELINE_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/api/v1/chat"})  # limited in the pipeline
 
 
-def build_upstream(settings: Settings) -> UpstreamClient:
+def build_upstream(settings: Settings, tracing: Tracing | None = None) -> UpstreamClient:
     upstreams = [
         Upstream(
             name=u.name,
@@ -70,7 +72,7 @@ def build_upstream(settings: Settings) -> UpstreamClient:
         for u in settings.all_upstreams()
     ]
     router = Router(upstreams, aliases=settings.all_aliases(), fallbacks=settings.fallbacks)
-    return UpstreamClient(router, settings.retry, settings.timeouts)
+    return UpstreamClient(router, settings.retry, settings.timeouts, tracer=tracing.tracer if tracing else None)
 
 
 def build_counter(settings: Settings) -> TokenCounter:
@@ -141,8 +143,8 @@ def build_cache(settings: Settings) -> ResponseCache | None:
     return MemoryCache(ttl=c.ttl, max_entries=c.max_entries, max_bytes=c.max_bytes, max_entry_bytes=c.max_entry_bytes)
 
 
-def build_services(settings: Settings, store: Store, writer: WriteBehind) -> Services:
-    client = build_upstream(settings)
+def build_services(settings: Settings, store: Store, writer: WriteBehind, tracing: Tracing | None = None) -> Services:
+    client = build_upstream(settings, tracing)
     template = settings.sessions.system_prompt_template
     catalog = ModelCatalog(client, settings.server.models_cache_ttl)
     sessions = SessionManager(store, writer, settings.sessions)
@@ -180,7 +182,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
     admin_digest, new_key = bootstrap_admin_digest(settings.data_dir, admin_key)
     if new_key:
         print_new_admin_key(new_key, settings)
-    access_log = AccessLog(settings.log, raw=access_stream)
+    access_log = (TracedAccessLog if settings.tracing.enabled else AccessLog)(settings.log, raw=access_stream)
     jwt = JWTVerifier(settings.identity.jwt)  # reads its key files now: a bad path fails at start
     credentials = Credentials(StaticKeys({admin_digest: ADMIN}))
     if settings.sessions.system_prompt_template:
@@ -197,7 +199,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             flush_interval=settings.store.flush_interval,
         )
         await writer.start()
-        services = build_services(settings, store, writer)
+        tracing = app.state.tracing = Tracing.start(settings.tracing)
+        services = build_services(settings, store, writer, tracing)
         app.state.services = services
         stored = StoredKeys(store, writer, ttl=settings.identity.key_cache_ttl)
         credentials.authenticators = (  # a JWT is recognised by its shape before any store lookup
@@ -235,6 +238,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                 await services.cache.close()
             await writer.close()  # drains: nothing accepted is lost on a clean shutdown
             await store.close()
+            if tracing is not None:
+                await tracing.close()  # exports the spans still queued
             access_log.flush()
 
     scrape = metrics_api.MetricsEndpoint(settings.metrics, credentials) if settings.metrics.enabled else None
@@ -251,6 +256,9 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/api/v1/chat/sessions/{session_id}", chat_api.delete_session, methods=["DELETE"]),
             Route("/admin/users/{user_id:path}/limits", admin.get_user_limits, methods=["GET"]),
             Route("/admin/users/{user_id:path}/limits/reset", admin.reset_user_limits, methods=["POST"]),
+            Route("/admin/users/{user_id:path}", admin.get_user, methods=["GET"]),
+            Route("/admin/connections", admin.connections, methods=["GET"]),
+            Route("/admin/metrics", admin.snapshot, methods=["GET"]),
             Route("/admin/cache/stats", admin.cache_stats, methods=["GET"]),
             Route("/admin/cache", admin.cache_clear, methods=["DELETE"]),
             Route("/admin/analytics/global", admin.analytics_global, methods=["GET"]),
@@ -263,6 +271,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             *docs.routes(),
         ],
         middleware=[
+            *([Middleware(TraceRequests)] if settings.tracing.enabled else []),  # outermost: logs inside its span
             Middleware(RequestLog, access_log=access_log),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
             Middleware(
@@ -281,6 +290,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
     )
     app.state.settings = settings
     app.state.access_log = access_log
+    app.state.tracing = None  # the lifespan starts it when enabled
     app.state.started = time.monotonic()
     return app
 

@@ -10,7 +10,8 @@
                within the model's window: rejected, truncated or summarised into the
                conversation's running brief (``context/``).
 5. cache    -- a request answered before (same normalised request, not sampling, not bypassed) is
-               answered from the response cache: no upstream call, no tokens charged.
+               answered from the response cache: no upstream call, no tokens charged. Complete
+               answers are stored, streamed ones too (rebuilt as the non-streaming body).
 6. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
                streams are relayed as they arrive.
 7. account  -- usage and request kind on the session, the new messages and the reply queued
@@ -249,8 +250,13 @@ async def cached(services: Services, turn: Turn, key: str | None) -> Entry | Non
     return entry
 
 
-async def remember(services: Services, key: str | None, body: bytes) -> None:
-    if key is not None and services.cache is not None and (entry := Entry.from_response(body)) is not None:
+async def remember(services: Services, key: str | None, body: bytes | None) -> None:
+    if (
+        key is not None
+        and body is not None
+        and services.cache is not None
+        and (entry := Entry.from_response(body)) is not None
+    ):
         await services.cache.set(key, entry)
 
 
@@ -298,11 +304,14 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
                 try:
                     if completed:
                         account(services, turn, client_messages, reply.content())
+                        if key is not None:
+                            await remember(services, key, reply.completion(turn.usage))
                 finally:
                     services.connections.leave(left)
                     await settle(services, turn, completed, None if keep is None else keep.content())
 
-            keep = None if session.ephemeral else reply  # chunks are parsed only for a reply that is stored
+            # chunks are parsed only for a reply that is stored (in the conversation or the cache)
+            keep = None if session.ephemeral and key is None else reply
             relay = Relay(
                 opened,
                 include_usage=include_usage,
@@ -523,6 +532,8 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
             turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
             services.connections.leave(left)
             await settle(services, turn, completed, reply.text)
+            if completed:
+                await remember(services, key, reply.completion(turn.usage))
 
         def tail() -> bytes:  # the stream completed: store the turn, and say so in a last event
             return encode_data(orjson.dumps({"type": "done", **finish(reply.text)}))

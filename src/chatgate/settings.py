@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -409,9 +409,70 @@ class TracingSettings(_Section):
 class ChunkingSettings(_Section):
     """How documents are split into chunks (RAG)."""
 
+    size: int = Field(
+        200,
+        ge=16,
+        description="Most tokens in a chunk (the project tokenizer, cl100k by default). 200 cl100k tokens are about "
+        "240 word pieces: within the 256 that all-MiniLM-L6-v2 reads, so no chunk is cut short for the dense index.",
+    )
+    overlap: int = Field(
+        40,
+        ge=0,
+        description="Tokens of the previous chunk repeated at the start of the next one of the same section "
+        "(whole sentences when they fit). Must be less than `size`.",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSettings:
+        if self.overlap >= self.size:
+            raise ValueError(f"chunking.overlap ({self.overlap}) must be less than chunking.size ({self.size})")
+        return self
+
 
 class EmbeddingSettings(_Section):
     """The embedder (RAG)."""
+
+    backend: Literal["local", "openai"] = Field(
+        "local",
+        description="`local`: all-MiniLM-L6-v2 on CPU in this process (bundled, offline); `openai`: an "
+        "OpenAI-compatible `/v1/embeddings` server (vLLM, TEI, OpenAI) at `base_url`.",
+    )
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="Model name: recorded per collection, and sent as `model` to the `openai` backend.",
+    )
+    model_path: Path | None = Field(
+        None,
+        description="`local` only: a sentence-transformers model directory to load instead of the bundled "
+        "all-MiniLM-L6-v2 (give its `model` name and `dimension` too).",
+    )
+    base_url: str | None = Field(
+        None, description="`openai` only: base URL including `/v1` (e.g. `http://tei:8080/v1`); required there."
+    )
+    api_key: SecretStr | None = Field(None, description="`openai` only: Bearer key sent to the embeddings server.")
+    dimension: int | None = Field(
+        None,
+        ge=1,
+        description="Vector size. `local`: 384 for the bundled model. `openai`: learnt from the first answer when "
+        "unset; when set, an answer of another size is an error.",
+    )
+    batch_size: int = Field(64, ge=1, description="Texts embedded per model call (`local`) or per request (`openai`).")
+    concurrency: int = Field(4, ge=1, description="`openai` only: batch requests in flight at once.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="`local` only: CPU threads torch may use; unset: the CPUs this process may run on, at most 8.",
+    )
+    cache_entries: int = Field(
+        20_000, ge=0, description="Embeddings kept in memory, keyed by the SHA-256 of the text (LRU); 0: no cache."
+    )
+    timeout: float = Field(60.0, gt=0, description="`openai` only: seconds for one embeddings request.")
+    max_retries: int = Field(
+        4,
+        ge=0,
+        description="`openai` only: retries after a connection error, a timeout, 429 or 5xx (exponential backoff "
+        "with jitter, honouring `Retry-After`).",
+    )
 
 
 class RetrievalSettings(_Section):

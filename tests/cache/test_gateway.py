@@ -101,6 +101,45 @@ def test_a_stream_is_replayed_from_the_cache(gw: Gateway, fake_a: Fake) -> None:
     assert fake_a.stats(tag)["attempts"] == 1
 
 
+def test_a_streamed_answer_is_stored_and_served_both_ways(gw: Gateway, fake_a: Fake) -> None:
+    tag = "sa-" + secrets.token_hex(4)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0)
+    request = body(tag)
+
+    def stream() -> tuple[str, list[Any]]:
+        raw = client.chat.completions.with_raw_response.create(
+            model=request["model"],
+            messages=request["messages"],
+            temperature=0,
+            stream=True,
+            extra_body={"fake": request["fake"]},
+        )
+        chunks = list(raw.parse())
+        return raw.headers["x-cache"], chunks
+
+    status, chunks = stream()
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert status == "MISS" and streamed
+    again = post(gw, body(tag))  # the stream's answer, rebuilt as a chat.completion
+    assert again.headers["x-cache"] == "HIT"
+    answer = again.json()
+    assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"] == streamed
+    assert answer["choices"][0]["finish_reason"] == chunks[-1].choices[0].finish_reason
+    assert answer["id"] == chunks[0].id and answer["usage"]["total_tokens"] > 0
+    status, replayed = stream()
+    assert status == "HIT" and "".join(c.choices[0].delta.content or "" for c in replayed if c.choices) == streamed
+    assert fake_a.stats(tag)["attempts"] == 1
+
+
+def test_a_stream_cut_short_is_not_stored(gw: Gateway, fake_a: Fake) -> None:
+    tag = "sc-" + secrets.token_hex(4)
+    broken = body(tag, stream=True, fake={"id": tag, "abort_after": 2})
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json=broken, headers={"x-api-key": gw.key}) as r:
+        text = "".join(r.iter_text())
+    assert '"error"' in text
+    assert post(gw, body(tag)).headers["x-cache"] == "MISS"
+
+
 def test_chat_api_marks_a_hit(tmp_path_factory: pytest.TempPathFactory, fake_a: Fake) -> None:
     g = gateway(tmp_path_factory, fake_a, cache={"allow_sampling": True})  # the chat API sets no temperature
     try:

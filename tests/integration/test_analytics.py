@@ -39,7 +39,9 @@ def test_a_thousand_mixed_requests_are_recorded_exactly(gw: Gateway) -> None:
     plan: list[tuple[str, dict[str, Any], str]] = []  # (path, body, what)
     plan += [("/v1/chat/completions", chat(f"plain {run} {i}"), "ok") for i in range(400)]
     plan += [("/v1/chat/completions", chat(f"stream {run} {i}", stream=True), "stream") for i in range(200)]
-    plan += [("/v1/chat/completions", chat("x", model="no-such-model"), "error") for _ in range(100)]
+    plan += [("/v1/chat/completions", chat("x", model="no-such-model"), "error") for _ in range(50)]
+    plan += [("/v1/chat/completions", b'{"model": "fake-model", "messages": [', "error") for _ in range(25)]  # bad JSON
+    plan += [("/v1/chat/completions", {"model": "fake-model", "messages": "hi"}, "error") for _ in range(25)]
     plan += [
         ("/v1/chat/completions", chat(f"fail {run} {i}", fake={"fail": [500], "id": f"fail-{run}-{i}"}), "error")
         for i in range(50)
@@ -52,13 +54,20 @@ def test_a_thousand_mixed_requests_are_recorded_exactly(gw: Gateway) -> None:
     async def send() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=32)
         async with httpx.AsyncClient(base_url=gw.url, headers={"x-api-key": gw.key}, timeout=60, limits=limits) as c:
-            first = await c.post(plan[750][0], json=plan[750][1])  # the cache is primed by the first of its kind
-            rest = await asyncio.gather(*(c.post(path, json=body) for path, body, _ in plan[:750] + plan[751:]))
+
+            def post(path: str, body: Any) -> Any:
+                if isinstance(body, bytes):
+                    return c.post(path, content=body, headers={"content-type": "application/json"})
+                return c.post(path, json=body)
+
+            first = await post(plan[750][0], plan[750][1])  # the cache is primed by the first of its kind
+            rest = await asyncio.gather(*(post(path, body) for path, body, _ in plan[:750] + plan[751:]))
             return [first, *rest]
 
     responses = asyncio.run(send())
     statuses = [r.status_code for r in responses]
-    assert statuses.count(200) == 850 and statuses.count(404) == 100 and statuses.count(502) == 50
+    assert statuses.count(200) == 850 and statuses.count(404) == 50 and statuses.count(400) == 50
+    assert statuses.count(502) == 50
     hits = sum(r.headers.get("x-cache") == "HIT" for r in responses)
     assert hits == 149
 
@@ -77,6 +86,7 @@ def test_a_thousand_mixed_requests_are_recorded_exactly(gw: Gateway) -> None:
     assert len(rows) == 1000  # raw rows == requests sent; the rollups above said the same
     assert sum(int(r["tokens_in"]) for r in rows) == summary["tokens_in"]
     assert {r["error_code"] for r in rows if r["status"] == "404"} == {"MODEL_NOT_FOUND"}
+    assert sum(r["status"] == "400" for r in rows) == 50  # refused before they became requests: recorded too
     assert sum(r["stream"] in ("True", "1", "true") for r in rows) == 200
 
     as_json = httpx.get(gw.url + "/admin/analytics/export", headers=admin, timeout=30).json()

@@ -1,10 +1,12 @@
-"""The admin API (keys with the ``admin`` scope; to anyone else these routes do not exist): per-user limits,
-the response cache, analytics."""
+"""The admin API (keys with the ``admin`` scope; to anyone else these routes do not exist): a snapshot of every
+subsystem, users, requests in flight, per-user limits, the response cache, analytics."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +15,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from chatgate.api import state
 from chatgate.api.middleware import info
+from chatgate.api.query import int_param
 from chatgate.errors import BadRequest, NotFound
 from chatgate.limits.base import Limit
 from chatgate.limits.policy import limits_for, subject_key
@@ -63,29 +67,34 @@ def _subject(user_id: str) -> str:
     return subject_key(user_id=user_id)
 
 
+async def _limit_status(services: Services, user_id: str) -> list[dict[str, Any]]:
+    """Each limit line that can apply to ``user_id``, with its current usage."""
+    lines = user_limits(services, user_id)
+    usage = await services.admission.limiter.usage(lines)
+    return [
+        {
+            "scope": line.scope,
+            "unit": line.unit,
+            "window_seconds": line.window,
+            "limit": line.limit,
+            "used": int(usage[line.scope]["used"]),
+            "remaining": int(usage[line.scope]["remaining"]),
+            "reset_in_seconds": round(usage[line.scope]["reset_in"], 3),
+        }
+        for line in lines
+    ]
+
+
 async def get_user_limits(request: Request) -> Response:
     """``GET /admin/users/{user_id}/limits``: each limit line with its current usage."""
     services = _admin(request)
     user_id = request.path_params["user_id"]
-    lines = user_limits(services, user_id)
-    usage = await services.admission.limiter.usage(lines)
     return _json(
         {
             "user_id": user_id,
             "enabled": services.admission.settings.enabled,
             "backend": services.admission.backend,
-            "limits": [
-                {
-                    "scope": line.scope,
-                    "unit": line.unit,
-                    "window_seconds": line.window,
-                    "limit": line.limit,
-                    "used": int(usage[line.scope]["used"]),
-                    "remaining": int(usage[line.scope]["remaining"]),
-                    "reset_in_seconds": round(usage[line.scope]["reset_in"], 3),
-                }
-                for line in lines
-            ],
+            "limits": await _limit_status(services, user_id),
         }
     )
 
@@ -111,6 +120,105 @@ async def cache_clear(request: Request) -> Response:
     services = _admin(request)
     cleared = await services.cache.clear() if services.cache is not None else 0
     return _json({"cleared": cleared})
+
+
+async def get_user(request: Request) -> Response:
+    """``GET /admin/users/{user_id}``: the user, their sessions (newest first, ``?limit=``), rate-limit status,
+    requests in flight and an analytics summary (``?from=&to=``, default the last 24 hours)."""
+    services = _admin(request)
+    user_id = request.path_params["user_id"]
+    store = services.sessions.store
+    limit = int_param(request, "limit", 20, 1, 500)
+    from_, to = _window(request)
+    user = await store.users.get(user_id)
+    await services.sessions.writer.flush()  # sessions and requests recorded so far are in
+    conversations = await store.conversations.list_for_user(user_id, limit=limit)
+    if user is None and not conversations and user_id not in services.connections.listing()["by_user"]:
+        known = (await store.analytics.summary(from_, to, user_id=user_id))["requests"]
+        if not known:
+            raise NotFound("No such user.", details={"user_id": user_id})
+    return _json(
+        {
+            "user_id": user_id,
+            "user": None
+            if user is None
+            else {
+                "name": user.name,
+                "email": user.email,
+                "role": user.role,
+                "source": user.source,
+                "disabled": user.disabled,
+                "created_at": user.created_at.isoformat(),
+                "last_seen_at": user.last_seen_at.isoformat(),
+            },
+            "sessions": {
+                **await store.conversations.stats(user_id),
+                "recent": [_session(row) for row in conversations],
+            },
+            "in_flight": services.connections.in_flight(user_id),
+            "limits": await _limit_status(services, user_id),
+            "analytics": await store.analytics.summary(from_, to, user_id=user_id),
+        }
+    )
+
+
+def _session(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "source": row.source,
+        "title": row.title,
+        "created_at": row.created_at.isoformat(),
+        "last_activity_at": row.last_activity_at.isoformat(),
+        "message_count": row.message_count,
+        "tokens_in": row.tokens_in,
+        "tokens_out": row.tokens_out,
+        "request_counts": row.request_counts,
+    }
+
+
+async def connections(request: Request) -> Response:
+    """``GET /admin/connections``: requests in flight (this process) by user and conversation, oldest first."""
+    services = _admin(request)
+    return _json({"pid": os.getpid(), **services.connections.listing(int_param(request, "limit", 1000, 1, 100_000))})
+
+
+async def snapshot(request: Request) -> Response:
+    """``GET /admin/metrics``: every subsystem at a glance, as JSON. Counters are this process's (with several
+    workers, each answers for itself; ``/metrics`` merges them); analytics cover every instance (last hour)."""
+    services = _admin(request)
+    now = datetime.now(UTC)
+    await services.sessions.writer.flush()
+    analytics = await services.sessions.store.analytics.summary(now - timedelta(hours=1), now)
+    return _json(
+        {
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - request.app.state.started, 3),
+            "sessions": {**services.sessions.overview(), **await services.sessions.store.conversations.stats(None)},
+            "connections": services.connections.overview(),
+            "limits": services.admission.overview(),
+            "cache": {"enabled": False}
+            if services.cache is None
+            else {"enabled": True, **(await services.cache.stats()).as_dict()},
+            "analytics": {"window": "last hour", **{k: analytics[k] for k in _HEADLINE if k in analytics}},
+            "upstreams": state.upstreams(services),
+            "queue": state.queue(services),
+            "context": services.fitter.stats,
+            "tokens": services.counter.stats,
+        }
+    )
+
+
+_HEADLINE = (
+    "requests",
+    "errors",
+    "error_rate",
+    "cached",
+    "cache_hit_rate",
+    "streams",
+    "tokens_in",
+    "tokens_out",
+    "latency_ms",
+)
 
 
 # ---- analytics ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from chatgate.api.errors import send_error
 from chatgate.api.middleware import info
 from chatgate.api.openai import answer_headers, new_turn, services_of, traced
 from chatgate.api.protocol import parse_object
+from chatgate.api.query import int_param
 from chatgate.errors import BadRequest, ChatgateError, ModelNotFound, NotFound
 from chatgate.identity.model import Identity
 from chatgate.store.repos import ConversationRow, MessageRow
@@ -114,15 +115,6 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise BadRequest(f"'{name}' must be an integer from {low} to {high}.", details={"field": name})
-    return int(raw)
-
-
 def session_json(row: ConversationRow) -> dict[str, Any]:
     return {
         "session_id": row.id,
@@ -153,8 +145,8 @@ def message_json(row: MessageRow) -> dict[str, Any]:
 
 async def list_sessions(request: Request) -> Response:
     services, identity = await _caller(request)
-    limit = _int_param(request, "limit", 50, 1, 500)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
+    limit = int_param(request, "limit", 50, 1, 500)
+    offset = int_param(request, "offset", 0, 0, 10**9)
     rows = await services.sessions.store.conversations.list_for_user(identity.user_id, limit=limit, offset=offset)
     return _json({"object": "list", "data": [session_json(r) for r in rows], "limit": limit, "offset": offset})
 
@@ -162,8 +154,8 @@ async def list_sessions(request: Request) -> Response:
 async def get_session(request: Request) -> Response:
     services, identity = await _caller(request)
     row = await _owned(services, identity, request.path_params["session_id"])
-    limit = _int_param(request, "limit", 50, 1, 500)
-    offset = _int_param(request, "offset", 0, 0, 10**9)
+    limit = int_param(request, "limit", 50, 1, 500)
+    offset = int_param(request, "offset", 0, 0, 10**9)
     messages = await services.sessions.store.messages.list(row.id, limit=limit, offset=offset)
     return _json(
         {

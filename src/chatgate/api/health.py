@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from chatgate import __version__
+from chatgate.api import state
 from chatgate.pipeline import Services
 
 
@@ -19,17 +20,11 @@ async def health(request: Request) -> JSONResponse:
 async def ready(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     reachable = await services.catalog.reachable()
-    upstreams = {
-        up.name: {"reachable": reachable[up.name], "circuit": up.breaker.state.value, "in_flight": up.in_flight}
-        for up in services.upstream.router.upstreams
-    }
-    writer = services.sessions.writer
-    queue = {"depth": writer.depth, "drops": writer.drops, "written": writer.written, "failures": writer.failures}
-    store = {"reachable": await services.sessions.store.ping(), "queue": queue}
+    store = {"reachable": await services.sessions.store.ping(), "queue": state.queue(services)}
     ok = any(reachable.values()) and bool(store["reachable"])
     body = {
         "status": "ready" if ok else "not_ready",
-        "upstreams": upstreams,
+        "upstreams": state.upstreams(services, reachable),
         "store": store,
         "limits": services.admission.overview(),
         "context": services.fitter.stats,

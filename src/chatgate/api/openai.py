@@ -90,8 +90,11 @@ class PipelineEndpoint:
         except ClientLeft:
             req.status = 499  # nobody reads an answer now; the access log records the hang-up
         finally:
+            services = services_of(scope)
             if turn is not None:
-                traced(req, turn, services_of(scope))
+                traced(req, turn, services)
+            elif services.record_requests and req.principal is not None:
+                record_refused(req, services)  # bad JSON, a wrong field, too big: recorded all the same
 
     async def _answer(self, services: pipeline.Services, send: Send, turn: pipeline.Turn) -> None:
         result = await self.run(services, turn)
@@ -134,13 +137,40 @@ def record(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -
     )
 
 
+def record_refused(req: RequestInfo, services: pipeline.Services) -> None:
+    """The analytics row of a request refused before it became a turn (its body could not be used)."""
+    principal = req.principal
+    assert principal is not None
+    services.sessions.writer.put(
+        RecordRequest(
+            at=datetime.now(UTC),
+            user_id=principal.user_id or f"key:{principal.key_id}",
+            conversation_id=None,
+            message_id=None,
+            model=req.model or "",
+            upstream=None,
+            kind="standard",
+            status=req.status,
+            error_code=req.error_code,
+            tokens_in=0,
+            tokens_out=0,
+            cached=False,
+            stream=False,
+            latency_ms=round((time.perf_counter() - req.started) * 1000),
+            ttft_ms=None,
+        )
+    )
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
 def traced(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -> None:
-    """What the pipeline did, onto the request's access-log line and into the metrics."""
+    """What the pipeline did, onto the request's access-log line, into the metrics (and its span)."""
     trace = turn.trace
+    if trace.span is not None:  # tracing on: a stream's upstream span ends with the stream
+        trace.end_span(turn.stream_failed)
     req.upstream, req.retries, req.usage = trace.upstream, trace.retries, turn.usage
     if trace.upstream is not None:
         latency, ttft = trace.seconds()

@@ -150,6 +150,20 @@ SUMMARIZATIONS = Counter(
     "chatgate_summarizations", "Running-brief summariser calls, by outcome (ok, failed).", ["outcome"]
 )
 CACHE_LOOKUPS = Counter("chatgate_cache_lookups", "Response cache lookups, by result (hit, miss).", ["result"])
+RAG_RETRIEVALS = Counter(
+    "chatgate_rag_retrievals", "Document searches (chat grounding and the search API), by mode.", ["mode"]
+)
+RAG_RETRIEVAL_LATENCY = Histogram(
+    "chatgate_rag_retrieval_seconds",
+    "Document search latency (query embedding included), by mode.",
+    ["mode"],
+    LATENCY_BUCKETS,
+)
+RAG_INGESTED = Counter(
+    "chatgate_rag_documents_ingested",
+    "Documents through ingestion, by outcome (added, unchanged, updated, failed).",
+    ["outcome"],
+)
 SESSIONS_ACTIVE = Gauge("chatgate_sessions_active", "Sessions held hot in memory.")
 QUEUE_DEPTH = Gauge("chatgate_writebehind_queue_depth", "Writes waiting in the queue.")
 QUEUE_DROPS = Gauge("chatgate_writebehind_dropped", "Writes dropped because the queue was full, since start.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ class Connection:
     user_id: str
     conversation_id: str | None
     message_id: str | None
+    started: float  # time.monotonic() when it came in
 
 
 class Connections:
@@ -35,7 +37,7 @@ class Connections:
                 details={"limit": self.max_per_user, "scope": "concurrent_requests"},
                 headers={"Retry-After": "1", "X-RateLimit-Limit": str(self.max_per_user), "X-RateLimit-Remaining": "0"},
             )
-        conn = Connection(next(self._tokens), user_id, conversation_id, message_id)
+        conn = Connection(next(self._tokens), user_id, conversation_id, message_id, time.monotonic())
         self._open[conn.token] = conn
         self._per_user[user_id] += 1
         return conn
@@ -57,5 +59,28 @@ class Connections:
             "users": len(self._per_user),
             "conversations": len(conversations),
             "by_user": dict(self._per_user.most_common(20)),
+            "rejected": self.rejected,
+        }
+
+    def listing(self, limit: int = 1000) -> dict[str, Any]:
+        """``GET /admin/connections``: requests in flight by user and by conversation, and the oldest
+        ``limit`` of them one by one (user, conversation, message id, seconds in flight)."""
+        now = time.monotonic()
+        conversations = Counter(c.conversation_id for c in self._open.values() if c.conversation_id)
+        oldest = sorted(self._open.values(), key=lambda c: c.started)[:limit]
+        return {
+            "in_flight": len(self._open),
+            "by_user": dict(self._per_user.most_common()),
+            "by_conversation": dict(conversations.most_common()),
+            "requests": [
+                {
+                    "user_id": c.user_id,
+                    "conversation_id": c.conversation_id,
+                    "message_id": c.message_id,
+                    "seconds": round(now - c.started, 3),
+                }
+                for c in oldest
+            ],
+            "listed": len(oldest),
             "rejected": self.rejected,
         }

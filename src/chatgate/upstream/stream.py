@@ -49,7 +49,11 @@ class ReplyBuffer:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+        self.reasoning: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.head: dict[str, Any] = {}  # id, model, created, system_fingerprint of the first chunk
+        self.finish_reason: str | None = None
+        self.whole = True  # False once a chunk carried what ``completion`` cannot rebuild (n > 1, logprobs)
 
     def feed(self, data: bytes) -> str:
         """Take in one chunk; returns its content delta ('' when there is none)."""
@@ -60,10 +64,20 @@ class ReplyBuffer:
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not choices or not isinstance(choices[0], dict):
             return ""
-        delta = choices[0].get("delta") or {}
+        if not self.head:
+            self.head = {k: chunk[k] for k in ("id", "model", "created", "system_fingerprint") if k in chunk}
+        choice = choices[0]
+        if len(choices) > 1 or choice.get("index", 0) != 0 or choice.get("logprobs"):
+            self.whole = False
+        if isinstance(choice.get("finish_reason"), str):
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta") or {}
         for call in delta.get("tool_calls") or ():
             if isinstance(call, dict):
                 self._merge_call(call)
+        thought = delta.get("reasoning_content")
+        if isinstance(thought, str) and thought:
+            self.reasoning.append(thought)
         content = delta.get("content")
         if isinstance(content, str) and content:
             self.parts.append(content)
@@ -85,6 +99,33 @@ class ReplyBuffer:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    def completion(self, usage: dict[str, Any] | None) -> bytes | None:
+        """The reply as the ``chat.completion`` body a non-streaming call would have returned (for the
+        response cache), or None when the stream carried what it cannot rebuild (several choices, logprobs)
+        or never finished."""
+        if not self.whole or not self.head or self.finish_reason is None:
+            return None
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": self.text if self.parts or not self.tool_calls else None,
+        }
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        if self.tool_calls:
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        body: dict[str, Any] = {
+            "id": self.head.get("id", ""),
+            "object": "chat.completion",
+            "created": self.head.get("created", 0),
+            "model": self.head.get("model", ""),
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}],
+        }
+        if self.head.get("system_fingerprint") is not None:
+            body["system_fingerprint"] = self.head["system_fingerprint"]
+        if usage is not None:
+            body["usage"] = usage
+        return orjson.dumps(body)
 
     def content(self) -> Any:
         """As stored: the text, or content parts when the reply called tools (the non-streaming shape)."""
