@@ -5,7 +5,8 @@ Run: ``python tests/fake_upstream.py --port 9001 --name a --models fake-model,fa
 Knobs come in the request body under ``"fake"`` (unknown fields pass through chatgate, so
 tests set them on the client request):
 
-- ``id``: key for per-scenario counters (``GET /_stats/<id>``).
+- ``id``: key for per-scenario counters (``GET /_stats/<id>``; ``traceparents``: the W3C
+  ``traceparent`` headers received, when chatgate sent any).
 - ``fail``: statuses for the first attempts, e.g. ``[500, 429]``; later attempts succeed.
 - ``retry_after``: ``Retry-After`` value sent with those failures.
 - ``reset``: this many first attempts get their connection dropped with no answer.
@@ -68,6 +69,8 @@ async def _faults(request: web.Request, body: dict[str, Any]) -> web.StreamRespo
     attempt = stats["attempts"]
     stats["attempts"] += 1
     stats["bodies"].append(body)
+    if "traceparent" in request.headers:  # chatgate's tracing is on: the trace context it propagated
+        stats.setdefault("traceparents", []).append(request.headers["traceparent"])
     if attempt < int(knobs.get("reset", 0)):
         assert request.transport is not None
         request.transport.abort()

@@ -403,7 +403,33 @@ class MetricsSettings(_Section):
 
 
 class TracingSettings(_Section):
-    """OpenTelemetry tracing (filled in by the tracing work)."""
+    """OpenTelemetry tracing: a span per request, per pipeline step and per upstream call, sent over OTLP/HTTP."""
+
+    enabled: bool = Field(
+        False, description="Trace requests (off: no spans are made, and the request path does not change)."
+    )
+    endpoint: str = Field(
+        "http://127.0.0.1:4318/v1/traces",
+        description="OTLP/HTTP (protobuf) traces URL of a collector, including its path (usually `/v1/traces`).",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Headers sent with every export (e.g. `{Authorization: Bearer ...}` for a hosted backend).",
+    )
+    service_name: str = Field("chatgate", min_length=1, description="The `service.name` the spans are reported under.")
+    sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of new traces recorded (by trace id). A request with a `traceparent` follows its caller's "
+        "sampling decision.",
+    )
+    export_timeout: float = Field(10.0, gt=0, description="Seconds one export to the collector may take.")
+    batch_delay: float = Field(5.0, gt=0, description="Seconds finished spans wait before they are exported together.")
+    batch_size: int = Field(512, ge=1, description="Most spans sent in one export (at most `queue_size`).")
+    queue_size: int = Field(
+        2048, ge=1, description="Most finished spans waiting for export; past it new spans are dropped."
+    )
 
 
 class ChunkingSettings(_Section):
@@ -477,6 +503,49 @@ class EmbeddingSettings(_Section):
 
 class RetrievalSettings(_Section):
     """Indexes and retrieval (RAG)."""
+
+    chroma_path: Path | None = Field(
+        None,
+        description="Directory of the embedded (persistent) Chroma index. Unset: `<data_dir>/chroma`. One process "
+        "writes it at a time (a file lock inside it); the others only read.",
+    )
+    chroma_host: str | None = Field(
+        None, description="Chroma server host (`chroma run`). Set: the dense index is that server, not a directory."
+    )
+    chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port.")
+    chroma_ssl: bool = Field(False, description="Talk to the Chroma server over HTTPS.")
+    mode: Literal["hybrid", "dense", "lexical"] = Field(
+        "hybrid", description="Default search mode: `hybrid` (both indexes, fused), `dense` or `lexical`."
+    )
+    top_k: int = Field(5, ge=1, le=200, description="Chunks returned by a search when the request does not say.")
+    candidates: int = Field(
+        50, ge=1, le=2000, description="Candidates each index contributes before fusion (at least `top_k`)."
+    )
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant: a hit at rank r adds w / (k + r).")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in hybrid fusion.")
+    lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical (BM25) ranking in hybrid fusion.")
+    score_threshold: float | None = Field(
+        None,
+        description="Drop hits scoring below this: cosine similarity (dense), BM25 (lexical), or the fused score "
+        "scaled to 0..1 (hybrid, 1 = first in every ranking). Unset: no threshold.",
+    )
+    dedupe: bool = Field(True, description="Drop near-duplicate chunks from results (same text, or high overlap).")
+    dedupe_overlap: float = Field(
+        0.9, gt=0, le=1, description="Word-set overlap (Jaccard) at which a lower-ranked chunk counts as a duplicate."
+    )
+    ingest_batch_size: int = Field(
+        256, ge=1, description="Chunks embedded per embedder call during ingestion (across documents)."
+    )
+    upload_max_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest document accepted by upload (413 above)."
+    )
+    stale_after: float = Field(
+        900.0,
+        gt=0,
+        description="Seconds after which a document or job left `processing` by a process on another host is "
+        "taken as abandoned and cleaned up (same-host ones are cleaned as soon as their process is gone).",
+    )
+    job_poll_interval: float = Field(1.0, gt=0, description="Seconds between checks for queued ingestion jobs.")
 
 
 class RagSettings(_Section):

@@ -9,12 +9,14 @@ and is never retried: bytes may have gone to the client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from chatgate.errors import (
     ChatgateError,
@@ -24,6 +26,7 @@ from chatgate.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from chatgate.observe.tracing import outgoing
 from chatgate.settings import RetrySettings, TimeoutSettings
 from chatgate.upstream.backoff import RETRYABLE_STATUSES, Backoff, parse_retry_after
 from chatgate.upstream.routing import Router, Upstream
@@ -41,6 +44,7 @@ class CallTrace:
     sent_at: float | None = None  # loop time the last attempt was sent
     answered_at: float | None = None  # loop time it answered: the whole body, or a stream's headers
     first_token_at: float | None = None  # loop time a stream's first event arrived
+    span: Span | None = None  # a stream's upstream span (tracing on), open until ``end_span``
 
     def seconds(self) -> tuple[float | None, float | None]:
         """(upstream latency, time to first token), when the call got an answer."""
@@ -49,6 +53,19 @@ class CallTrace:
         latency = self.answered_at - self.sent_at
         first = self.first_token_at if self.first_token_at is not None else self.answered_at
         return latency, first - self.sent_at
+
+    def end_span(self, failed: bool) -> None:
+        """End a stream's upstream span once the stream has ended, with its time to first token."""
+        span, self.span = self.span, None
+        if span is None:
+            return
+        if self.first_token_at is not None and self.sent_at is not None:
+            span.set_attribute("chatgate.upstream.ttft_ms", round((self.first_token_at - self.sent_at) * 1000, 3))
+            ago = asyncio.get_running_loop().time() - self.first_token_at
+            span.add_event("first_token", timestamp=time.time_ns() - int(ago * 1e9))
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, "the stream broke off"))
+        span.end()
 
 
 class Opened:
@@ -93,12 +110,14 @@ class UpstreamClient:
         timeouts: TimeoutSettings,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracer: Tracer | None = None,
     ) -> None:
         self.router = router
         self.retry = retry
         self.timeouts = timeouts
         self.backoff = Backoff(base=retry.base, cap=retry.cap)
         self._sleep = sleep
+        self.tracer = tracer  # None: tracing off
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -140,11 +159,41 @@ class UpstreamClient:
     async def _send(
         self, path: str, payload: dict[str, Any], raw: bytes | None, trace: CallTrace, *, read: bool
     ) -> Opened | bytes:
+        """``_try`` inside the upstream span when tracing is on. A stream's span stays open: it is
+        ended (``CallTrace.end_span``) when the stream has ended."""
+        if self.tracer is None:
+            return await self._try(path, payload, raw, trace, read, None)
+        span = self.tracer.start_span(
+            "upstream " + path, kind=SpanKind.CLIENT, attributes={"gen_ai.request.model": str(payload.get("model"))}
+        )
+        try:
+            answer = await self._try(path, payload, raw, trace, read, span)
+        except BaseException as exc:
+            _describe(span, trace, exc)
+            span.end()
+            raise
+        _describe(span, trace, None)
+        if isinstance(answer, Opened):
+            trace.span = span
+        else:
+            span.end()
+        return answer
+
+    async def _try(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        raw: bytes | None,
+        trace: CallTrace,
+        read: bool,
+        span: Span | None,
+    ) -> Opened | bytes:
         """Send ``payload`` (``raw`` is its exact bytes, reused when no field changes) to ``path``.
 
         Tries the requested model, then its fallbacks; each with retries and backoff.
         """
         loop = asyncio.get_running_loop()
+        propagate = outgoing(span) if span is not None else None
         deadline = loop.time() + self.timeouts.total
         requested = payload.get("model")
         last: _Attempt | None = None
@@ -158,7 +207,7 @@ class UpstreamClient:
                 body = _body_for(up, path, served, payload, raw)
                 try:
                     trace.sent_at = loop.time()
-                    answer = await self._attempt(up, path, body, served, deadline, read)
+                    answer = await self._attempt(up, path, body, served, deadline, read, propagate)
                     trace.answered_at = loop.time()
                     return answer
                 except _Attempt as failed:
@@ -167,6 +216,8 @@ class UpstreamClient:
                 tried.add(up)
                 limit = up.max_retries if up.max_retries is not None else self.retry.max_retries
                 wait = self.backoff.delay(tries - 1, last.retry_after)
+                if span is not None:
+                    span.add_event("attempt failed", _attempt_facts(up, made, last, wait))
                 if tries > limit or loop.time() + wait >= deadline:
                     break
                 await self._sleep(wait)
@@ -183,7 +234,14 @@ class UpstreamClient:
         raise last.error
 
     async def _attempt(
-        self, up: Upstream, path: str, body: bytes, served: str, deadline: float, read: bool
+        self,
+        up: Upstream,
+        path: str,
+        body: bytes,
+        served: str,
+        deadline: float,
+        read: bool,
+        propagate: Mapping[str, str] | None = None,
     ) -> Opened | bytes:
         loop = asyncio.get_running_loop()
         attempt_deadline = deadline if up.timeout is None else min(deadline, loop.time() + up.timeout)
@@ -193,7 +251,10 @@ class UpstreamClient:
         headers_in = False
         try:
             async with asyncio.timeout_at(first_byte) as timer:
-                resp = await self.session.post(up.base_url + path, data=body, headers=self.headers_for(up))
+                headers = self.headers_for(up)
+                if propagate:
+                    headers.update(propagate)
+                resp = await self.session.post(up.base_url + path, data=body, headers=headers)
                 headers_in = True
                 if resp.status == 200 and not read:
                     up.breaker.record_success()
@@ -226,6 +287,41 @@ class UpstreamClient:
             if not opened:
                 up.in_flight -= 1
         raise _status_failure(up, resp.status, resp.headers.get("Retry-After"), answer)
+
+
+def _attempt_facts(up: Upstream, attempt: int, failed: _Attempt, wait: float) -> dict[str, Any]:
+    facts: dict[str, Any] = {"chatgate.upstream": up.name, "chatgate.attempt": attempt, "error.type": failed.error.code}
+    status = failed.error.details.get("upstream_status")
+    if status is not None:
+        facts["http.response.status_code"] = status
+    facts["chatgate.retry_in_ms"] = round(wait * 1000, 3)
+    return facts
+
+
+def _describe(span: Span, trace: CallTrace, error: BaseException | None) -> None:
+    """What the call did, on its span: upstream, model served, attempts, and the outcome."""
+    if trace.upstream is not None:
+        span.set_attributes(
+            {
+                "chatgate.upstream": trace.upstream,
+                "chatgate.upstream.model": trace.model or "",
+                "chatgate.upstream.attempts": trace.retries + 1,
+            }
+        )
+    if error is None:
+        span.set_attribute("http.response.status_code", 200)
+        return
+    if isinstance(error, ChatgateError):
+        status = error.details.get("upstream_status")
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+        span.set_attribute("error.type", error.code)
+        span.set_status(Status(StatusCode.ERROR, error.message))
+    elif isinstance(error, asyncio.CancelledError):
+        span.set_attribute("error.type", "cancelled")  # the client left
+    else:
+        span.set_attribute("error.type", type(error).__name__)
+        span.set_status(Status(StatusCode.ERROR))
 
 
 def _body_for(up: Upstream, path: str, served: str, payload: dict[str, Any], raw: bytes | None) -> bytes:
