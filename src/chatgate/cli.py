@@ -146,9 +146,11 @@ def parser() -> argparse.ArgumentParser:
     docs.add_argument("--output", help="write to this file instead of stdout")
     docs.set_defaults(func=cmd_config_docs)
 
+    from chatgate.cli_rag import add_parsers as add_rag_parsers
     from chatgate.cli_store import add_parsers
 
     add_parsers(sub, _settings)
+    add_rag_parsers(sub, _settings)
     return p
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -229,3 +230,116 @@ API_KEYS = _table(ApiKey)
 CONVERSATIONS = _table(Conversation)
 MESSAGES = _table(Message)
 REQUEST_LOG = _table(RequestLog)
+
+
+# RAG (rag/): collections of documents, their chunks, and ingestion jobs. Migration 0004 also creates the
+# lexical index over ``rag_chunks.text``: an FTS5 table ``rag_chunks_fts`` kept in step by triggers on
+# SQLite, a generated ``tsv`` column with a GIN index on PostgreSQL (neither is described here: searches
+# reach them with SQL text, ``rag/lexical.py``).
+RAG_VISIBILITIES = ("private", "shared", "admin")
+# A document is searchable only while ``ready``; ``processing`` rows are being indexed, ``deleting`` rows
+# wait for their vectors to be removed, ``failed`` rows keep why a file was not indexed.
+DOCUMENT_STATUSES = ("queued", "processing", "ready", "failed", "deleting")
+JOB_STATUSES = ("queued", "processing", "done", "failed")
+
+
+class RagCollection(Base):
+    __tablename__ = "rag_collections"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_rag_collections_owner_id_name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    owner_id: Mapped[str] = mapped_column(String(255))
+    visibility: Mapped[str] = mapped_column(String(16))
+    embedding_model: Mapped[str] = mapped_column(String(255))
+    embedding_dim: Mapped[int]
+    # The dense index's collection name (``cg_<id>_<generation>``): a reindex builds the next one beside it.
+    dense_name: Mapped[str] = mapped_column(String(63))
+    generation: Mapped[int] = mapped_column(default=1, server_default="1")
+    created_at: Mapped[datetime]
+
+
+class RagDocument(Base):
+    """One version of one source file: a changed file gets a new row, swapped in when fully indexed."""
+
+    __tablename__ = "rag_documents"
+    __table_args__ = (
+        Index("ix_rag_documents_collection_id_source", "collection_id", "source"),
+        Index("ix_rag_documents_status", "status"),
+        # At most one searchable version per source (partial unique index on both backends).
+        Index(
+            "uq_rag_documents_ready_source",
+            "collection_id",
+            "source",
+            unique=True,
+            sqlite_where=text("status = 'ready'"),
+            postgresql_where=text("status = 'ready'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[str] = mapped_column(ForeignKey("rag_collections.id", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(1024))
+    title: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    chunk_count: Mapped[int] = mapped_column(default=0, server_default="0")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    tags: Mapped[list[str]]
+    # Who is indexing a ``processing`` row (``host:pid:token``) and its last sign of life.
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class RagChunk(Base):
+    __tablename__ = "rag_chunks"
+    __table_args__ = (Index("ix_rag_chunks_document_id_ordinal", "document_id", "ordinal"),)
+
+    # Integer: the FTS5 table's rowid on SQLite; the dense index keys vectors by its decimal string.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    document_id: Mapped[str] = mapped_column(ForeignKey("rag_documents.id", ondelete="CASCADE"))
+    ordinal: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(String(512))
+    headings: Mapped[list[str]]
+    page: Mapped[int | None]
+    tokens: Mapped[int]
+    content_hash: Mapped[str] = mapped_column(String(64))
+
+
+class RagJob(Base):
+    """A background ingestion (uploads): files saved under the data directory, indexed by the job runner."""
+
+    __tablename__ = "rag_jobs"
+    __table_args__ = (
+        Index("ix_rag_jobs_status_created_at", "status", "created_at"),
+        Index("ix_rag_jobs_collection_id", "collection_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[str] = mapped_column(ForeignKey("rag_collections.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    files: Mapped[list[str]]
+    total: Mapped[int] = mapped_column(default=0, server_default="0")
+    added: Mapped[int] = mapped_column(default=0, server_default="0")
+    unchanged: Mapped[int] = mapped_column(default=0, server_default="0")
+    updated: Mapped[int] = mapped_column(default=0, server_default="0")
+    failed: Mapped[int] = mapped_column(default=0, server_default="0")
+    error: Mapped[str | None] = mapped_column(Text)
+    failures: Mapped[dict[str, Any]]
+    """Source -> why it was not indexed."""
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+RAG_COLLECTIONS = _table(RagCollection)
+RAG_DOCUMENTS = _table(RagDocument)
+RAG_CHUNKS = _table(RagChunk)
+RAG_JOBS = _table(RagJob)

@@ -1,0 +1,164 @@
+"""``chatgate ingest PATH... --collection NAME`` and ``chatgate reindex --collection NAME``.
+
+Both write the dense index, so they take the Chroma directory's writer lock (a running
+``chatgate serve`` holding it makes them stop with a clear message; with a Chroma server there is no
+lock). A collection is named by owner and name; the CLI acts as the bootstrap admin (``admin``) unless
+``--owner`` says otherwise, and creates a missing collection (admin-managed unless ``--visibility``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from chatgate.settings import Settings
+from chatgate.store.models import RAG_VISIBILITIES
+
+if TYPE_CHECKING:  # the RAG stack is imported by the commands that use it, not by every command
+    from chatgate.rag.types import Embedder
+
+ADMIN_USER = "admin"
+
+
+async def _ready(embedder: Embedder) -> None:
+    """Start the embedder and wait until it can embed (the local model loads in the background)."""
+    start = getattr(embedder, "start", None)
+    if start is not None:
+        start()
+    wait = getattr(embedder, "wait_ready", None)
+    if wait is not None:
+        await wait()
+
+
+def _run(
+    settings: Settings,
+    embedder: Embedder | None,
+    work: Callable[[Any, Any, Embedder], Awaitable[int]],
+) -> int:
+    """Open the store, the dense index (as its writer) and the embedder; run ``work``; close them."""
+    from chatgate.rag.dense import DenseIndex, IndexBusy
+    from chatgate.rag.embedders import build_embedder
+    from chatgate.rag.ingest import Ingestor, Parser
+    from chatgate.rag.repo import RagRepo
+    from chatgate.store.db import Store, database_url
+
+    async def main() -> int:
+        try:
+            dense = DenseIndex.open(settings.rag.retrieval, settings.data_dir, write="require")
+        except IndexBusy as exc:
+            raise SystemExit(f"chatgate: {exc}") from None
+        store = await Store.open(database_url(settings))
+        emb = embedder or build_embedder(settings.rag.embeddings)
+        try:
+            await _ready(emb)
+            repo = RagRepo(store.engine)
+            ingestor = Ingestor(repo, dense, emb, Parser.from_settings(settings), settings.rag.retrieval)
+            return await work(repo, ingestor, emb)
+        finally:
+            await emb.close()
+            dense.close()
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings, embedder: Embedder | None = None) -> int:
+    """Index files; ``embedder`` replaces the configured one (tests)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from chatgate.rag.ingest import OUTCOMES, FileResult, IngestSummary, SourceFile
+    from chatgate.rag.loaders import discover
+    from chatgate.rag.repo import AlreadyExists, EmbeddingMismatch
+
+    try:
+        paths = discover(args.paths)
+    except FileNotFoundError as exc:
+        raise SystemExit(f"chatgate: {exc}") from None
+    console = Console()
+    if not paths:
+        console.print("no supported files found (txt, md, html, pdf, docx)")
+        return 1
+    tags = tuple(args.tag or ())
+    files = [SourceFile(source=str(p), path=p, tags=tags) for p in paths]
+
+    async def work(repo: Any, ingestor: Any, emb: Embedder) -> int:
+        collection = await repo.find_collection(args.owner, args.collection)
+        if collection is None:
+            try:
+                collection = await repo.create_collection(
+                    args.collection, args.owner, args.visibility, emb.name, emb.dimension
+                )
+            except AlreadyExists:  # created by someone else meanwhile
+                collection = await repo.find_collection(args.owner, args.collection)
+            console.print(f"created collection [bold]{args.collection}[/] ({emb.name}, {emb.dimension}-d)")
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task(f"ingesting into {args.collection}", total=len(files))
+
+            def advance(_: FileResult) -> None:
+                bar.advance(task)
+
+            try:
+                summary: IngestSummary = await ingestor.ingest(collection, files, advance)
+            except EmbeddingMismatch as exc:
+                raise SystemExit(f"chatgate: {exc}") from None
+        table = Table(title=f"collection {args.collection}")
+        table.add_column("outcome")
+        table.add_column("files", justify="right")
+        table.add_column("chunks", justify="right")
+        for outcome in OUTCOMES:
+            found = summary.of(outcome)
+            table.add_row(outcome, str(len(found)), str(sum(r.chunks for r in found)))
+        console.print(table)
+        for r in summary.of("failed"):
+            console.print(f"[red]failed[/] {r.source}: {r.reason}", highlight=False, soft_wrap=True)
+        return 0
+
+    return _run(settings, embedder, work)
+
+
+def cmd_reindex(args: argparse.Namespace, settings: Settings, embedder: Embedder | None = None) -> int:
+    """Re-embed a collection whose recorded embedding model or dimension differs from the configured one."""
+    from rich.console import Console
+
+    console = Console()
+
+    async def work(repo: Any, ingestor: Any, emb: Embedder) -> int:
+        collection = await repo.find_collection(args.owner, args.collection)
+        if collection is None:
+            raise SystemExit(f"chatgate: no collection {args.collection!r} owned by {args.owner!r}")
+        current = (collection.embedding_model, collection.embedding_dim)
+        if current == (emb.name, emb.dimension) and not args.force:
+            console.print(f"collection {args.collection} is up to date ({emb.name}, {emb.dimension}-d)")
+            return 0
+        await ingestor.recover(collection)
+        with console.status(f"re-embedding {args.collection} with {emb.name}") as status:
+            updated = await ingestor.reindex(
+                collection, force=True, progress=lambda n: status.update(f"re-embedded {n} chunks")
+            )
+        console.print(
+            f"collection {args.collection}: {current[0]} ({current[1]}-d) -> "
+            f"{updated.embedding_model} ({updated.embedding_dim}-d)"
+        )
+        return 0
+
+    return _run(settings, embedder, work)
+
+
+def add_parsers(sub: Any, settings_cmd: Callable[[argparse.Namespace], Settings]) -> None:
+    ingest = sub.add_parser("ingest", help="index documents into a collection (txt, md, html, pdf, docx)")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files, directories (recursive) or globs")
+    ingest.add_argument("--collection", required=True, help="the collection's name (created if missing)")
+    ingest.add_argument("--visibility", choices=RAG_VISIBILITIES, default="admin", help="for a new collection")
+    ingest.add_argument("--tag", action="append", help="tag the documents (repeat for several)")
+    reindex = sub.add_parser("reindex", help="re-embed a collection made with another embedding model")
+    reindex.add_argument("--collection", required=True, help="the collection's name")
+    reindex.add_argument("--force", action="store_true", help="re-embed even when the model matches")
+    for p, cmd in ((ingest, cmd_ingest), (reindex, cmd_reindex)):
+        p.add_argument("--owner", default=ADMIN_USER, help=f"the collection's owner (default: {ADMIN_USER})")
+        p.add_argument("--config", help="YAML config file (or CHATGATE_CONFIG)")
+        p.set_defaults(func=lambda a, cmd=cmd: cmd(a, settings_cmd(a)))

@@ -1,0 +1,131 @@
+"""RAG fixtures: the store on SQLite and PostgreSQL (as in tests/store), a real on-disk Chroma, and the
+parts wired together with the deterministic test embedder."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from chatgate.rag.chunking import Chunker
+from chatgate.rag.dense import DenseIndex
+from chatgate.rag.ingest import Ingestor, Parser, SourceFile
+from chatgate.rag.lexical import LexicalIndex
+from chatgate.rag.loaders import parse
+from chatgate.rag.repo import CollectionRow, RagRepo
+from chatgate.rag.retrieve import Retriever
+from chatgate.settings import RetrievalSettings
+from chatgate.store import Store
+from tests.conftest import free_port, stop, wait_http
+from tests.rag.doubles import CountingEmbedder, HashEmbedder
+from tests.store.conftest import PG_URL, _reset_pg, pg_url  # noqa: F401  (pg_url: a fixture)
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_parser(size: int = 40, overlap: int = 5) -> Parser:
+    return Parser(parse, Chunker(words, size, overlap).chunk)
+
+
+test_parser.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path, pg_url: str | None) -> str:  # noqa: F811
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/chatgate.db"
+    if pg_url is None:
+        pytest.fail(f"PostgreSQL not reachable at {PG_URL}: the RAG store tests need it (see README)")
+    await _reset_pg(pg_url)
+    return pg_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path}/chatgate.db"
+
+
+@dataclass
+class Rag:
+    store: Store
+    repo: RagRepo
+    dense: DenseIndex
+    embedder: CountingEmbedder
+    settings: RetrievalSettings
+    ingestor: Ingestor
+    retriever: Retriever
+    root: Path
+
+    async def collection(self, name: str = "docs", owner: str = "admin", visibility: str = "admin") -> CollectionRow:
+        return await self.repo.create_collection(name, owner, visibility, self.embedder.name, self.embedder.dimension)
+
+    def files(self, folder: Path) -> list[SourceFile]:
+        return [SourceFile(source=p.name, path=p) for p in sorted(folder.iterdir()) if p.is_file()]
+
+
+async def make_rag(url: str, root: Path, dense: DenseIndex | None = None, **settings: object) -> Rag:
+    cfg = RetrievalSettings(chroma_path=root / "chroma", **settings)  # type: ignore[arg-type]
+    store = await Store.open(url)
+    repo = RagRepo(store.engine)
+    dense = dense or DenseIndex.open(cfg, root, write="require")
+    embedder = CountingEmbedder(HashEmbedder())
+    return Rag(
+        store=store,
+        repo=repo,
+        dense=dense,
+        embedder=embedder,
+        settings=cfg,
+        ingestor=Ingestor(repo, dense, embedder, test_parser(), cfg),
+        retriever=Retriever(repo, LexicalIndex(store.engine), dense, embedder, cfg),
+        root=root,
+    )
+
+
+@pytest.fixture
+async def rag(db_url: str, tmp_path: Path) -> AsyncIterator[Rag]:
+    r = await make_rag(db_url, tmp_path)
+    yield r
+    r.dense.close()
+    await r.store.close()
+
+
+@pytest.fixture
+async def rag_sqlite(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Rag]:
+    r = await make_rag(sqlite_url, tmp_path)
+    yield r
+    r.dense.close()
+    await r.store.close()
+
+
+@dataclass
+class ChromaServer:
+    host: str
+    port: int
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A real ``chroma run`` server on a free port, for the session."""
+    exe = shutil.which("chroma", path=str(Path(sys.executable).parent))
+    assert exe, "the chroma command (package chromadb) is not installed"
+    port = free_port()
+    path = tmp_path_factory.mktemp("chroma-server")
+    log = open(path.parent / "chroma-server.log", "wb")
+    proc = subprocess.Popen(
+        [exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=60, proc=proc)
+        yield ChromaServer("127.0.0.1", port)
+    finally:
+        stop(proc)
+        log.close()

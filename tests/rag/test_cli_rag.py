@@ -1,0 +1,168 @@
+"""``chatgate ingest`` and ``chatgate reindex``: in process with the test embedder, and as a process
+killed with SIGKILL mid-ingestion."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chatgate.cli import parser
+from chatgate.cli_rag import cmd_ingest, cmd_reindex
+from chatgate.rag.dense import DenseIndex
+from chatgate.rag.lexical import LexicalIndex
+from chatgate.rag.repo import RagRepo
+from chatgate.rag.retrieve import Retriever
+from chatgate.settings import RetrievalSettings, Settings
+from chatgate.store import Store
+from tests.rag.doubles import CountingEmbedder, HashEmbedder
+
+SCRIPT = Path(__file__).with_name("ingest_script.py")
+
+
+def docs(folder: Path, n: int = 3, sentences: int = 4) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        body = " ".join(f"Topic{i} sentence {j} mentions marker{i}." for j in range(sentences))
+        (folder / f"doc{i}.md").write_text(f"# Doc {i}\n\n{body}")
+
+
+def ingest(settings: Settings, *argv: str, embedder: object = None) -> int:
+    args = parser().parse_args(["ingest", *argv])
+    return cmd_ingest(args, settings, embedder=embedder)  # type: ignore[arg-type]
+
+
+def test_ingest_prints_progress_and_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "docs"
+    docs(folder)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "broken.docx").write_bytes(b"not a zip")
+    settings = Settings(data_dir=tmp_path / "data")
+    embedder = CountingEmbedder(HashEmbedder())
+    assert ingest(settings, str(folder), "--collection", "handbook", embedder=embedder) == 0
+    out = capsys.readouterr().out
+    assert "created collection handbook" in out
+    assert "added" in out and "failed" in out and "broken.docx" in out
+    assert embedder.calls > 0
+
+    again = CountingEmbedder(HashEmbedder())
+    assert ingest(settings, str(folder / "*.md"), "--collection", "handbook", embedder=again) == 0
+    out = capsys.readouterr().out
+    assert again.calls == 0  # unchanged: nothing embedded
+    assert "│ unchanged │     3" in out.replace("┃", "│") or "unchanged" in out
+    with pytest.raises(SystemExit, match="no such file"):
+        ingest(settings, str(tmp_path / "missing"), "--collection", "handbook", embedder=again)
+
+
+def test_reindex_after_an_embedder_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "docs"
+    docs(folder)
+    settings = Settings(data_dir=tmp_path / "data")
+    assert ingest(settings, str(folder), "--collection", "kb", embedder=HashEmbedder()) == 0
+    other = HashEmbedder(dimension=24, name="other-model")
+    with pytest.raises(SystemExit, match="chatgate reindex --collection kb"):
+        ingest(settings, str(folder), "--collection", "kb", embedder=other)
+    args = parser().parse_args(["reindex", "--collection", "kb"])
+    assert cmd_reindex(args, settings, embedder=other) == 0
+    assert "test-hash (64-d) -> other-model (24-d)" in capsys.readouterr().out
+    assert cmd_reindex(args, settings, embedder=other) == 0
+    assert "up to date" in capsys.readouterr().out
+    counting = CountingEmbedder(other)
+    assert ingest(settings, str(folder), "--collection", "kb", embedder=counting) == 0
+    assert counting.calls == 0
+    with pytest.raises(SystemExit, match="no collection"):
+        cmd_reindex(parser().parse_args(["reindex", "--collection", "nope"]), settings, embedder=other)
+
+
+def test_ingest_refuses_while_another_process_writes(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    docs(folder, 1)
+    settings = Settings(data_dir=tmp_path / "data")
+    holder = DenseIndex.open(RetrievalSettings(), settings.data_dir, write="require")
+    try:
+        with pytest.raises(SystemExit, match="being written by another process"):
+            ingest(settings, str(folder), "--collection", "kb", embedder=HashEmbedder())
+    finally:
+        holder.close()
+
+
+def _env(data: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")}
+    env.update({"CHATGATE_DATA_DIR": str(data), **extra})
+    return env
+
+
+def _statuses(db: Path) -> dict[str, int]:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            rows = conn.execute("SELECT status, count(*) FROM rag_documents GROUP BY status").fetchall()
+    except sqlite3.OperationalError:  # not migrated yet
+        return {}
+    return dict(rows)
+
+
+async def _check(data: Path) -> tuple[dict[str, int], list[str]]:
+    """After the kill: what is stored, and that every searchable document is complete."""
+    store = await Store.open(f"sqlite+aiosqlite:///{data}/chatgate.db")
+    dense = DenseIndex.open(RetrievalSettings(), data, write="require")  # the dead writer's lock is free
+    try:
+        repo = RagRepo(store.engine)
+        (c,) = await repo.list_collections()
+        retriever = Retriever(repo, LexicalIndex(store.engine), dense, HashEmbedder(), RetrievalSettings())
+        docs = await repo.list_documents(c.id)
+        ready = {d.id for d in docs if d.status == "ready"}
+        for d in docs:
+            marker = "marker" + d.source.rsplit("doc", 1)[1].split(".")[0]
+            for mode in ("lexical", "dense", "hybrid"):
+                hits = await retriever.search([c], marker, top_k=50, mode=mode)
+                assert {h.document_id for h in hits} <= ready, (mode, d.status)
+            if d.status == "ready":
+                assert await repo.count_chunks(d.id) == d.chunk_count == await dense.count(c.dense_name, d.id)
+        found = sorted(d.source.rsplit("/", 1)[1] for d in docs if d.status == "ready")
+        return {s: sum(1 for d in docs if d.status == s) for s in {d.status for d in docs}}, found
+    finally:
+        dense.close()
+        await store.close()
+
+
+def test_sigkill_mid_ingestion_leaves_nothing_half_searchable_and_a_rerun_completes(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    docs(folder, n=6, sentences=24)  # several chunks per document, two per embedder call
+    data = tmp_path / "data"
+    cmd = [sys.executable, str(SCRIPT), str(folder), "--collection", "kb"]
+    slow = _env(data, CHATGATE_TEST_EMBED_DELAY="0.15", CHATGATE_RAG__RETRIEVAL__INGEST_BATCH_SIZE="2")
+    proc = subprocess.Popen(cmd, env=slow, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen = _statuses(data / "chatgate.db")
+            if seen.get("ready", 0) >= 1 and seen.get("processing", 0) >= 1:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.02)
+        else:
+            raise AssertionError(f"never caught the ingestion mid-way: {_statuses(data / 'chatgate.db')}")
+        time.sleep(0.2)  # let it write some vectors of the document in progress
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    statuses, ready = asyncio.run(_check(data))
+    assert statuses.get("processing", 0) >= 1 and 1 <= len(ready) < 6, statuses
+
+    rerun = subprocess.run(cmd, env=_env(data), capture_output=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    out = rerun.stdout.decode()
+    assert "unchanged" in out and "added" in out
+    statuses, ready = asyncio.run(_check(data))
+    assert statuses == {"ready": 6}
+    assert ready == [f"doc{i}.md" for i in range(6)]

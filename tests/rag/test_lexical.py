@@ -1,0 +1,86 @@
+"""Lexical search on SQLite FTS5 (BM25) and PostgreSQL full-text search, against real databases."""
+
+from __future__ import annotations
+
+from chatgate.rag.lexical import LexicalIndex, fts5_query, terms, websearch_query
+from chatgate.rag.repo import new_claim
+from chatgate.rag.types import Chunk
+from tests.rag.conftest import Rag
+
+
+async def add(rag: Rag, cid: str, source: str, *texts: str, ready: bool = True, title: str = "Doc") -> list[int]:
+    doc, ids = await rag.repo.begin_document(
+        cid,
+        source,
+        title,
+        "sha",
+        1,
+        (),
+        new_claim(),
+        [(Chunk(text=t, ordinal=i, tokens=1), str(i)) for i, t in enumerate(texts)],
+    )
+    if ready:
+        await rag.repo.publish(doc)
+    return ids
+
+
+def test_queries_are_words_never_syntax() -> None:
+    assert terms('Parental "leave" AND leave? NEAR(x) -y:z *') == ["parental", "leave", "and", "near", "x", "y", "z"]
+    assert fts5_query(["a", 'b"c']) == '"a" OR "b""c"'
+    assert websearch_query(["cats", "or", "dogs"]) == "cats or dogs"
+
+
+async def test_ranks_stemmed_matches_from_ready_documents(rag: Rag) -> None:
+    lex = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    other = await rag.collection("other")
+    leave = await add(
+        rag, c.id, "leave.md", "Parental leave lasts sixteen weeks for every parent.", "Holidays are fixed."
+    )
+    travel = await add(rag, c.id, "travel.md", "Travel expenses are reimbursed. Leaving early is allowed.")
+    await add(rag, c.id, "draft.md", "Parental leave draft policy: parental leave for parents.", ready=False)
+    await add(rag, other.id, "o.md", "Parental leave elsewhere.")
+
+    hits = await lex.search([c.id], "parental leave weeks?", 10)
+    assert [i for i, _ in hits][:1] == leave[:1]
+    assert {i for i, _ in hits} == {leave[0], travel[0]}  # "leaving" stems to "leav": any word may match
+    assert all(score > 0 for _, score in hits) and hits[0][1] >= hits[-1][1]
+
+    assert [i for i, _ in await lex.search([c.id], "reimbursing travels", 10)] == travel[:1]
+    assert [i for i, _ in await lex.search([c.id], "parental", 1)] == leave[:1]
+    assert await lex.search([c.id, other.id], "elsewhere", 10) != []
+    assert await lex.search([c.id], "elsewhere", 10) == []
+
+
+async def test_titles_match_too(rag: Rag) -> None:
+    lex = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    ids = await add(rag, c.id, "x.md", "Nothing about it here.", title="Pension scheme")
+    assert [i for i, _ in await lex.search([c.id], "pension", 5)] == ids
+
+
+async def test_document_filter_and_odd_input(rag: Rag) -> None:
+    lex = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    a = await add(rag, c.id, "a.md", "budget approval process")
+    await add(rag, c.id, "b.md", "budget planning calendar")
+    doc_a = (await rag.repo.ready_document(c.id, "a.md")).id  # type: ignore[union-attr]
+    assert [i for i, _ in await lex.search([c.id], "budget", 10, document_ids=[doc_a])] == a
+    assert await lex.search([c.id], "budget", 10, document_ids=[]) == []
+    for odd in ['"', "AND OR NOT", "budget*", "NEAR(budget approval)", "a:b", "(", "'; DROP TABLE x; --", "é ü"]:
+        await lex.search([c.id], odd, 5)  # never a syntax error
+    assert await lex.search([c.id], "  ?! ", 5) == []
+    assert await lex.search([], "budget", 5) == []
+
+
+async def test_deleted_chunks_leave_the_index(rag: Rag) -> None:
+    lex = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    await add(rag, c.id, "a.md", "zebra crossing rules")
+    doc = await rag.repo.ready_document(c.id, "a.md")
+    assert doc is not None
+    await rag.repo.retire(doc.id)
+    assert await lex.search([c.id], "zebra", 5) == []
+    await rag.repo.purge(doc.id)
+    ids = await add(rag, c.id, "a.md", "zebra crossing rules, revised")
+    assert [i for i, _ in await lex.search([c.id], "zebra", 5)] == ids
