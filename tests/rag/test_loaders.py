@@ -90,6 +90,13 @@ def test_html_title_falls_back_to_h1() -> None:
     assert doc.sections[0].headings == ("Release notes",)
 
 
+def test_html_without_markup_is_its_text() -> None:
+    doc = parse(b"https://example.com/page", "link.html")
+    assert doc.title == "link" and doc.sections[0].text == "https://example.com/page"
+    xhtml = b'<?xml version="1.0"?><html xmlns="http://www.w3.org/1999/xhtml"><body><h1>T</h1><p>x</p></body></html>'
+    assert parse(xhtml, "a.xhtml").sections[0].headings == ("T",)
+
+
 def test_pdf_pages_title_and_outline() -> None:
     doc = load("handbook.pdf")
     assert doc.format == "pdf"

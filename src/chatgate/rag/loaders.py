@@ -252,6 +252,9 @@ def _parse_html(data: bytes, stem: str) -> ParsedDocument:
 
     if not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         _reject_binary(data)
+        if b"<" not in data:  # no markup at all (BeautifulSoup would warn it looks like a URL or file name)
+            body = _paragraphs(_decode_text(data))
+            return ParsedDocument(title=stem, sections=(Section(body),) if body else (), format="html")
     try:
         soup = BeautifulSoup(data, "lxml")
     except Exception as exc:  # lxml's parser errors on pathological input
@@ -305,12 +308,8 @@ def _html_sections(sections: Iterable[Section]) -> Iterator[Section]:
 
 
 def _parse_pdf(data: bytes, stem: str) -> ParsedDocument:
-    import logging
-
     from pypdf import PdfReader
 
-    # pypdf logs (not raises) what it repairs in damaged files; that is noise for an ingest run.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
