@@ -23,6 +23,7 @@ from chatgate.api import admin, chat_api, docs, health, openai
 from chatgate.api import metrics as metrics_api
 from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
+from chatgate.api.fastlane import GatewayApp
 from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog, RouteLimits
 from chatgate.api.tracing import TraceRequests
 from chatgate.cache import MemoryCache, RedisCache, ResponseCache
@@ -243,7 +244,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             access_log.flush()
 
     scrape = metrics_api.MetricsEndpoint(settings.metrics, credentials) if settings.metrics.enabled else None
-    app = Starlette(
+    app = GatewayApp(
+        hot_paths=PIPELINE_PATHS,  # the fast lane (api/fastlane.py)
         routes=[
             Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
             Route("/v1/embeddings", openai.embeddings, methods=["POST"]),

@@ -26,7 +26,7 @@ from chatgate.api.asgi import (
 )
 from chatgate.api.errors import send_error
 from chatgate.api.middleware import info
-from chatgate.api.openai import answer_headers, new_turn, services_of, traced
+from chatgate.api.openai import answer_headers, new_turn, record_refused, services_of, traced
 from chatgate.api.protocol import parse_object
 from chatgate.api.query import int_param
 from chatgate.errors import BadRequest, ChatgateError, ModelNotFound, NotFound
@@ -87,6 +87,8 @@ async def chat(scope: Scope, receive: Receive, send: Send) -> None:
     finally:
         if turn is not None:
             traced(req, turn, services)
+        elif services.record_requests and req.principal is not None:
+            record_refused(req, services)
 
 
 async def _answer(services: pipeline.Services, send: Send, turn: pipeline.Turn, req: pipeline.ChatAPIRequest) -> None:

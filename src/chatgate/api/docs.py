@@ -115,6 +115,28 @@ def _session(session_id: str, limit: int = 50, offset: int = 0) -> None: ...
 def _delete_session(session_id: str) -> None: ...
 
 
+@_doc.get("/admin/metrics", tags=["admin"], summary="A JSON snapshot of every subsystem (admin key)", responses=ERRORS)
+def _admin_metrics() -> None: ...
+
+
+@_doc.get(
+    "/admin/users/{user_id}",
+    tags=["admin"],
+    summary="A user: sessions, rate-limit status, requests in flight, analytics (admin key)",
+    responses=ERRORS,
+)
+def _admin_user(user_id: str) -> None: ...
+
+
+@_doc.get(
+    "/admin/connections",
+    tags=["admin"],
+    summary="Requests in flight by user and conversation (admin key)",
+    responses=ERRORS,
+)
+def _admin_connections() -> None: ...
+
+
 @_doc.get(
     "/admin/users/{user_id}/limits",
     tags=["admin"],

@@ -5,6 +5,7 @@ Outermost first: ``RequestLog`` -> ``BodyLimit`` -> ``Authenticate`` -> ``RouteL
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -63,6 +64,9 @@ class RequestLog:
     def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
         self.app = app
         self.access_log = access_log
+        # Request ids: random per process, then a counter (unique without a system call per request).
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,7 +77,7 @@ class RequestLog:
             if name == b"x-request-id":
                 rid = value
                 break
-        request_id = rid.decode() if rid and _REQUEST_ID.match(rid) else os.urandom(12).hex()
+        request_id = rid.decode() if rid and _REQUEST_ID.match(rid) else f"{self._id_prefix}{next(self._ids):08x}"
         req = RequestInfo()
         start = req.started
         scope["chatgate"] = req

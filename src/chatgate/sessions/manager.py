@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
+import os
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,8 @@ class SessionManager:
         self._loading: dict[str, asyncio.Future[Session]] = {}
         self._users_seen: dict[str, float] = {}
         self.stats = SessionStats()
+        self._ephemeral_prefix = os.urandom(6).hex()
+        self._ephemeral_ids = itertools.count()
 
     # ---- identity -> user row ----------------------------------------------------------------
 
@@ -131,7 +134,7 @@ class SessionManager:
 
     def ephemeral(self, identity: Identity, source: str) -> Session:
         return Session(
-            id="eph-" + uuid.uuid4().hex,
+            id=f"eph-{self._ephemeral_prefix}{next(self._ephemeral_ids):x}",  # never stored: unique is enough
             user_id=identity.user_id,
             key=None,
             source=source,
