@@ -514,6 +514,12 @@ class RetrievalSettings(_Section):
     )
     chroma_port: int = Field(8000, ge=1, le=65535, description="Chroma server port.")
     chroma_ssl: bool = Field(False, description="Talk to the Chroma server over HTTPS.")
+    reader_refresh: float = Field(
+        2.0,
+        ge=0,
+        description="A process that only reads the Chroma directory (not its writer) reloads it when the writer "
+        "has changed it, at most this often (seconds): new documents reach its dense search that much later.",
+    )
     mode: Literal["hybrid", "dense", "lexical"] = Field(
         "hybrid", description="Default search mode: `hybrid` (both indexes, fused), `dense` or `lexical`."
     )

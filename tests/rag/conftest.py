@@ -15,6 +15,7 @@ import pytest
 from chatgate.rag.chunking import Chunker
 from chatgate.rag.dense import DenseIndex
 from chatgate.rag.ingest import Ingestor, Parser, SourceFile
+from chatgate.rag.jobs import JobRepo
 from chatgate.rag.lexical import LexicalIndex
 from chatgate.rag.loaders import parse
 from chatgate.rag.repo import CollectionRow, RagRepo
@@ -56,6 +57,7 @@ def sqlite_url(tmp_path: Path) -> str:
 class Rag:
     store: Store
     repo: RagRepo
+    jobs: JobRepo
     dense: DenseIndex
     embedder: CountingEmbedder
     settings: RetrievalSettings
@@ -79,6 +81,7 @@ async def make_rag(url: str, root: Path, dense: DenseIndex | None = None, **sett
     return Rag(
         store=store,
         repo=repo,
+        jobs=JobRepo(store.engine),
         dense=dense,
         embedder=embedder,
         settings=cfg,

@@ -101,3 +101,42 @@ def test_a_crashed_writer_leaves_the_directory_writable(tmp_path: Path) -> None:
     index = DenseIndex.open(RetrievalSettings(chroma_path=path), tmp_path, write="require")
     assert index.writable
     index.close()
+
+
+WRITER = """
+import asyncio, sys
+from pathlib import Path
+from chatgate.rag.dense import DenseIndex
+from chatgate.settings import RetrievalSettings
+
+d = DenseIndex.open(RetrievalSettings(chroma_path=Path(sys.argv[1])), Path(sys.argv[1]), write="require")
+asyncio.run(d.add("cg_shared_1", [1], [[1.0, 0.0]], ["d1"], [0]))
+print("one", flush=True)
+sys.stdin.readline()
+asyncio.run(d.add("cg_shared_1", [2], [[0.9, 0.1]], ["d2"], [0]))
+asyncio.run(d.delete_document("cg_shared_1", "d1"))
+print("two", flush=True)
+sys.stdin.readline()
+"""
+
+
+async def test_a_reading_process_sees_what_the_writer_process_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "chroma"
+    proc = subprocess.Popen(  # noqa: ASYNC220 (a line-by-line conversation with the writer)
+        [sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "one"
+        reader = DenseIndex.open(RetrievalSettings(chroma_path=path, reader_refresh=0), tmp_path, write="try")
+        assert not reader.writable
+        assert [i for i, _ in await reader.query("cg_shared_1", [1.0, 0.0], 5)] == [1]
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "two"
+        assert [i for i, _ in await reader.query("cg_shared_1", [1.0, 0.0], 5)] == [2]  # reloaded
+        assert reader.reloads == 1
+        reader.close()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -203,19 +203,19 @@ def test_embed_text_carries_title_and_headings() -> None:
 async def test_upload_jobs_run_in_the_background(rag: Rag, tmp_path: Path) -> None:
     c = await rag.collection()
     uploads = tmp_path / "uploads"
-    runner = JobRunner(rag.repo, rag.ingestor, rag.settings, uploads)
+    runner = JobRunner(rag.jobs, rag.ingestor, rag.settings, uploads)
     with pytest.raises(UploadTooLarge):
-        await submit(rag.repo, uploads, c, [("big.txt", b"x" * 2000)], max_bytes=1024)
+        await submit(rag.jobs, uploads, c, [("big.txt", b"x" * 2000)], max_bytes=1024)
     with pytest.raises(ValueError):
-        await submit(rag.repo, uploads, c, [("a.txt", b"1"), ("a.txt", b"2")], max_bytes=1024)
+        await submit(rag.jobs, uploads, c, [("a.txt", b"1"), ("a.txt", b"2")], max_bytes=1024)
     job = await submit(
-        rag.repo, uploads, c, [("../../etc/notes.md", b"# Notes\n\nRemember the milk."), ("bad.pdf", b"%PDF-")], 1024
+        rag.jobs, uploads, c, [("../../etc/notes.md", b"# Notes\n\nRemember the milk."), ("bad.pdf", b"%PDF-")], 1024
     )
     assert job.status == "queued" and job.files == ("notes.md", "bad.pdf")
     runner.start()
     runner.wake()
     for _ in range(500):
-        row = await rag.repo.get_job(job.id)
+        row = await rag.jobs.get_job(job.id)
         if row is not None and row.status in ("done", "failed"):
             break
         await asyncio.sleep(0.01)
@@ -230,9 +230,9 @@ async def test_upload_jobs_run_in_the_background(rag: Rag, tmp_path: Path) -> No
 async def test_a_job_for_a_mismatched_collection_fails_with_the_reason(rag_sqlite: Rag, tmp_path: Path) -> None:
     rag = rag_sqlite
     c = await rag.repo.create_collection("old", "admin", "admin", "another-model", 384)
-    job = await submit(rag.repo, tmp_path / "up", c, [("a.md", b"# A\n\ntext")], 1024)
-    assert await JobRunner(rag.repo, rag.ingestor, rag.settings, tmp_path / "up").run_pending() == 1
-    row = await rag.repo.get_job(job.id)
+    job = await submit(rag.jobs, tmp_path / "up", c, [("a.md", b"# A\n\ntext")], 1024)
+    assert await JobRunner(rag.jobs, rag.ingestor, rag.settings, tmp_path / "up").run_pending() == 1
+    row = await rag.jobs.get_job(job.id)
     assert row is not None and row.status == "failed" and "reindex" in (row.error or "")
 
 

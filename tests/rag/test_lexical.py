@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from chatgate.rag import lexical
 from chatgate.rag.lexical import LexicalIndex, fts5_query, terms, websearch_query
 from chatgate.rag.repo import new_claim
 from chatgate.rag.types import Chunk
@@ -25,7 +28,9 @@ async def add(rag: Rag, cid: str, source: str, *texts: str, ready: bool = True, 
 
 
 def test_queries_are_words_never_syntax() -> None:
-    assert terms('Parental "leave" AND leave? NEAR(x) -y:z *') == ["parental", "leave", "and", "near", "x", "y", "z"]
+    assert terms('Parental "leave" AND leave? NEAR(x) -y:z *') == ["parental", "leave", "near", "x", "y", "z"]
+    assert terms("What is the leave of a parent?") == ["leave", "parent"]  # stopwords left out
+    assert terms("to be or not to be") == ["to", "be", "or", "not"]  # unless nothing else is left
     assert fts5_query(["a", 'b"c']) == '"a" OR "b""c"'
     assert websearch_query(["cats", "or", "dogs"]) == "cats or dogs"
 
@@ -84,3 +89,18 @@ async def test_deleted_chunks_leave_the_index(rag: Rag) -> None:
     await rag.repo.purge(doc.id)
     ids = await add(rag, c.id, "a.md", "zebra crossing rules, revised")
     assert [i for i, _ in await lex.search([c.id], "zebra", 5)] == ids
+
+
+async def test_matches_elsewhere_do_not_crowd_out_the_collection(rag: Rag, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lexical, "FTS_FIRST", 2)
+    monkeypatch.setattr(lexical, "FTS_MAX", 8)
+    lex = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    other = await rag.collection("other")
+    mine = await add(rag, c.id, "mine.md", "A note on glaciers among many other things said here at length.")
+    for i in range(6):  # better matches, in another collection and not searchable here
+        await add(rag, other.id, f"o{i}.md", "glaciers glaciers glaciers")
+    assert [i for i, _ in await lex.search([c.id], "glaciers", 1)] == mine  # found on a second, larger fetch
+    for i in range(6, 12):
+        await add(rag, other.id, f"o{i}.md", "glaciers glaciers glaciers", ready=False)
+    assert [i for i, _ in await lex.search([c.id], "glaciers", 1)] == mine  # past FTS_MAX: joined instead

@@ -9,12 +9,15 @@ import sys
 from datetime import timedelta
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from chatgate.rag.repo import AlreadyExists, EmbeddingMismatch, RagRepo, is_abandoned, new_claim
 from chatgate.rag.types import Chunk
-from chatgate.store.models import RAG_DOCUMENTS, utcnow
+from chatgate.store.models import RAG_DOCUMENTS, Base, utcnow
 from tests.rag.conftest import Rag
 
 
@@ -47,6 +50,23 @@ async def test_migration_creates_the_lexical_index(rag: Rag) -> None:
         else:
             cols = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("rag_chunks")})
             assert "tsv" in cols
+
+
+def lexical_index_objects(name: str | None, type_: str, _parent: object) -> bool:
+    """The lexical index is SQL the models do not describe: FTS5 tables (SQLite), ``tsv`` (PostgreSQL)."""
+    if type_ == "table":
+        return not (name or "").startswith("rag_chunks_fts")
+    return name not in ("tsv", "ix_rag_chunks_tsv")
+
+
+async def test_models_match_the_migration_but_for_the_lexical_index(rag: Rag) -> None:
+    def diff(conn: Connection) -> list[object]:
+        opts = {"compare_type": True, "include_name": lexical_index_objects}
+        return list(compare_metadata(MigrationContext.configure(conn, opts=opts), Base.metadata))
+
+    async with rag.store.engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+        assert (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalar() == "0004"
 
 
 async def test_collections_visibility_and_uniqueness(rag: Rag) -> None:
@@ -168,28 +188,28 @@ def test_is_abandoned() -> None:
 
 async def test_jobs_claimed_once_updated_and_requeued(rag: Rag) -> None:
     c = await rag.collection()
-    job = await rag.repo.create_job(c.id, ["a.md", "b.pdf"])
+    job = await rag.jobs.create_job(c.id, ["a.md", "b.pdf"])
     assert (job.status, job.total, job.files) == ("queued", 2, ("a.md", "b.pdf"))
     host = socket.gethostname()
     claim = f"{host}:{dead_pid()}:x"
-    got = await rag.repo.claim_job(claim)
+    got = await rag.jobs.claim_job(claim)
     assert got is not None and got.id == job.id and got.status == "processing" and got.started_at is not None
-    assert await rag.repo.claim_job(new_claim()) is None
-    await rag.repo.update_job(job.id, added=1, failures={"b.pdf": "corrupt"})
-    row = await rag.repo.get_job(job.id)
+    assert await rag.jobs.claim_job(new_claim()) is None
+    await rag.jobs.update_job(job.id, added=1, failures={"b.pdf": "corrupt"})
+    row = await rag.jobs.get_job(job.id)
     assert row is not None and row.added == 1 and row.failures == {"b.pdf": "corrupt"}
-    assert await rag.repo.requeue_abandoned_jobs(stale_after=3600) == 1  # its claimant is dead
-    assert (await rag.repo.get_job(job.id)).status == "queued"  # type: ignore[union-attr]
-    assert [j.id for j in await rag.repo.list_jobs(c.id)] == [job.id]
+    assert await rag.jobs.requeue_abandoned_jobs(stale_after=3600) == 1  # its claimant is dead
+    assert (await rag.jobs.get_job(job.id)).status == "queued"  # type: ignore[union-attr]
+    assert [j.id for j in await rag.jobs.list_jobs(c.id)] == [job.id]
 
 
 async def test_deleting_a_collection_removes_its_rows(rag: Rag) -> None:
     c = await rag.collection()
     v, _ = await begin(rag.repo, c.id)
     await rag.repo.publish(v)
-    await rag.repo.create_job(c.id, ["a"])
+    await rag.jobs.create_job(c.id, ["a"])
     assert await rag.repo.delete_collection(c.id)
     assert await rag.repo.get_collection(c.id) is None
     assert await rag.repo.get_document(v) is None and await rag.repo.count_chunks(v) == 0
-    assert await rag.repo.list_jobs(c.id) == []
+    assert await rag.jobs.list_jobs(c.id) == []
     assert not await rag.repo.delete_collection(c.id)

@@ -8,7 +8,10 @@ A persistent directory has one writer. The process that opens it for writing hol
 included) for as long as the index is open; another process asking to write gets ``IndexBusy``
 (naming the holder's pid), and a process opened with ``write="try"`` (each ``chatgate serve``
 worker) falls back to read-only, leaving ingestion to the writer: uploads queue a job row that the
-writer's job runner picks up. A Chroma server takes writes from any number of processes.
+writer's job runner picks up. Chroma loads a collection's vector index once per process, so a reader
+would not see later writes: the writer touches ``<dir>/chatgate-writes`` after each change, and a reader
+that finds it moved opens the directory afresh (at most every ``reader_refresh`` seconds). A Chroma
+server takes writes from any number of processes, and every client sees them at once.
 
 Vectors are keyed by the chunk id (decimal) and carry ``document_id`` and ``ordinal``; the space is
 cosine, so a hit's score is ``1 - distance``. Which vectors count is decided by the store (only chunks
@@ -23,6 +26,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +37,7 @@ from chatgate.settings import RetrievalSettings
 log = logging.getLogger("chatgate.rag")
 
 LOCK_NAME = "chatgate-writer.lock"
+STAMP_NAME = "chatgate-writes"  # touched by the writer after each change; readers reload when it moves
 WriteMode = Literal["require", "try", "never"]
 
 
@@ -84,13 +90,29 @@ def _chroma_settings() -> Any:
 class DenseIndex:
     """Vectors by chunk id in named Chroma collections; async methods over the sync client."""
 
-    def __init__(self, client: Any, *, writable: bool = True, lock: WriterLock | None = None, where: str = "") -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        writable: bool = True,
+        lock: WriterLock | None = None,
+        where: str = "",
+        directory: Path | None = None,
+        refresh: float = 2.0,
+    ) -> None:
         self._client = client
         self.writable = writable
         self._lock = lock
         self.where = where
         self._collections: dict[str, Any] = {}
         self._max_batch: int | None = None
+        # A persistent directory: the writer's change stamp, and when a reader last looked at it.
+        self._stamp = directory / STAMP_NAME if directory is not None else None
+        self._refresh = refresh
+        self._seen = self._stamp_value()
+        self._checked = time.monotonic()
+        self._reload = threading.Lock()
+        self.reloads = 0
 
     @classmethod
     def open(cls, settings: RetrievalSettings, data_dir: Path, write: WriteMode = "try") -> DenseIndex:
@@ -120,7 +142,14 @@ class DenseIndex:
                 lock = None
         path.mkdir(parents=True, exist_ok=True)
         client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
-        return cls(client, writable=lock is not None, lock=lock, where=str(path))
+        return cls(
+            client,
+            writable=lock is not None,
+            lock=lock,
+            where=str(path),
+            directory=path,
+            refresh=settings.reader_refresh,
+        )
 
     def close(self) -> None:
         self._collections.clear()
@@ -130,6 +159,43 @@ class DenseIndex:
         self.writable = False
 
     # -- sync helpers (run in a thread) ---------------------------------------------------------------------
+
+    def _stamp_value(self) -> int:
+        if self._stamp is None:
+            return 0
+        try:
+            return self._stamp.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def _changed(self) -> None:
+        """After a write: move the stamp so that readers in other processes reload."""
+        if self._stamp is not None:
+            self._stamp.touch()
+            os.utime(self._stamp, ns=(time.time_ns(), time.time_ns()))
+
+    def _maybe_reload(self) -> None:
+        """A reader of a persistent directory: Chroma loads a collection's vector index once per process, so
+        after the writer has changed the directory, open it afresh (at most every ``refresh`` seconds)."""
+        if self.writable or self._stamp is None or time.monotonic() - self._checked < self._refresh:
+            return
+        with self._reload:
+            if time.monotonic() - self._checked < self._refresh:
+                return
+            self._checked = time.monotonic()
+            stamp = self._stamp_value()
+            if stamp == self._seen:
+                return
+            import chromadb
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            # Chroma shares one system per directory in a process: drop it so the new client loads afresh.
+            SharedSystemClient._identifier_to_system.pop(str(self._stamp.parent), None)
+            SharedSystemClient._identifier_to_refcount.pop(str(self._stamp.parent), None)
+            self._client = chromadb.PersistentClient(path=str(self._stamp.parent), settings=_chroma_settings())
+            self._collections = {}
+            self._seen = stamp
+            self.reloads += 1
 
     def _collection(self, name: str, create: bool) -> Any | None:
         col = self._collections.get(name)
@@ -174,11 +240,19 @@ class DenseIndex:
                     for d, o in zip(documents[start:end], ordinals[start:end], strict=True)
                 ],
             )
+        self._changed()
 
     def _delete_document(self, name: str, document_id: str) -> None:
         col = self._collection(name, create=False)
         if col is not None:
             col.delete(where={"document_id": document_id})
+            self._changed()
+
+    def _query_fresh(
+        self, name: str, vector: Sequence[float], n: int, document_ids: Sequence[str] | None
+    ) -> list[tuple[int, float]]:
+        self._maybe_reload()
+        return self._query(name, vector, n, document_ids)
 
     def _query(
         self, name: str, vector: Sequence[float], n: int, document_ids: Sequence[str] | None
@@ -209,6 +283,7 @@ class DenseIndex:
         self._collections.pop(name, None)
         with contextlib.suppress(Exception):  # already gone
             self._client.delete_collection(name)
+        self._changed()
 
     # -- async API ----------------------------------------------------------------------------------------
 
@@ -235,7 +310,7 @@ class DenseIndex:
     ) -> list[tuple[int, float]]:
         """Up to ``n`` (chunk id, cosine similarity) nearest ``vector``, best first, among ``document_ids``
         when given."""
-        return await asyncio.to_thread(self._query, name, vector, n, document_ids)
+        return await asyncio.to_thread(self._query_fresh, name, vector, n, document_ids)
 
     async def count(self, name: str, document_id: str | None = None) -> int:
         """Vectors in collection ``name`` (of one document when given)."""

@@ -16,15 +16,145 @@ import logging
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgate.rag.ingest import FileResult, Ingestor, SourceFile
-from chatgate.rag.repo import CollectionRow, JobRow, RagRepo, new_id
+from chatgate.rag.repo import CollectionRow, is_abandoned, new_id
 from chatgate.settings import RetrievalSettings
-from chatgate.store.models import utcnow
+from chatgate.store.models import RAG_JOBS, utcnow
 
 log = logging.getLogger("chatgate.rag")
 _UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+_J = RAG_JOBS.c
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    id: str
+    collection_id: str
+    status: str
+    files: tuple[str, ...]
+    total: int
+    added: int
+    unchanged: int
+    updated: int
+    failed: int
+    error: str | None
+    failures: dict[str, str]
+    claimed_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+def _job(r: Row[Any]) -> JobRow:
+    m = r._mapping
+    values = {f: m[f] for f in JobRow.__dataclass_fields__ if f not in ("files", "failures")}
+    return JobRow(**values, files=tuple(m["files"] or ()), failures=dict(m["failures"] or {}))
+
+
+class JobRepo:
+    """The ``rag_jobs`` table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create_job(self, collection_id: str, files: Sequence[str], job_id: str | None = None) -> JobRow:
+        now = utcnow()
+        values: dict[str, Any] = {
+            "id": job_id or new_id(),
+            "collection_id": collection_id,
+            "status": "queued",
+            "files": list(files),
+            "total": len(files),
+            "added": 0,
+            "unchanged": 0,
+            "updated": 0,
+            "failed": 0,
+            "error": None,
+            "failures": {},
+            "claimed_by": None,
+            "created_at": now,
+            "started_at": None,
+            "finished_at": None,
+            "updated_at": now,
+        }
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(RAG_JOBS).values(**values))
+        return _job_from(values)
+
+    async def get_job(self, job_id: str) -> JobRow | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(RAG_JOBS).where(_J.id == job_id))).first()
+        return _job(row) if row else None
+
+    async def list_jobs(self, collection_id: str) -> list[JobRow]:
+        async with self.engine.connect() as conn:
+            stmt = select(RAG_JOBS).where(_J.collection_id == collection_id).order_by(_J.created_at.desc())
+            return [_job(r) for r in (await conn.execute(stmt)).all()]
+
+    async def claim_job(self, claim: str, collection_ids: Sequence[str] | None = None) -> JobRow | None:
+        """Take the oldest queued job (in ``collection_ids`` when given); None when there is none."""
+        while True:
+            stmt = select(_J.id).where(_J.status == "queued").order_by(_J.created_at).limit(1)
+            if collection_ids is not None:
+                stmt = stmt.where(_J.collection_id.in_(list(collection_ids)))
+            async with self.engine.begin() as conn:
+                job_id = (await conn.execute(stmt)).scalar()
+                if job_id is None:
+                    return None
+                now = utcnow()
+                result = await conn.execute(
+                    update(RAG_JOBS)
+                    .where(_J.id == job_id, _J.status == "queued")
+                    .values(status="processing", claimed_by=claim, started_at=now, updated_at=now)
+                )
+            if result.rowcount:  # else another process took it first: try the next one
+                job = await self.get_job(job_id)
+                if job is not None:
+                    return job
+
+    async def update_job(self, job_id: str, **values: Any) -> None:
+        """Progress (counts, failures) or the outcome (``status``, ``error``, ``finished_at``) of a job."""
+        async with self.engine.begin() as conn:
+            await conn.execute(update(RAG_JOBS).where(_J.id == job_id).values(**values, updated_at=utcnow()))
+
+    async def requeue_abandoned_jobs(self, stale_after: float) -> int:
+        """Put back in the queue the ``processing`` jobs whose runner is gone (they resume: files already
+        indexed are unchanged)."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(select(_J.id, _J.claimed_by, _J.updated_at).where(_J.status == "processing"))
+            ).all()
+        now = utcnow()
+        stale = [r for r in rows if is_abandoned(r.claimed_by, r.updated_at, now, stale_after)]
+        n = 0
+        for r in stale:
+            async with self.engine.begin() as conn:
+                result = await conn.execute(
+                    update(RAG_JOBS)
+                    .where(_J.id == r.id, _J.status == "processing", _J.claimed_by == r.claimed_by)
+                    .values(status="queued", claimed_by=None, updated_at=now)
+                )
+            n += result.rowcount
+        return n
+
+
+def _job_from(values: dict[str, Any]) -> JobRow:
+    return JobRow(
+        **{k: v for k, v in values.items() if k not in ("files", "failures")},
+        files=tuple(values["files"]),
+        failures=dict(values["failures"]),
+    )
 
 
 class UploadTooLarge(ValueError):
@@ -38,7 +168,7 @@ def safe_name(filename: str) -> str:
 
 
 async def submit(
-    repo: RagRepo,
+    jobs: JobRepo,
     upload_dir: Path,
     collection: CollectionRow,
     files: Sequence[tuple[str, bytes]],
@@ -64,7 +194,7 @@ async def submit(
 
     await asyncio.to_thread(save)
     try:
-        return await repo.create_job(collection.id, names, job_id=job_id)
+        return await jobs.create_job(collection.id, names, job_id=job_id)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, folder, True)
         raise
@@ -73,8 +203,8 @@ async def submit(
 class JobRunner:
     """Runs queued ingestion jobs one after another until closed."""
 
-    def __init__(self, repo: RagRepo, ingestor: Ingestor, settings: RetrievalSettings, upload_dir: Path) -> None:
-        self.repo = repo
+    def __init__(self, jobs: JobRepo, ingestor: Ingestor, settings: RetrievalSettings, upload_dir: Path) -> None:
+        self.jobs = jobs
         self.ingestor = ingestor
         self.settings = settings
         self.upload_dir = upload_dir
@@ -100,13 +230,13 @@ class JobRunner:
     async def run_pending(self) -> int:
         """Run every queued job now; how many ran (tests and the CLI use this without the task)."""
         n = 0
-        while (job := await self.repo.claim_job(self.ingestor.claim)) is not None:
+        while (job := await self.jobs.claim_job(self.ingestor.claim)) is not None:
             await self._run_job(job)
             n += 1
         return n
 
     async def _run(self) -> None:
-        requeued = await self.repo.requeue_abandoned_jobs(self.settings.stale_after)
+        requeued = await self.jobs.requeue_abandoned_jobs(self.settings.stale_after)
         if requeued:
             log.info("requeued %d interrupted ingestion jobs", requeued)
         while True:
@@ -122,7 +252,7 @@ class JobRunner:
 
     async def _run_job(self, job: JobRow) -> None:
         folder = self.upload_dir / job.id
-        collection = await self.repo.get_collection(job.collection_id)
+        collection = await self.ingestor.repo.get_collection(job.collection_id)
         if collection is None:  # deleted meanwhile (the job row went with it)
             await asyncio.to_thread(shutil.rmtree, folder, True)
             return
@@ -134,7 +264,7 @@ class JobRunner:
             counts[result.outcome] += 1
             if result.reason:
                 failures[result.source] = result.reason
-            pending.append(asyncio.ensure_future(self.repo.update_job(job.id, **counts, failures=dict(failures))))
+            pending.append(asyncio.ensure_future(self.jobs.update_job(job.id, **counts, failures=dict(failures))))
 
         files = [SourceFile(source=name, path=folder / name) for name in job.files]
         try:
@@ -142,18 +272,18 @@ class JobRunner:
         except asyncio.CancelledError:
             await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.repo.update_job(job.id, status="queued", claimed_by=None))
+                await asyncio.shield(self.jobs.update_job(job.id, status="queued", claimed_by=None))
             raise
         except Exception as exc:
             await asyncio.gather(*pending, return_exceptions=True)
             log.warning("ingestion job %s failed: %s", job.id, exc)
-            await self.repo.update_job(
+            await self.jobs.update_job(
                 job.id, status="failed", error=str(exc) or type(exc).__name__, finished_at=utcnow(), **counts
             )
             await asyncio.to_thread(shutil.rmtree, folder, True)
             return
         await asyncio.gather(*pending, return_exceptions=True)
-        await self.repo.update_job(
+        await self.jobs.update_job(
             job.id, status="done", finished_at=utcnow(), failures=failures, claimed_by=None, **counts
         )
         await asyncio.to_thread(shutil.rmtree, folder, True)

@@ -17,7 +17,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_TERMS = 64
+# English function words, left out of queries (unless a query has nothing else): they match nearly every
+# chunk, so they add work (every match is scored) and next to nothing to a BM25 ranking.
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have having
+    he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
+    nor not now of off on once only or other our ours ourselves out over own same she should so some such than
+    that the their theirs them themselves then there these they this those through to too under until up very
+    was we were what when where which while who whom why will with would you your yours yourself yourselves""".split()
+)
+# SQLite: FTS5 ranks its matches alone (fast: ``ORDER BY rank``), then the best are checked against the
+# documents; when too few of them are searchable here, it asks for more, and past this many it joins instead.
+FTS_FIRST = 200
+FTS_MAX = 20_000
 
+_SQLITE_RANKED = """
+SELECT rowid AS id, -rank AS score FROM rag_chunks_fts WHERE rag_chunks_fts MATCH :query ORDER BY rank LIMIT :limit
+"""
+_SQLITE_KEEP = """
+SELECT c.id AS id FROM rag_chunks c JOIN rag_documents d ON d.id = c.document_id
+WHERE c.id IN :ids AND d.status = 'ready' AND d.collection_id IN :collections
+"""
 _SQLITE = """
 SELECT c.id AS id, -bm25(rag_chunks_fts) AS score
 FROM rag_chunks_fts
@@ -38,11 +59,14 @@ LIMIT :limit
 
 
 def terms(query: str) -> list[str]:
-    """The query's distinct words, lower-cased, in order (at most ``MAX_TERMS``)."""
+    """The query's distinct words, lower-cased, in order, stopwords left out unless there is nothing else
+    (at most ``MAX_TERMS``)."""
     seen: dict[str, None] = {}
     for word in _WORD.findall(query.lower()):
         seen.setdefault(word, None)
-    return list(seen)[:MAX_TERMS]
+    words = list(seen)
+    content = [w for w in words if w not in STOPWORDS]
+    return (content or words)[:MAX_TERMS]
 
 
 def fts5_query(words: Sequence[str]) -> str:
@@ -77,6 +101,10 @@ class LexicalIndex:
         match = websearch_query(words) if self._postgres else fts5_query(words)
         if not match:
             return []
+        if not self._postgres and document_ids is None:
+            ranked = await self._sqlite_ranked(collection_ids, match, limit)
+            if ranked is not None:
+                return ranked
         sql = (_POSTGRES if self._postgres else _SQLITE).format(
             documents="AND d.id IN :documents" if document_ids is not None else ""
         )
@@ -88,3 +116,31 @@ class LexicalIndex:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt, params)).all()
         return [(int(r.id), float(r.score)) for r in rows]
+
+    async def _sqlite_ranked(
+        self, collection_ids: Sequence[str], match: str, limit: int
+    ) -> list[tuple[int, float]] | None:
+        """The best ``limit`` matches ranked by FTS5 alone, then kept if searchable in the collections; None
+        when that would need more than ``FTS_MAX`` matches (the caller joins instead)."""
+        ranked_sql = text(_SQLITE_RANKED)
+        keep_sql = text(_SQLITE_KEEP).bindparams(
+            bindparam("ids", expanding=True), bindparam("collections", expanding=True)
+        )
+        fetch = max(FTS_FIRST, 2 * limit)
+        async with self.engine.connect() as conn:
+            while fetch <= FTS_MAX:
+                ranked = [
+                    (int(r.id), float(r.score))
+                    for r in await conn.execute(ranked_sql, {"query": match, "limit": fetch})
+                ]
+                if not ranked:
+                    return []
+                ids = [i for i, _ in ranked]
+                keep = {
+                    int(r.id) for r in await conn.execute(keep_sql, {"ids": ids, "collections": list(collection_ids)})
+                }
+                found = [(i, v) for i, v in ranked if i in keep]
+                if len(found) >= limit or len(ranked) < fetch:
+                    return found[:limit]
+                fetch *= 4
+        return None

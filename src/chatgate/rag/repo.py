@@ -1,4 +1,4 @@
-"""The RAG tables: collections, document versions, chunks and ingestion jobs, as plain frozen rows.
+"""The RAG tables: collections, document versions and chunks, as plain frozen rows (jobs: ``jobs.JobRepo``).
 
 A document row is one version of one source. It is written ``processing`` with its chunks, becomes
 ``ready`` (searchable) in the one transaction that retires the previous version (``deleting``), and a
@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgate.rag.types import Chunk
-from chatgate.store.models import RAG_CHUNKS, RAG_COLLECTIONS, RAG_DOCUMENTS, RAG_JOBS, RAG_VISIBILITIES, utcnow
+from chatgate.store.models import RAG_CHUNKS, RAG_COLLECTIONS, RAG_DOCUMENTS, RAG_VISIBILITIES, utcnow
 from chatgate.store.repos import AlreadyExists
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "CollectionRow",
     "DocumentRow",
     "EmbeddingMismatch",
-    "JobRow",
     "RagRepo",
     "is_abandoned",
     "new_claim",
@@ -135,26 +134,6 @@ class ChunkRow:
     content_hash: str
 
 
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    id: str
-    collection_id: str
-    status: str
-    files: tuple[str, ...]
-    total: int
-    added: int
-    unchanged: int
-    updated: int
-    failed: int
-    error: str | None
-    failures: dict[str, str]
-    claimed_by: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
-
-
 def _collection(r: Row[Any]) -> CollectionRow:
     m = r._mapping
     return CollectionRow(**{f: m[f] for f in CollectionRow.__dataclass_fields__})
@@ -172,13 +151,7 @@ def _chunk(r: Any) -> ChunkRow:  # a Row of _CHUNK_COLUMNS
     return ChunkRow(id=int(m["id"]), **values, headings=tuple(m["headings"] or ()))
 
 
-def _job(r: Row[Any]) -> JobRow:
-    m = r._mapping
-    values = {f: m[f] for f in JobRow.__dataclass_fields__ if f not in ("files", "failures")}
-    return JobRow(**values, files=tuple(m["files"] or ()), failures=dict(m["failures"] or {}))
-
-
-_C, _D, _K, _J = RAG_COLLECTIONS.c, RAG_DOCUMENTS.c, RAG_CHUNKS.c, RAG_JOBS.c
+_C, _D, _K = RAG_COLLECTIONS.c, RAG_DOCUMENTS.c, RAG_CHUNKS.c
 _CHUNK_COLUMNS = (
     _K.id,
     _K.document_id,
@@ -511,93 +484,3 @@ class RagRepo:
         async with self.engine.connect() as conn:
             stmt = select(func.count()).select_from(RAG_CHUNKS).where(_K.document_id == document_id)
             return int((await conn.execute(stmt)).scalar_one())
-
-    # -- jobs ----------------------------------------------------------------------------------------------
-
-    async def create_job(self, collection_id: str, files: Sequence[str], job_id: str | None = None) -> JobRow:
-        now = utcnow()
-        values: dict[str, Any] = {
-            "id": job_id or new_id(),
-            "collection_id": collection_id,
-            "status": "queued",
-            "files": list(files),
-            "total": len(files),
-            "added": 0,
-            "unchanged": 0,
-            "updated": 0,
-            "failed": 0,
-            "error": None,
-            "failures": {},
-            "claimed_by": None,
-            "created_at": now,
-            "started_at": None,
-            "finished_at": None,
-            "updated_at": now,
-        }
-        async with self.engine.begin() as conn:
-            await conn.execute(insert(RAG_JOBS).values(**values))
-        return _job_from(values)
-
-    async def get_job(self, job_id: str) -> JobRow | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(RAG_JOBS).where(_J.id == job_id))).first()
-        return _job(row) if row else None
-
-    async def list_jobs(self, collection_id: str) -> list[JobRow]:
-        async with self.engine.connect() as conn:
-            stmt = select(RAG_JOBS).where(_J.collection_id == collection_id).order_by(_J.created_at.desc())
-            return [_job(r) for r in (await conn.execute(stmt)).all()]
-
-    async def claim_job(self, claim: str, collection_ids: Sequence[str] | None = None) -> JobRow | None:
-        """Take the oldest queued job (in ``collection_ids`` when given); None when there is none."""
-        while True:
-            stmt = select(_J.id).where(_J.status == "queued").order_by(_J.created_at).limit(1)
-            if collection_ids is not None:
-                stmt = stmt.where(_J.collection_id.in_(list(collection_ids)))
-            async with self.engine.begin() as conn:
-                job_id = (await conn.execute(stmt)).scalar()
-                if job_id is None:
-                    return None
-                now = utcnow()
-                result = await conn.execute(
-                    update(RAG_JOBS)
-                    .where(_J.id == job_id, _J.status == "queued")
-                    .values(status="processing", claimed_by=claim, started_at=now, updated_at=now)
-                )
-            if result.rowcount:  # else another process took it first: try the next one
-                job = await self.get_job(job_id)
-                if job is not None:
-                    return job
-
-    async def update_job(self, job_id: str, **values: Any) -> None:
-        """Progress (counts, failures) or the outcome (``status``, ``error``, ``finished_at``) of a job."""
-        async with self.engine.begin() as conn:
-            await conn.execute(update(RAG_JOBS).where(_J.id == job_id).values(**values, updated_at=utcnow()))
-
-    async def requeue_abandoned_jobs(self, stale_after: float) -> int:
-        """Put back in the queue the ``processing`` jobs whose runner is gone (they resume: files already
-        indexed are unchanged)."""
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(select(_J.id, _J.claimed_by, _J.updated_at).where(_J.status == "processing"))
-            ).all()
-        now = utcnow()
-        stale = [r for r in rows if is_abandoned(r.claimed_by, r.updated_at, now, stale_after)]
-        n = 0
-        for r in stale:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(RAG_JOBS)
-                    .where(_J.id == r.id, _J.status == "processing", _J.claimed_by == r.claimed_by)
-                    .values(status="queued", claimed_by=None, updated_at=now)
-                )
-            n += result.rowcount
-        return n
-
-
-def _job_from(values: dict[str, Any]) -> JobRow:
-    return JobRow(
-        **{k: v for k, v in values.items() if k not in ("files", "failures")},
-        files=tuple(values["files"]),
-        failures=dict(values["failures"]),
-    )
