@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from chatgate.rag.dense import ReadOnlyIndex
+from chatgate.rag.dense import DenseIndex, ReadOnlyIndex
 from chatgate.rag.ingest import Ingestor, embed_text
 from chatgate.rag.jobs import JobRunner, UploadTooLarge, safe_name, submit
 from chatgate.rag.repo import EmbeddingMismatch
 from chatgate.rag.types import Chunk
-from tests.rag.conftest import Rag, make_rag, test_parser
+from chatgate.settings import RetrievalSettings
+from tests.rag.conftest import ChromaServer, Rag, make_rag, test_parser
 from tests.rag.doubles import CountingEmbedder, FailingEmbedder, HashEmbedder
 from tests.rag.test_repo import dead_pid
 
@@ -241,3 +242,26 @@ def test_safe_name() -> None:
     assert safe_name("C:\\Users\\me\\a b.pdf") == "a b.pdf"
     assert safe_name("..") == "upload" and safe_name(".hidden") == "hidden"
     assert safe_name("ä;rm -rf.txt") == "ä_rm -rf.txt"
+
+
+async def test_ingest_and_replace_against_a_chroma_server(
+    sqlite_url: str, tmp_path: Path, chroma_server: ChromaServer
+) -> None:
+    cfg = RetrievalSettings(chroma_host=chroma_server.host, chroma_port=chroma_server.port)
+    rag = await make_rag(sqlite_url, tmp_path, dense=DenseIndex.open(cfg, tmp_path, write="require"))
+    try:
+        folder = tmp_path / "docs"
+        write(folder, TEXTS)
+        c = await rag.collection("server-docs")
+        assert (await rag.ingestor.ingest(c, rag.files(folder))).counts()["added"] == 3
+        (folder / "travel.txt").write_text("Travel policy.\n\nBicycles are reimbursed per kilometre.")
+        summary = await rag.ingestor.ingest(c, rag.files(folder))
+        assert summary.counts() == {"added": 0, "unchanged": 2, "updated": 1, "failed": 0}
+        hits = await rag.retriever.search([c], "bicycles reimbursed", top_k=1, mode="dense")
+        assert hits[0].source == "travel.txt" and "Bicycles" in hits[0].text
+        await consistent(rag, c.id)
+        await rag.ingestor.delete_collection(c)
+        assert await rag.dense.count(c.dense_name) == 0
+    finally:
+        rag.dense.close()
+        await rag.store.close()
