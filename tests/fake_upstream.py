@@ -19,7 +19,8 @@ tests set them on the client request):
 - ``no_done``: end the stream without ``data: [DONE]``.
 
 The answer is ``"echo: <last user text>"``; usage counts words. With ``tools``, the answer
-calls the first tool.
+calls the first tool. ``/v1/embeddings`` gives the model ``fake-word-hash`` hashed bag-of-words
+vectors (texts sharing words are close); any other model a digest.
 
 A summariser call (chatgate's ``context/summarize.py``: the last user message holds ``<brief>``
 and ``<turns>``) gets a deterministic brief instead: the old brief's lines, then ``- `` and the
@@ -38,6 +39,8 @@ import argparse
 import asyncio
 import hashlib
 import json
+import math
+import re
 import time
 from collections import defaultdict
 from typing import Any
@@ -266,6 +269,20 @@ async def _stream(
     return resp
 
 
+WORD_HASH_MODEL = "fake-word-hash"  # embeddings that put texts sharing words close together (RAG tests)
+WORD_HASH_DIM = 64
+
+
+def _word_hash(text: str) -> list[float]:
+    """A hashed bag of words, L2-normalised (as tests/rag/doubles.py's HashEmbedder)."""
+    v = [0.0] * WORD_HASH_DIM
+    for word in re.findall(r"\w+", text.lower()):
+        h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+        v[h % WORD_HASH_DIM] += 1.0 if (h >> 32) & 1 else -1.0
+    norm = math.sqrt(sum(x * x for x in v))
+    return [x / norm for x in v] if norm else [1.0 / math.sqrt(WORD_HASH_DIM)] * WORD_HASH_DIM
+
+
 async def embeddings(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     faulted = await _faults(request, body)
@@ -274,6 +291,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
     data = []
     for i, text in enumerate(inputs):
+        if body.get("model") == WORD_HASH_MODEL:
+            data.append({"object": "embedding", "index": i, "embedding": _word_hash(str(text))})
+            continue
         digest = hashlib.sha256(str(text).encode()).digest()
         data.append({"object": "embedding", "index": i, "embedding": [b / 255 for b in digest[:8]]})
     return web.json_response(

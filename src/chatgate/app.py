@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from chatgate.api import admin, chat_api, docs, health, openai
+from chatgate.api import admin, assistants, chat_api, docs, health, openai, rag
 from chatgate.api import metrics as metrics_api
 from chatgate.api.asgi import Endpoint
 from chatgate.api.errors import EXCEPTION_HANDLERS
@@ -38,6 +38,7 @@ from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
 from chatgate.observe.tracing import TracedAccessLog, Tracing
 from chatgate.pipeline import Services
+from chatgate.rag.service import Rag
 from chatgate.sessions.connections import Connections
 from chatgate.sessions.manager import SessionManager
 from chatgate.sessions.personalise import Personaliser
@@ -172,6 +173,8 @@ def build_services(settings: Settings, store: Store, writer: WriteBehind, tracin
         record_requests=settings.analytics.enabled,
         research_models=frozenset(settings.sessions.research_models),
         personaliser=Personaliser(template) if template else None,
+        rag=Rag(settings, store.engine),  # cheap: the index and the embedder open when documents are in use
+        grounding=settings.grounding,
     )
 
 
@@ -211,6 +214,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         )
         await services.catalog.refresh(force=True)
         await asyncio.to_thread(services.counter.warm_up)  # tokenizers load now, not on a first request
+        if services.rag is not None:
+            await services.rag.start()  # with documents: the index opens and the embedder loads in the background
         if not services.upstream.router.upstreams:
             log.warning("no upstream configured: every model is unknown until one is (see docs/configuration.md)")
         # Start-up objects live as long as the process: keep them out of every garbage collection.
@@ -233,6 +238,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
             metrics.SAMPLERS.remove(sampler)
+            if services.rag is not None:
+                await services.rag.close()  # an ingestion job in progress is queued again
             await services.upstream.close()
             await services.admission.close()
             if services.cache is not None:
@@ -256,6 +263,22 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/api/v1/chat/sessions/stats", chat_api.session_stats, methods=["GET"]),
             Route("/api/v1/chat/sessions/{session_id}", chat_api.get_session, methods=["GET"]),
             Route("/api/v1/chat/sessions/{session_id}", chat_api.delete_session, methods=["DELETE"]),
+            Route("/api/v1/collections", rag.create_collection, methods=["POST"]),
+            Route("/api/v1/collections", rag.list_collections, methods=["GET"]),
+            Route("/api/v1/collections/{collection_id}", rag.get_collection, methods=["GET"]),
+            Route("/api/v1/collections/{collection_id}", rag.delete_collection, methods=["DELETE"]),
+            Route("/api/v1/collections/{collection_id}/documents", rag.upload, methods=["POST"]),
+            Route("/api/v1/collections/{collection_id}/documents", rag.list_documents, methods=["GET"]),
+            Route(
+                "/api/v1/collections/{collection_id}/documents/{document_id}", rag.delete_document, methods=["DELETE"]
+            ),
+            Route("/api/v1/collections/{collection_id}/search", rag.search, methods=["POST"]),
+            Route("/api/v1/jobs/{job_id}", rag.get_job, methods=["GET"]),
+            Route("/admin/assistants", assistants.list_assistants, methods=["GET"]),
+            Route("/admin/assistants", assistants.create_assistant, methods=["POST"]),
+            Route("/admin/assistants/{name}", assistants.get_assistant, methods=["GET"]),
+            Route("/admin/assistants/{name}", assistants.replace_assistant, methods=["PUT"]),
+            Route("/admin/assistants/{name}", assistants.delete_assistant, methods=["DELETE"]),
             Route("/admin/users/{user_id:path}/limits", admin.get_user_limits, methods=["GET"]),
             Route("/admin/users/{user_id:path}/limits/reset", admin.reset_user_limits, methods=["POST"]),
             Route("/admin/users/{user_id:path}", admin.get_user, methods=["GET"]),

@@ -55,6 +55,20 @@ class Unauthorized(ChatgateError):
     type = "authentication_error"
 
 
+class Forbidden(ChatgateError):
+    status = 403
+    code = "FORBIDDEN"
+    type = "permission_error"
+
+
+class Conflict(ChatgateError):
+    """The request clashes with what exists (a name taken, a read-only definition)."""
+
+    status = 409
+    code = "CONFLICT"
+    type = "invalid_request_error"
+
+
 class NotFound(ChatgateError):
     status = 404
     code = "NOT_FOUND"

@@ -9,30 +9,37 @@
 4. fit      -- the personalised system prompt, when configured; then prompt + completion budget
                within the model's window: rejected, truncated or summarised into the
                conversation's running brief (``context/``).
-5. cache    -- a request answered before (same normalised request, not sampling, not bypassed) is
+5. ground   -- a request for an assistant (a model id with a base model, a system prompt and
+               collections; its prompt was put in before admission) gets its documents: per its
+               policy (every turn, once per conversation, off) the collections the caller may read
+               are searched with the last user message (``rag/``), and the best chunks go into the
+               system message as numbered sources, as many as the window leaves room for.
+6. cache    -- a request answered before (same normalised request, not sampling, not bypassed) is
                answered from the response cache: no upstream call, no tokens charged. Complete
                answers are stored, streamed ones too (rebuilt as the non-streaming body).
-6. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
+7. call     -- the upstream chosen by model routing, with retries, fallbacks and breakers;
                streams are relayed as they arrive.
-7. account  -- usage and request kind on the session, the new messages and the reply queued
+8. account  -- usage and request kind on the session, the new messages and the reply queued
                for the store (write-behind), the in-flight count released, and the token
                reservation reconciled with the real usage (refunded when the call failed or the
                client left).
 
-Grounding slots in as its issue lands. Nothing here knows about HTTP beyond the
-route a request came in by (route limits are per path).
+A grounded answer carries its sources (``Turn.sources``): the doors add them to their answers, and
+the cache stores them with the answer. Nothing here knows about HTTP beyond the route a request came
+in by (route limits are per path).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatgate.cache import Entry, ResponseCache, bypass, cache_key, replay_sse
+from chatgate.cache import Entry, ResponseCache, Scope, bypass, cache_key, replay_sse
 from chatgate.context import ContextFitter, Fitted, requested_max_tokens
 from chatgate.context.fit import SUMMARY_FAILED
 from chatgate.errors import ContextLengthExceeded, NotFound
@@ -41,16 +48,23 @@ from chatgate.identity.model import Resolved
 from chatgate.identity.resolve import IdentityResolver
 from chatgate.limits.admit import Admission, Admitted, completion_budget, used_tokens
 from chatgate.observe import metrics
+from chatgate.rag.assistants import Assistant
+from chatgate.rag.ground import build_context, query_text, source_json, with_system
 from chatgate.sessions.connections import Connection, Connections
 from chatgate.sessions.manager import Session, SessionManager
 from chatgate.sessions.messages import compact, dedupe_key, request_kind
 from chatgate.sessions.personalise import Personaliser
-from chatgate.settings import CacheSettings, StoreSettings
+from chatgate.settings import CacheSettings, GroundingSettings, StoreSettings
 from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
 from chatgate.upstream.sse import DONE_EVENT, encode_data
 from chatgate.upstream.stream import Relay, ReplyBuffer, ask_for_usage
+
+if TYPE_CHECKING:
+    from chatgate.rag.service import Rag
+
+log = logging.getLogger("chatgate.rag")
 
 
 @dataclass(slots=True)
@@ -71,6 +85,8 @@ class Services:
     record_requests: bool = False  # one analytics row per request
     research_models: frozenset[str] = frozenset()
     personaliser: Personaliser | None = None
+    rag: Rag | None = None  # collections, search, assistants (rag/service.py)
+    grounding: GroundingSettings = field(default_factory=GroundingSettings)
 
 
 @dataclass(slots=True)
@@ -93,6 +109,10 @@ class Turn:
     counted: tuple[list[dict[str, Any]], int] | None = None  # messages admission counted, and their tokens
     cache_status: str | None = None  # "HIT" | "MISS" once the cache was consulted
     stream_failed: bool = False  # the upstream broke off a stream after it had begun
+    assistant: Assistant | None = None  # the model asked for was this assistant
+    scope: Scope | None = None  # what a grounded answer may be built from (part of the cache key)
+    sources: list[dict[str, Any]] | None = None  # the citations of a grounded request
+    kind: str | None = None  # the request's kind when the pipeline decided it (rag, research)
 
     @property
     def stream(self) -> bool:
@@ -210,6 +230,93 @@ async def fit(services: Services, turn: Turn, messages: list[dict[str, Any]], se
         turn.raw = None
 
 
+async def assistant(services: Services, turn: Turn) -> None:
+    """A request for an assistant goes to its base model, with its system prompt first."""
+    if services.rag is None:
+        return
+    found = await services.rag.assistants.get(turn.payload["model"])
+    if found is None:
+        return
+    turn.assistant = found
+    turn.kind = "research" if found.research else None
+    turn.payload = {
+        **turn.payload,
+        "model": found.model,
+        "messages": with_system(turn.payload["messages"], found.system_prompt),
+    }
+    turn.raw = None
+
+
+async def ground(services: Services, turn: Turn, session: Session | None) -> None:
+    """The assistant's documents into the request, per its retrieval policy, within the window."""
+    found, rag, resolved = turn.assistant, services.rag, turn.resolved
+    if found is None or rag is None or resolved is None:
+        return
+    user_id = resolved.identity.user_id
+    collections = await rag.for_assistant(found, user_id) if found.collections else []
+    private = any(c.visibility == "private" for c in collections)
+    turn.scope = Scope(found.name, tuple(c.id for c in collections), user_id if private else None)
+    if not collections or found.retrieval == "off":
+        return
+    if found.retrieval == "once_per_conversation" and session is not None and session.rag_applied:
+        return
+    payload = turn.payload
+    query = query_text(payload["messages"], services.grounding.condense_turns)
+    if not query:
+        return
+    try:
+        hits = await rag.search(collections, query, found.top_k, found.mode)
+    except Exception as exc:  # the answer goes on without documents rather than failing
+        log.warning("grounding search failed", extra={"assistant": found.name, "error": str(exc)})
+        return
+    budget = services.grounding.max_context_tokens
+    fitted = turn.fitted
+    if fitted is not None and fitted.window is not None:
+        budget = min(budget, fitted.window - fitted.max_tokens - fitted.prompt_tokens)
+    served = services.fitter.windows.served(payload["model"])
+    context, used = build_context(
+        hits, services.grounding.template, lambda text: services.counter.count(text, served), budget
+    )
+    if context is None:
+        return
+    turn.payload = {**payload, "messages": with_system(payload["messages"], context, before=False)}
+    turn.raw = None
+    turn.sources = [source_json(i + 1, hit) for i, hit in enumerate(used)]
+    if turn.kind is None:
+        turn.kind = "rag"
+
+
+def kind_of(services: Services, turn: Turn) -> str:
+    """The request's kind for analytics: as the pipeline decided it (rag, research), else by its payload."""
+    if turn.kind is not None:
+        return turn.kind
+    features = turn.resolved.features if turn.resolved is not None else {}
+    return request_kind(turn.payload, features, services.research_models)
+
+
+def with_sources(body: bytes | None, sources: list[dict[str, Any]] | None) -> bytes | None:
+    """A ``chat.completion`` body with a top-level ``sources`` field (OpenAI clients ignore it)."""
+    if body is None or not sources:
+        return body
+    data = _parse(body)
+    if not data:
+        return body
+    return orjson.dumps({**data, "sources": sources})
+
+
+def sources_event(head: Mapping[str, Any], sources: list[dict[str, Any]]) -> bytes:
+    """The last chunk of a grounded stream, before ``[DONE]``: no choices, the sources."""
+    chunk = {
+        "id": head.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": head.get("created", 0),
+        "model": head.get("model", ""),
+        "choices": [],
+        "sources": sources,
+    }
+    return encode_data(orjson.dumps(chunk))
+
+
 class Replay:
     """A cached answer replayed as SSE events (``send_stream`` reads it like a ``Relay``)."""
 
@@ -237,7 +344,7 @@ def cache_key_for(services: Services, turn: Turn, use_cache: bool = True) -> str
     turn.cache_status = "MISS"  # with the cache on, every answer says HIT or MISS
     if not use_cache or bypass(payload, turn.headers):
         return None
-    return cache_key(turn.payload, allow_sampling=services.cache_settings.allow_sampling)
+    return cache_key(turn.payload, scope=turn.scope, allow_sampling=services.cache_settings.allow_sampling)
 
 
 async def cached(services: Services, turn: Turn, key: str | None) -> Entry | None:
@@ -263,35 +370,40 @@ async def remember(services: Services, key: str | None, body: bytes | None) -> N
 async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
     """An OpenAI chat completion (client-side history): JSON body, or a relay of SSE bytes."""
     resolved = identify(services, turn)
+    client_messages: list[dict[str, Any]] = turn.payload["messages"]
+    await assistant(services, turn)  # an assistant's name: its base model, its system prompt first
     model: str = turn.payload["model"]
     await services.catalog.ensure_known(model)
-    client_messages: list[dict[str, Any]] = turn.payload["messages"]
-    await admit(services, turn, model, *_chat_admission(services, turn, client_messages))
+    messages: list[dict[str, Any]] = turn.payload["messages"]
+    await admit(services, turn, model, *_chat_admission(services, turn, messages))
     handed = False  # once a stream is returned, its end settles the charge and releases the connection
     conn: Connection | None = None
     try:
         session, conn = await open_session(services, turn, resolved.conversation_key)
-        personalised = personalise(services, turn, client_messages)
-        if personalised is not client_messages:
+        personalised = personalise(services, turn, messages)
+        if personalised is not messages:
             turn.payload = {**turn.payload, "messages": personalised}
             turn.raw = None
         await fit(services, turn, personalised, session)
+        await ground(services, turn, session)
         key = cache_key_for(services, turn)
         entry = await cached(services, turn, key)
         if entry is not None:
-            account(services, turn, client_messages, _reply_content(_parse(entry.body)))
+            data = _parse(entry.body)
+            account(services, turn, client_messages, _reply_content(data))
             await settle(services, turn, True)
             if not turn.stream:
-                return entry.body
+                return entry.body  # a grounded answer was stored with its sources
             assert services.cache_settings is not None
             options = turn.payload.get("stream_options")
-            return Replay(
-                replay_sse(
-                    entry,
-                    include_usage=isinstance(options, dict) and options.get("include_usage") is True,
-                    chunk_chars=services.cache_settings.stream_chunk_chars,
-                )
+            events = replay_sse(
+                entry,
+                include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+                chunk_chars=services.cache_settings.stream_chunk_chars,
             )
+            if isinstance(data.get("sources"), list) and data["sources"]:
+                events.insert(-1, sources_event(data, data["sources"]))  # before [DONE]
+            return Replay(events)
         if turn.stream:
             payload, include_usage = ask_for_usage(turn.payload)
             raw = turn.raw if payload is turn.payload else None
@@ -305,18 +417,20 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
                     if completed:
                         account(services, turn, client_messages, reply.content())
                         if key is not None:
-                            await remember(services, key, reply.completion(turn.usage))
+                            await remember(services, key, with_sources(reply.completion(turn.usage), sources))
                 finally:
                     services.connections.leave(left)
                     await settle(services, turn, completed, None if keep is None else keep.content())
 
-            # chunks are parsed only for a reply that is stored (in the conversation or the cache)
-            keep = None if session.ephemeral and key is None else reply
+            sources = turn.sources
+            # chunks are parsed only for a reply that is stored (in the conversation or the cache) or cited
+            keep = None if session.ephemeral and key is None and not sources else reply
             relay = Relay(
                 opened,
                 include_usage=include_usage,
                 on_usage=turn.record_usage,
                 reply=keep,
+                tail=(lambda: sources_event(reply.head, sources)) if sources else None,
                 on_end=end,
             )
             handed = True
@@ -327,6 +441,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
         content = _reply_content(answer)
         account(services, turn, client_messages, content)
         await settle(services, turn, True, content)
+        body = with_sources(body, turn.sources) or body
         await remember(services, key, body)
         return body
     finally:
@@ -361,9 +476,12 @@ def _count(services: Services, turn: Turn) -> None:
     """The request's kind and tokens on its session."""
     assert turn.session is not None and turn.resolved is not None
     usage = turn.usage or {}
-    kind = request_kind(turn.payload, turn.resolved.features, services.research_models)
     services.sessions.record(
-        turn.session, kind, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        turn.session,
+        kind_of(services, turn),
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        rag_applied=bool(turn.sources),
     )
 
 
@@ -462,7 +580,10 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
     """``POST /api/v1/chat``: the history comes from the session; the answer is plain JSON or SSE events."""
     resolved = identify(services, turn)
     identity = resolved.identity
-    await services.catalog.ensure_known(req.model)
+    turn.payload = {"model": req.model, "messages": []}
+    await assistant(services, turn)  # an assistant's name: its base model and system prompt
+    model: str = turn.payload["model"]
+    await services.catalog.ensure_known(model)
     session: Session | None = None
     if req.session_id is not None:
         session = await services.sessions.find_for_user(identity.user_id, req.session_id)
@@ -471,10 +592,11 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         services.sessions.saw(identity)
     history = services.sessions.history(session) if session is not None else []
     new = {"role": "user", "content": req.message}
-    messages = personalise(services, turn, [*history, new])
-    turn.payload = {"model": req.model, "messages": messages, "stream": req.stream}
+    prompt = turn.assistant.system_prompt if turn.assistant is not None else None
+    messages = personalise(services, turn, with_system([*history, new], prompt))
+    turn.payload = {"model": model, "messages": messages, "stream": req.stream}
     turn.raw = None
-    await admit(services, turn, req.model, *_chat_admission(services, turn, messages))  # before a session is made
+    await admit(services, turn, model, *_chat_admission(services, turn, messages))  # before a session is made
     if session is None:
         try:
             session = await services.sessions.get_or_create(identity, "api-" + uuid.uuid4().hex, "chat-api")
@@ -487,10 +609,11 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
     try:
         conn = services.connections.enter(identity.user_id, session.id, resolved.message_id)
         await fit(services, turn, messages, session)
+        await ground(services, turn, session)
         position = session.message_count
         user_key = dedupe_key(position, "user", req.message, resolved.message_id)
 
-        def finish(reply: str) -> dict[str, Any]:
+        def finish(reply: str, sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             _count(services, turn)
             services.sessions.add_message(
                 session, "user", _stored(services, req.message), user_key, client_message_id=resolved.message_id
@@ -500,7 +623,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
                 "response": reply,
                 "session_id": session.id,
                 "cached": turn.cache_status == "HIT",
-                "sources": [],
+                "sources": sources if sources is not None else turn.sources or [],
                 "usage": turn.usage,
             }
 
@@ -508,8 +631,10 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         entry = await cached(services, turn, key)
         if entry is not None:
             await settle(services, turn, True)
-            content = _reply_content(_parse(entry.body))
-            answer = finish(content if isinstance(content, str) else "")
+            data = _parse(entry.body)
+            content = _reply_content(data)
+            stored = data.get("sources")  # a grounded answer was stored with its sources
+            answer = finish(content if isinstance(content, str) else "", stored if isinstance(stored, list) else None)
             if not req.stream:
                 return answer
             events = [{"type": "delta", "content": answer["response"]}, {"type": "done", **answer}]
@@ -521,7 +646,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
             turn.usage = _usage(answer)
             content = _reply_content(answer)
             await settle(services, turn, True, content)
-            await remember(services, key, body)
+            await remember(services, key, with_sources(body, turn.sources))
             return finish(content if isinstance(content, str) else "")
         payload, _ = ask_for_usage(turn.payload)
         opened = await services.upstream.open("/chat/completions", payload, None, turn.trace)
@@ -533,7 +658,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
             services.connections.leave(left)
             await settle(services, turn, completed, reply.text)
             if completed:
-                await remember(services, key, reply.completion(turn.usage))
+                await remember(services, key, with_sources(reply.completion(turn.usage), turn.sources))
 
         def tail() -> bytes:  # the stream completed: store the turn, and say so in a last event
             return encode_data(orjson.dumps({"type": "done", **finish(reply.text)}))

@@ -560,6 +560,57 @@ class RagSettings(_Section):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings, description="Indexes and retrieval.")
 
 
+DEFAULT_GROUNDING_TEMPLATE = (
+    "Answer using the numbered sources below when they are relevant, and cite them in the text as [1], [2], ... "
+    "If they do not contain the answer, say so rather than guess.\n\nSources:\n{sources}"
+)
+
+
+class AssistantSettings(_Section):
+    """An assistant: a model id of its own that answers with a base model, a system prompt and documents."""
+
+    name: str = Field(min_length=1, description="The model id clients ask for (listed in `/v1/models`).")
+    model: str = Field(min_length=1, description="The base model it calls (a served model or an alias).")
+    system_prompt: str | None = Field(
+        None, description="Put before the conversation (a client's own system message follows it)."
+    )
+    collections: list[str] = Field(
+        default_factory=list, description="Collections searched (names or ids); only those the caller may read."
+    )
+    retrieval: Literal["every_turn", "once_per_conversation", "off"] = Field(
+        "every_turn",
+        description="When to search: `every_turn`; `once_per_conversation` (the first request of a conversation "
+        "that finds something); `off`.",
+    )
+    top_k: int | None = Field(None, ge=1, le=200, description="Chunks retrieved; unset: `rag.retrieval.top_k`.")
+    mode: Literal["hybrid", "dense", "lexical"] | None = Field(
+        None, description="Search mode; unset: `rag.retrieval.mode`."
+    )
+    research: bool = Field(False, description="Requests to it are typed `research` for analytics.")
+    description: str | None = Field(None, description="Shown in `/v1/models`.")
+
+
+class GroundingSettings(_Section):
+    """How retrieved chunks go into a chat request (assistants with collections)."""
+
+    template: str = Field(
+        DEFAULT_GROUNDING_TEMPLATE,
+        description="Added to the system message with the sources; `{sources}` is replaced by the numbered chunks "
+        "(`[n] title (page p)` then the text).",
+    )
+    condense_turns: int = Field(
+        0,
+        ge=0,
+        description="Earlier user messages joined to the last one to make the search query (0: the last one alone).",
+    )
+    max_context_tokens: int = Field(
+        2000,
+        ge=1,
+        description="Most tokens of injected sources; fewer when the model's window has less room (lowest-ranked "
+        "chunks are dropped first).",
+    )
+
+
 class LogSettings(_Section):
     level: str = Field("info", description="Log level: debug, info, warning, error.")
     format: Literal["auto", "json", "console"] = Field(
@@ -630,6 +681,12 @@ class Settings(BaseSettings):
     )
     tracing: TracingSettings = Field(default_factory=TracingSettings, description="OpenTelemetry tracing.")
     rag: RagSettings = Field(default_factory=RagSettings, description="Documents: ingestion, embeddings, retrieval.")
+    grounding: GroundingSettings = Field(
+        default_factory=GroundingSettings, description="Retrieved sources in chat requests (assistants)."
+    )
+    assistants: list[AssistantSettings] = Field(
+        default_factory=list, description="Assistants: model ids with a system prompt and collections (see below)."
+    )
 
     @classmethod
     def settings_customise_sources(

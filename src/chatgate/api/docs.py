@@ -31,6 +31,15 @@ from chatgate.api.protocol import (
     Ready,
     request_body,
 )
+from chatgate.api.rag_protocol import (
+    AssistantDefinition,
+    Collection,
+    CollectionCreate,
+    Job,
+    SearchRequest,
+    SearchResult,
+    UploadAccepted,
+)
 
 DESCRIPTION = "A self-hosted, OpenAI-compatible chat gateway. Every route but `/health` needs an API key."
 STATIC = "/docs/static"
@@ -113,6 +122,147 @@ def _session(session_id: str, limit: int = 50, offset: int = 0) -> None: ...
     "/api/v1/chat/sessions/{session_id}", tags=["chat"], summary="Delete a session and its messages", responses=ERRORS
 )
 def _delete_session(session_id: str) -> None: ...
+
+
+@_doc.post(
+    "/api/v1/collections",
+    tags=["documents"],
+    summary="Create a collection (`admin` visibility: admin keys only)",
+    status_code=201,
+    response_model=Collection,
+    responses=ERRORS,
+)
+def _create_collection(body: CollectionCreate) -> None: ...
+
+
+@_doc.get("/api/v1/collections", tags=["documents"], summary="The collections the caller may read")
+def _collections() -> None: ...
+
+
+@_doc.get(
+    "/api/v1/collections/{collection_id}",
+    tags=["documents"],
+    summary="A collection, with its documents counted by status (another user's private one: 404)",
+    response_model=Collection,
+    responses=ERRORS,
+)
+def _collection(collection_id: str) -> None: ...
+
+
+@_doc.delete(
+    "/api/v1/collections/{collection_id}",
+    tags=["documents"],
+    summary="Delete a collection, its documents and vectors (owner or admin)",
+    responses=ERRORS,
+)
+def _delete_collection(collection_id: str) -> None: ...
+
+
+@_doc.post(
+    "/api/v1/collections/{collection_id}/documents",
+    tags=["documents"],
+    summary="Upload documents (multipart `files`: txt, md, html, pdf, docx), indexed by a background job",
+    status_code=202,
+    response_model=UploadAccepted,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                        "required": ["files"],
+                    }
+                }
+            },
+        }
+    },
+)
+def _upload(collection_id: str) -> None: ...
+
+
+@_doc.get(
+    "/api/v1/collections/{collection_id}/documents",
+    tags=["documents"],
+    summary="The collection's documents (status, chunks, why a file failed)",
+    responses=ERRORS,
+)
+def _documents(collection_id: str) -> None: ...
+
+
+@_doc.delete(
+    "/api/v1/collections/{collection_id}/documents/{document_id}",
+    tags=["documents"],
+    summary="Delete a document (out of search at once)",
+    responses=ERRORS,
+)
+def _delete_document(collection_id: str, document_id: str) -> None: ...
+
+
+@_doc.post(
+    "/api/v1/collections/{collection_id}/search",
+    tags=["documents"],
+    summary="Search a collection: chunks with scores and sources",
+    response_model=SearchResult,
+    responses=ERRORS,
+)
+def _search(collection_id: str, body: SearchRequest) -> None: ...
+
+
+@_doc.get(
+    "/api/v1/jobs/{job_id}",
+    tags=["documents"],
+    summary="An upload job: queued, processing, done or failed; counts; per-file reasons",
+    response_model=Job,
+    responses=ERRORS,
+)
+def _job(job_id: str) -> None: ...
+
+
+@_doc.get("/admin/assistants", tags=["admin"], summary="Assistants: from the config file and stored (admin key)")
+def _assistants() -> None: ...
+
+
+@_doc.post(
+    "/admin/assistants",
+    tags=["admin"],
+    summary="Store an assistant (admin key)",
+    status_code=201,
+    response_model=AssistantDefinition,
+    responses=ERRORS,
+)
+def _create_assistant(body: AssistantDefinition) -> None: ...
+
+
+@_doc.get(
+    "/admin/assistants/{name}",
+    tags=["admin"],
+    summary="One assistant (admin key)",
+    response_model=AssistantDefinition,
+    responses=ERRORS,
+)
+def _assistant(name: str) -> None: ...
+
+
+@_doc.put(
+    "/admin/assistants/{name}",
+    tags=["admin"],
+    summary="Replace a stored assistant (config-defined ones: 409) (admin key)",
+    response_model=AssistantDefinition,
+    responses=ERRORS,
+)
+def _replace_assistant(name: str, body: AssistantDefinition) -> None: ...
+
+
+@_doc.delete(
+    "/admin/assistants/{name}",
+    tags=["admin"],
+    summary="Delete a stored assistant (config-defined ones: 409) (admin key)",
+    responses=ERRORS,
+)
+def _delete_assistant(name: str) -> None: ...
 
 
 @_doc.get("/admin/metrics", tags=["admin"], summary="A JSON snapshot of every subsystem (admin key)", responses=ERRORS)

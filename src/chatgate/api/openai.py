@@ -32,7 +32,6 @@ from chatgate.api.middleware import RequestInfo, info
 from chatgate.api.protocol import check_chat, check_embeddings, parse_object
 from chatgate.errors import ChatgateError, ModelNotFound
 from chatgate.observe import metrics
-from chatgate.sessions.messages import request_kind
 from chatgate.store.batch import RecordRequest
 from chatgate.upstream.stream import Relay
 
@@ -109,7 +108,7 @@ def record(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -
     resolved, usage = turn.resolved, turn.usage or {}
     if resolved is not None:
         user_id = resolved.identity.user_id
-        kind = request_kind(turn.payload, resolved.features, services.research_models)
+        kind = pipeline.kind_of(services, turn)  # rag when documents were retrieved
     else:  # refused before the caller was resolved (e.g. bad metadata)
         user_id = turn.principal.user_id or f"key:{turn.principal.key_id}"
         kind = "standard"
@@ -191,15 +190,25 @@ def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), media_type="application/json")
 
 
+async def _assistants(services: pipeline.Services) -> list[dict[str, Any]]:
+    return [a.model_object() for a in await services.rag.assistants.listing()] if services.rag is not None else []
+
+
 async def list_models(request: Request) -> Response:
+    """Served models, aliases, then assistants."""
     services: pipeline.Services = request.app.state.services
-    return _json({"object": "list", "data": await services.catalog.listing()})
+    listed = await services.catalog.listing()
+    ids = {m["id"] for m in listed}
+    extra = [a for a in await _assistants(services) if a["id"] not in ids]
+    return _json({"object": "list", "data": [*listed, *extra]})
 
 
 async def get_model(request: Request) -> Response:
     services: pipeline.Services = request.app.state.services
     model_id = request.path_params["model_id"]
     found = await services.catalog.find(model_id)
+    if found is None and services.rag is not None and (a := await services.rag.assistants.get(model_id)) is not None:
+        found = a.model_object()
     if found is None:
         raise ModelNotFound(
             f"The model '{model_id}' does not exist or is not served here.", details={"model": model_id}

@@ -257,6 +257,7 @@ class RagCollection(Base):
     dense_name: Mapped[str] = mapped_column(String(63))
     generation: Mapped[int] = mapped_column(default=1, server_default="1")
     created_at: Mapped[datetime]
+    description: Mapped[str | None] = mapped_column(Text)  # migration 0005
 
 
 class RagDocument(Base):
@@ -339,7 +340,26 @@ class RagJob(Base):
     updated_at: Mapped[datetime]
 
 
+class Assistant(Base):
+    """An assistant defined through the admin API (those in the config file are not stored)."""
+
+    __tablename__ = "assistants"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    collections: Mapped[list[str]]
+    retrieval: Mapped[str] = mapped_column(String(32))
+    top_k: Mapped[int | None]
+    mode: Mapped[str | None] = mapped_column(String(16))
+    research: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
 RAG_COLLECTIONS = _table(RagCollection)
 RAG_DOCUMENTS = _table(RagDocument)
 RAG_CHUNKS = _table(RagChunk)
 RAG_JOBS = _table(RagJob)
+ASSISTANTS = _table(Assistant)

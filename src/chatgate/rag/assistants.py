@@ -1,0 +1,192 @@
+"""Assistants: model ids of their own that answer with a base model, a system prompt and collections.
+
+Two sources: the config file (``assistants:``, read-only through the API) and the ``assistants`` table
+(the admin API). A config-defined name wins over a stored one. The table is small: it is read whole and
+kept for ``ttl`` seconds, so a chat request never waits on the database to learn that its model is not
+an assistant (more than once per ``ttl``); a change made in this process is seen at once, one made
+by another worker within ``ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chatgate.rag.retrieve import MODES, Mode
+from chatgate.settings import AssistantSettings
+from chatgate.store.models import ASSISTANTS, utcnow
+
+Policy = Literal["every_turn", "once_per_conversation", "off"]
+POLICIES: tuple[Policy, ...] = ("every_turn", "once_per_conversation", "off")
+_A = ASSISTANTS.c
+
+
+@dataclass(frozen=True, slots=True)
+class Assistant:
+    name: str
+    model: str
+    system_prompt: str | None = None
+    collections: tuple[str, ...] = ()
+    retrieval: Policy = "every_turn"
+    top_k: int | None = None
+    mode: Mode | None = None
+    research: bool = False
+    description: str | None = None
+    source: str = "config"  # "config" (read-only) or "api"
+
+    @classmethod
+    def from_settings(cls, s: AssistantSettings, source: str = "config") -> Assistant:
+        return cls(
+            name=s.name,
+            model=s.model,
+            system_prompt=s.system_prompt,
+            collections=tuple(s.collections),
+            retrieval=s.retrieval,
+            top_k=s.top_k,
+            mode=s.mode,
+            research=s.research,
+            description=s.description,
+            source=source,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "system_prompt": self.system_prompt,
+            "collections": list(self.collections),
+            "retrieval": self.retrieval,
+            "top_k": self.top_k,
+            "mode": self.mode,
+            "research": self.research,
+            "description": self.description,
+            "source": self.source,
+        }
+
+    def model_object(self) -> dict[str, Any]:
+        """As listed in ``/v1/models``."""
+        out: dict[str, Any] = {"id": self.name, "object": "model", "created": 0, "owned_by": "chatgate"}
+        out["root"] = self.model
+        if self.description:
+            out["description"] = self.description
+        return out
+
+    @property
+    def grounded(self) -> bool:
+        return bool(self.collections) and self.retrieval != "off"
+
+
+class AssistantRepo:
+    """The ``assistants`` table."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def all(self) -> list[Assistant]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(ASSISTANTS).order_by(_A.name))).all()
+        return [_assistant(r._mapping) for r in rows]
+
+    async def create(self, a: Assistant) -> bool:
+        """False when the name is taken."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            if (await conn.execute(select(_A.name).where(_A.name == a.name))).first() is not None:
+                return False
+            await conn.execute(insert(ASSISTANTS).values(**_values(a), created_at=now, updated_at=now))
+        return True
+
+    async def replace(self, a: Assistant) -> bool:
+        """False when there is no such assistant."""
+        async with self.engine.begin() as conn:
+            values = {k: v for k, v in _values(a).items() if k != "name"}
+            result = await conn.execute(
+                update(ASSISTANTS).where(_A.name == a.name).values(**values, updated_at=utcnow())
+            )
+        return bool(result.rowcount)
+
+    async def delete(self, name: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(ASSISTANTS).where(_A.name == name))
+        return bool(result.rowcount)
+
+
+def _values(a: Assistant) -> dict[str, Any]:
+    return {
+        "name": a.name,
+        "model": a.model,
+        "system_prompt": a.system_prompt,
+        "collections": list(a.collections),
+        "retrieval": a.retrieval,
+        "top_k": a.top_k,
+        "mode": a.mode,
+        "research": a.research,
+        "description": a.description,
+    }
+
+
+def _assistant(m: Any) -> Assistant:
+    retrieval = m["retrieval"] if m["retrieval"] in POLICIES else "every_turn"
+    return Assistant(
+        name=m["name"],
+        model=m["model"],
+        system_prompt=m["system_prompt"],
+        collections=tuple(m["collections"] or ()),
+        retrieval=cast(Policy, retrieval),
+        top_k=m["top_k"],
+        mode=cast(Mode, m["mode"]) if m["mode"] in MODES else None,
+        research=bool(m["research"]),
+        description=m["description"],
+        source="api",
+    )
+
+
+class Assistants:
+    """Config-defined assistants and stored ones, looked up by name."""
+
+    def __init__(self, configured: Sequence[AssistantSettings], repo: AssistantRepo, ttl: float = 5.0) -> None:
+        self.configured: dict[str, Assistant] = {}
+        for s in configured:
+            if s.name in self.configured:
+                raise ValueError(f"assistants: the name {s.name!r} is defined twice")
+            self.configured[s.name] = Assistant.from_settings(s)
+        self.repo = repo
+        self.ttl = ttl
+        self._stored: dict[str, Assistant] = {}
+        self._read_at = -1e18
+        self._lock = asyncio.Lock()
+
+    async def _fresh(self) -> dict[str, Assistant]:
+        if time.monotonic() - self._read_at < self.ttl:
+            return self._stored
+        async with self._lock:
+            if time.monotonic() - self._read_at >= self.ttl:
+                self._stored = {a.name: a for a in await self.repo.all()}
+                self._read_at = time.monotonic()
+        return self._stored
+
+    def invalidate(self) -> None:
+        self._read_at = -1e18
+
+    async def get(self, name: str) -> Assistant | None:
+        found = self.configured.get(name)
+        if found is not None:
+            return found
+        return (await self._fresh()).get(name)
+
+    async def listing(self) -> list[Assistant]:
+        stored = await self._fresh()
+        return [*self.configured.values(), *(a for n, a in sorted(stored.items()) if n not in self.configured)]
+
+    @property
+    def any_configured(self) -> bool:
+        return bool(self.configured)
+
+    async def any_grounded(self) -> bool:
+        return any(a.grounded for a in await self.listing())

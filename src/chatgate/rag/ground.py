@@ -1,0 +1,86 @@
+"""Grounding a chat request: the assistant's system prompt, the search query, and the sources injected
+within the token budget. Plain values in and out; the pipeline's ``ground`` step calls these.
+
+Everything the model is told goes into one system message at the head of the conversation (many chat
+templates accept a system message only there): the assistant's prompt, then the client's own system
+message, then the grounding template with the numbered sources. Sources are numbered in rank order;
+when they do not all fit the budget, the lowest-ranked are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chatgate.rag.retrieve import Hit
+from chatgate.sessions.messages import text_of
+
+SLACK = 8  # tokens a text may gain where it is joined to the system message
+
+
+def with_system(messages: list[dict[str, Any]], text: str | None, *, before: bool = True) -> list[dict[str, Any]]:
+    """``text`` added to the leading system message (before its content, or after it), or as a new one."""
+    if not text:
+        return messages
+    if messages and isinstance(messages[0], dict) and messages[0].get("role") in ("system", "developer"):
+        head = messages[0]
+        content = head.get("content")
+        if isinstance(content, str):
+            merged: Any = f"{text}\n\n{content}" if before else f"{content}\n\n{text}"
+        elif isinstance(content, list):
+            part = {"type": "text", "text": text}
+            merged = [part, *content] if before else [*content, part]
+        else:
+            merged = text
+        return [{**head, "content": merged}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def query_text(messages: Sequence[Any], condense_turns: int = 0) -> str:
+    """The search query: the last user message, after up to ``condense_turns`` earlier user messages."""
+    users = [text_of(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    users = [u for u in users if u.strip()]
+    if not users:
+        return ""
+    return "\n".join(users[-(condense_turns + 1) :])
+
+
+def source_block(number: int, hit: Hit) -> str:
+    """``[n] title > heading path (page p)`` then the chunk's text."""
+    head = [hit.title or hit.source]
+    head += [h for h in hit.headings if h and h not in head]
+    page = f" (page {hit.page})" if hit.page is not None else ""
+    return f"[{number}] {' > '.join(head)}{page}\n{hit.text.strip()}"
+
+
+def build_context(
+    hits: Sequence[Hit], template: str, count: Callable[[str], int], budget: int
+) -> tuple[str | None, list[Hit]]:
+    """The template filled with the best hits whose text fits ``budget`` tokens (template included), and
+    those hits; (None, []) when not even the first fits."""
+    blocks = [source_block(i + 1, h) for i, h in enumerate(hits)]
+    room = budget - SLACK - count(template.replace("{sources}", ""))
+    n = 0
+    for block in blocks:
+        room -= count(block) + 2  # the blank line between two sources
+        if room < 0:
+            break
+        n += 1
+    if n == 0:
+        return None, []
+    return template.replace("{sources}", "\n\n".join(blocks[:n])), list(hits[:n])
+
+
+def source_json(number: int, hit: Hit) -> dict[str, Any]:
+    """A citation, as the answers carry it."""
+    return {
+        "index": number,
+        "document": hit.source,
+        "document_id": hit.document_id,
+        "collection_id": hit.collection_id,
+        "title": hit.title,
+        "chunk_id": hit.chunk_id,
+        "page": hit.page,
+        "headings": list(hit.headings),
+        "score": round(hit.score, 6),
+    }
