@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from chatgate.settings import Settings, UpstreamSettings
+from chatgate.settings import AssistantSettings, Settings, UpstreamSettings
 
 HEADER = """# Configuration reference
 
@@ -99,6 +99,7 @@ def _table(entries: list[tuple[str, ...]], headers: tuple[str, ...]) -> str:
 def render() -> str:
     settings = rows(Settings)
     upstream = [(k, t, d, desc) for k, _, t, d, desc in rows(UpstreamSettings)]
+    assistant = [(k, t, d, desc) for k, _, t, d, desc in rows(AssistantSettings)]
     return (
         HEADER
         + "## Settings\n\n"
@@ -108,5 +109,7 @@ def render() -> str:
         )
         + "\n## Each entry of `upstreams`\n\n"
         + _table([(f"`{k}`", t, d, desc) for k, t, d, desc in upstream], ("key", "type", "default", "description"))
+        + "\n## Each entry of `assistants`\n\n"
+        + _table([(f"`{k}`", t, d, desc) for k, t, d, desc in assistant], ("key", "type", "default", "description"))
         + EXAMPLE
     )

@@ -5,6 +5,8 @@ grounded answers with their sources on every door, the cache, privacy between us
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +165,39 @@ def test_search_returns_chunks_with_sources(gw: Gateway, hr: str) -> None:
         f"{gw.url}/api/v1/collections/{hr}/search", json={"query": "x", "mode": "fuzzy"}, headers=h(gw.key)
     )
     assert bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "mode"
+
+
+def test_rag_metrics(gw: Gateway, hr: str) -> None:
+    text = httpx.get(gw.url + "/metrics", headers=h(gw.key)).text
+    assert 'chatgate_rag_documents_ingested_total{outcome="added"}' in text
+    assert 'chatgate_rag_documents_ingested_total{outcome="failed"}' in text
+    httpx.post(f"{gw.url}/api/v1/collections/{hr}/search", json={"query": "holidays"}, headers=h(gw.key))
+    text = httpx.get(gw.url + "/metrics", headers=h(gw.key)).text
+    assert 'chatgate_rag_retrievals_total{mode="hybrid"}' in text
+    assert 'chatgate_rag_retrieval_seconds_count{mode="hybrid"}' in text
+
+
+LAZY = """
+import sys
+from starlette.testclient import TestClient
+from chatgate.app import create_app
+from chatgate.settings import Settings
+
+app = create_app(Settings(data_dir=sys.argv[1], admin_key="k", upstream_base_url=sys.argv[2]))
+with TestClient(app) as client:
+    assert client.get("/health").status_code == 200
+    models = client.get("/v1/models", headers={"x-api-key": "k"}).json()
+    listed = client.get("/api/v1/collections", headers={"x-api-key": "k"}).json()
+print(sorted(m for m in ("torch", "chromadb", "sentence_transformers") if m in sys.modules), listed["data"])
+"""
+
+
+def test_no_documents_no_index_no_model_loaded(tmp_path: Path, fake_a: Fake) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY, str(tmp_path), fake_a.base_url], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[] []"
 
 
 def test_assistants_are_models(gw: Gateway) -> None:

@@ -102,9 +102,12 @@ class Rag:
         return any(a.collections for a in self.assistants.configured.values())
 
     def _open_soon(self) -> asyncio.Future[None]:
-        if self._opening is None or (self._opening.done() and self._opening.exception() is not None):
-            self._opening = asyncio.ensure_future(self._open())
-        return self._opening
+        """Opening, once (again after a failure)."""
+        opening = self._opening
+        if opening is None or (opening.done() and not opening.cancelled() and opening.exception() is not None):
+            opening = self._opening = asyncio.ensure_future(self._open())
+            opening.add_done_callback(_log_failure)
+        return opening
 
     async def ready(self) -> None:
         """The dense index and the embedder are open (the local model may still be loading)."""
@@ -274,3 +277,8 @@ class Rag:
         metrics.RAG_RETRIEVALS.inc((label,))
         metrics.RAG_RETRIEVAL_LATENCY.observe(time.perf_counter() - started, (label,))
         return hits
+
+
+def _log_failure(opening: asyncio.Future[None]) -> None:
+    if not opening.cancelled() and (exc := opening.exception()) is not None:
+        log.error("the document index could not be opened", extra={"error": f"{type(exc).__name__}: {exc}"})
