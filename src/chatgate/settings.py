@@ -575,7 +575,9 @@ class AssistantSettings(_Section):
         None, description="Put before the conversation (a client's own system message follows it)."
     )
     collections: list[str] = Field(
-        default_factory=list, description="Collections searched (names or ids); only those the caller may read."
+        default_factory=list,
+        description="Collections searched, by id or by name (a name matches admin-managed collections and the "
+        "caller's own); never another user's private one.",
     )
     retrieval: Literal["every_turn", "once_per_conversation", "off"] = Field(
         "every_turn",

@@ -22,7 +22,7 @@ def test_ingest_then_serve_grounded_answers_with_the_local_model(tmp_path: Path,
     cli = str(Path(sys.executable).with_name("chatgate"))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")}, "CHATGATE_DATA_DIR": str(data)}
     done = subprocess.run(
-        [cli, "ingest", str(SAMPLES / "handbook.md"), "--collection", "handbook", "--visibility", "shared"],
+        [cli, "ingest", str(SAMPLES / "handbook.md"), "--collection", "handbook"],  # admin-managed
         env=env,
         capture_output=True,
         text=True,

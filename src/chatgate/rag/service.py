@@ -203,14 +203,20 @@ class Rag:
             await self.repo.delete_collection(row.id)
 
     async def for_assistant(self, assistant: Assistant, user_id: str) -> list[CollectionRow]:
-        """The assistant's collections (names or ids) that ``user_id`` may read: shared and admin-managed
-        ones, and the user's own private ones (never another user's, whoever asks)."""
+        """The assistant's collections that ``user_id`` may read, never another user's private one.
+
+        A reference is a collection id, or a name. A name matches admin-managed collections (only admins
+        make those) and the caller's own: not another user's shared collection, or anyone could slip
+        documents into everyone's assistant by naming a collection like its own (name those by id)."""
         found: dict[str, CollectionRow] = {}
         for ref in assistant.collections:
             by_id = await self.repo.get_collection(ref)
-            candidates = [by_id] if by_id is not None else await self.repo.find_collections_named(ref)
-            for row in candidates:
-                if row.readable_by(user_id):
+            if by_id is not None:
+                if by_id.readable_by(user_id):
+                    found[by_id.id] = by_id
+                continue
+            for row in await self.repo.find_collections_named(ref):
+                if row.visibility == "admin" or row.owner_id == user_id:
                     found[row.id] = row
         return list(found.values())
 
