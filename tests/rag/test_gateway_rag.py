@@ -167,6 +167,12 @@ def test_search_returns_chunks_with_sources(gw: Gateway, hr: str) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "mode"
 
 
+def test_admin_snapshot_shows_the_index(gw: Gateway, hr: str) -> None:
+    rag = httpx.get(gw.url + "/admin/metrics", headers=h(gw.key)).json()["rag"]
+    assert rag["index_open"] and rag["writer"] and rag["job_runner"] and rag["embedder"] == EMBED_MODEL
+    assert rag["assistants_configured"] == 3
+
+
 def test_rag_metrics(gw: Gateway, hr: str) -> None:
     text = httpx.get(gw.url + "/metrics", headers=h(gw.key)).text
     assert 'chatgate_rag_documents_ingested_total{outcome="added"}' in text

@@ -204,6 +204,7 @@ async def snapshot(request: Request) -> Response:
             "queue": state.queue(services),
             "context": services.fitter.stats,
             "tokens": services.counter.stats,
+            "rag": services.rag.overview() if services.rag is not None else None,
         }
     )
 

@@ -142,6 +142,19 @@ class Rag:
         if self.dense is not None:
             self.dense.close()
 
+    def overview(self) -> dict[str, object]:
+        """For ``/admin/metrics``: whether the index is open (and written here), the embedder, the job runner."""
+        embedder = self.embedder
+        return {
+            "index_open": self.dense is not None,
+            "index": self.dense.where if self.dense is not None else None,
+            "writer": self.dense.writable if self.dense is not None else False,
+            "embedder": embedder.name if embedder is not None else None,
+            "embedder_ready": bool(getattr(embedder, "ready", True)) if embedder is not None else False,
+            "job_runner": self.runner is not None,
+            "assistants_configured": len(self.assistants.configured),
+        }
+
     async def embedder_info(self) -> tuple[str, int]:
         """The embedder's model name and dimension (an ``openai`` one learns it from a first request)."""
         await self.ready()
