@@ -35,9 +35,10 @@ FTS_MAX = 20_000
 _SQLITE_RANKED = """
 SELECT rowid AS id, -rank AS score FROM rag_chunks_fts WHERE rag_chunks_fts MATCH :query ORDER BY rank LIMIT :limit
 """
+# ``+``: no index for these terms, so the planner starts from the chunk ids (see ``repo._unindexed_ready_in``).
 _SQLITE_KEEP = """
 SELECT c.id AS id FROM rag_chunks c JOIN rag_documents d ON d.id = c.document_id
-WHERE c.id IN :ids AND d.status = 'ready' AND d.collection_id IN :collections
+WHERE c.id IN :ids AND +d.status = 'ready' AND +d.collection_id IN :collections
 """
 _SQLITE = """
 SELECT c.id AS id, -bm25(rag_chunks_fts) AS score

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -167,6 +167,14 @@ _CHUNK_COLUMNS = (
     _K.content_hash,
 )
 _IN_BATCH = 500  # ids per IN (...) list
+
+
+def _unindexed_ready_in(collection_ids: Sequence[str]) -> tuple[ColumnElement[bool], ...]:
+    """``status = 'ready' AND collection_id IN (...)`` as expressions no index serves: without statistics,
+    SQLite's planner would otherwise start from the documents' status index and walk every chunk of
+    every ready document, instead of looking up the few chunk ids it was given (50 ms instead of 1 at
+    100k chunks). PostgreSQL plans from its statistics either way."""
+    return (_D.status.concat("") == "ready", _D.collection_id.concat("").in_(list(collection_ids)))
 
 
 class RagRepo:
@@ -459,8 +467,7 @@ class RagRepo:
                     .join(RAG_DOCUMENTS, _D.id == _K.document_id)
                     .where(
                         _K.id.in_(list(chunk_ids[start : start + _IN_BATCH])),
-                        _D.status == "ready",
-                        _D.collection_id.in_(list(collection_ids)),
+                        *_unindexed_ready_in(collection_ids),
                     )
                 )
                 for r in (await conn.execute(stmt)).all():
