@@ -104,3 +104,20 @@ async def test_matches_elsewhere_do_not_crowd_out_the_collection(rag: Rag, monke
     for i in range(6, 12):
         await add(rag, other.id, f"o{i}.md", "glaciers glaciers glaciers", ready=False)
     assert [i for i, _ in await lex.search([c.id], "glaciers", 1)] == mine  # past FTS_MAX: joined instead
+
+
+async def test_common_words_can_be_left_out(rag: Rag, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lexical, "DF_FLOOR", 1)
+    c = await rag.collection()
+    for i in range(8):
+        await add(rag, c.id, f"d{i}.md", f"patients data row{i}" + (" rare" if i == 3 else ""))
+    exact = LexicalIndex(rag.store.engine)
+    pruned = LexicalIndex(rag.store.engine, max_df=0.5)
+    assert await pruned._common(["patients", "data", "rare"]) == set()  # only one word would remain
+    assert await pruned._common(["patients", "data", "rare", "row3"]) == {"patients", "data"}
+    assert await pruned._common(["patients", "rare"]) == set()  # two words: kept
+    query = "patients data rare row3"
+    assert [i for i, _ in await pruned.search([c.id], query, 10)] == [
+        i for i, _ in await exact.search([c.id], query, 1)
+    ]
+    assert len(await exact.search([c.id], query, 10)) == 8  # every chunk matches the common words

@@ -10,6 +10,8 @@ the query invalid.
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from sqlalchemy import bindparam, text
@@ -31,6 +33,13 @@ STOPWORDS = frozenset(
 # documents; when too few of them are searchable here, it asks for more, and past this many it joins instead.
 FTS_FIRST = 200
 FTS_MAX = 20_000
+DF_TTL = 300.0  # seconds a word's document frequency (and the chunk count) is remembered
+DF_CACHE = 20_000  # words remembered
+DF_FLOOR = 50  # a word is never common below this many chunks
+_SQLITE_DF = "SELECT count(*) FROM (SELECT rowid FROM rag_chunks_fts WHERE rag_chunks_fts MATCH :query LIMIT :cap)"
+_PG_DF = (
+    "SELECT count(*) FROM (SELECT 1 FROM rag_chunks WHERE tsv @@ plainto_tsquery('english', :query) LIMIT :cap) AS m"
+)
 
 _SQLITE_RANKED = """
 SELECT rowid AS id, -rank AS score FROM rag_chunks_fts WHERE rag_chunks_fts MATCH :query ORDER BY rank LIMIT :limit
@@ -81,11 +90,46 @@ def websearch_query(words: Sequence[str]) -> str:
 
 
 class LexicalIndex:
-    """Lexical search over the store's chunk table (the index itself is kept by the database)."""
+    """Lexical search over the store's chunk table (the index itself is kept by the database).
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    ``max_df``: leave out of a query the words found in more than this share of all chunks, as long as
+    two or more words remain (their BM25 weight is small, and scoring their matches is most of the work).
+    A word's share is counted up to the cut-off (``LIMIT``) and remembered for ``DF_TTL`` seconds.
+    None: every word is kept (exact BM25).
+    """
+
+    def __init__(self, engine: AsyncEngine, max_df: float | None = None) -> None:
         self.engine = engine
+        self.max_df = max_df
         self._postgres = engine.dialect.name == "postgresql"
+        self._df: OrderedDict[str, tuple[float, bool]] = OrderedDict()  # word -> (when, common?)
+        self._total: tuple[float, int] = (-DF_TTL, 0)
+
+    async def _common(self, words: list[str]) -> set[str]:
+        """The words matching more than ``max_df`` of the chunks (none unless three or more words)."""
+        if self.max_df is None or len(words) < 3:
+            return set()
+        now = time.monotonic()
+        async with self.engine.connect() as conn:
+            if now - self._total[0] > DF_TTL:
+                self._total = (now, int((await conn.execute(text("SELECT count(*) FROM rag_chunks"))).scalar_one()))
+            cap = max(DF_FLOOR, int(self._total[1] * self.max_df))
+            sql = text(_PG_DF if self._postgres else _SQLITE_DF)
+            common: set[str] = set()
+            for w in words:
+                cached = self._df.get(w)
+                if cached is None or now - cached[0] > DF_TTL:
+                    q = w if self._postgres else fts5_query([w])
+                    n = int((await conn.execute(sql, {"query": q, "cap": cap + 1})).scalar_one())
+                    cached = (now, n > cap)
+                    self._df[w] = cached
+                    if len(self._df) > DF_CACHE:
+                        self._df.popitem(last=False)
+                else:
+                    self._df.move_to_end(w)
+                if cached[1]:
+                    common.add(w)
+        return common if len(words) - len(common) >= 2 else set()
 
     async def search(
         self,
@@ -99,6 +143,8 @@ class LexicalIndex:
         words = terms(query)
         if not words or not collection_ids or limit <= 0 or (document_ids is not None and not document_ids):
             return []
+        common = await self._common(words)
+        words = [w for w in words if w not in common]
         match = websearch_query(words) if self._postgres else fts5_query(words)
         if not match:
             return []
