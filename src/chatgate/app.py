@@ -175,6 +175,7 @@ def build_services(settings: Settings, store: Store, writer: WriteBehind, tracin
         personaliser=Personaliser(template) if template else None,
         rag=Rag(settings, store.engine),  # cheap: the index and the embedder open when documents are in use
         grounding=settings.grounding,
+        tracing=tracing,
     )
 
 

@@ -48,6 +48,7 @@ from chatgate.identity.model import Resolved
 from chatgate.identity.resolve import IdentityResolver
 from chatgate.limits.admit import Admission, Admitted, completion_budget, used_tokens
 from chatgate.observe import metrics
+from chatgate.observe.tracing import Tracing, step
 from chatgate.rag.assistants import Assistant
 from chatgate.rag.ground import build_context, query_text, source_json, with_system
 from chatgate.sessions.connections import Connection, Connections
@@ -57,7 +58,7 @@ from chatgate.sessions.personalise import Personaliser
 from chatgate.settings import CacheSettings, GroundingSettings, StoreSettings
 from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.catalog import ModelCatalog
-from chatgate.upstream.client import CallTrace, UpstreamClient
+from chatgate.upstream.client import CallTrace, Opened, UpstreamClient
 from chatgate.upstream.sse import DONE_EVENT, encode_data
 from chatgate.upstream.stream import Relay, ReplyBuffer, ask_for_usage
 
@@ -87,6 +88,7 @@ class Services:
     personaliser: Personaliser | None = None
     rag: Rag | None = None  # collections, search, assistants (rag/service.py)
     grounding: GroundingSettings = field(default_factory=GroundingSettings)
+    tracing: Tracing | None = None  # None: tracing off, no spans
 
 
 @dataclass(slots=True)
@@ -123,23 +125,25 @@ class Turn:
 
 
 def identify(services: Services, turn: Turn) -> Resolved:
-    had_metadata = "metadata" in turn.payload
-    resolved = services.resolver.resolve(
-        turn.principal, turn.headers, turn.payload, turn.client_ip, turn.headers.get("x-forwarded-for")
-    )
-    if had_metadata:
-        turn.raw = None  # metadata was taken out: the upstream gets the payload re-serialised
-    turn.resolved = resolved
-    return resolved
+    with step(services.tracing, "identify"):
+        had_metadata = "metadata" in turn.payload
+        resolved = services.resolver.resolve(
+            turn.principal, turn.headers, turn.payload, turn.client_ip, turn.headers.get("x-forwarded-for")
+        )
+        if had_metadata:
+            turn.raw = None  # metadata was taken out: the upstream gets the payload re-serialised
+        turn.resolved = resolved
+        return resolved
 
 
 async def admit(services: Services, turn: Turn, model: str, count_prompt: Callable[[], int], completion: int) -> None:
     """Charge the request to its limits (429 when one refuses); the charge is settled by ``settle``."""
-    assert turn.resolved is not None
-    admission = services.admission
-    limits = admission.limits(turn.principal, turn.resolved, turn.client_ip, turn.route, model)
-    if limits:
-        turn.admitted = await admission.admit(limits, count_prompt(), completion)
+    with step(services.tracing, "admit"):
+        assert turn.resolved is not None
+        admission = services.admission
+        limits = admission.limits(turn.principal, turn.resolved, turn.client_ip, turn.route, model)
+        if limits:
+            turn.admitted = await admission.admit(limits, count_prompt(), completion)
 
 
 async def settle(services: Services, turn: Turn, completed: bool, reply: Any = None) -> None:
@@ -147,15 +151,16 @@ async def settle(services: Services, turn: Turn, completed: bool, reply: Any = N
     admitted = turn.admitted
     if admitted is None or admitted.settled:
         return
-    tokens = 0 if turn.cache_status == "HIT" else used_tokens(turn.usage)  # a hit spent no tokens
-    if tokens is None and completed:  # the upstream sent no usage: count the reply, or keep the estimate
-        prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
-        counted = _count_reply(services, reply, turn.payload.get("model"))
-        tokens = prompt + counted if counted is not None else admitted.reservation.costs.get("tokens")
-    summarised = (turn.fitted.summary_usage or {}).get("total_tokens", 0) if turn.fitted is not None else 0
-    if summarised:  # the summariser's tokens were spent for this user, whatever became of the call
-        tokens = (tokens or 0) + summarised
-    await services.admission.settle(admitted, tokens)
+    with step(services.tracing, "settle"):
+        tokens = 0 if turn.cache_status == "HIT" else used_tokens(turn.usage)  # a hit spent no tokens
+        if tokens is None and completed:  # the upstream sent no usage: count the reply, or keep the estimate
+            prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
+            counted = _count_reply(services, reply, turn.payload.get("model"))
+            tokens = prompt + counted if counted is not None else admitted.reservation.costs.get("tokens")
+        summarised = (turn.fitted.summary_usage or {}).get("total_tokens", 0) if turn.fitted is not None else 0
+        if summarised:  # the summariser's tokens were spent for this user, whatever became of the call
+            tokens = (tokens or 0) + summarised
+        await services.admission.settle(admitted, tokens)
 
 
 def _count_reply(services: Services, reply: Any, model: Any) -> int | None:
@@ -185,14 +190,15 @@ def _chat_admission(services: Services, turn: Turn, messages: list[dict[str, Any
 
 
 async def open_session(services: Services, turn: Turn, key: str | None) -> tuple[Session, Connection]:
-    assert turn.resolved is not None
-    identity = turn.resolved.identity
-    session = await services.sessions.get_or_create(identity, key, turn.source or turn.resolved.channel)
-    turn.session = session
-    conn = services.connections.enter(
-        identity.user_id, None if session.ephemeral else session.id, turn.resolved.message_id
-    )
-    return session, conn
+    with step(services.tracing, "session"):
+        assert turn.resolved is not None
+        identity = turn.resolved.identity
+        session = await services.sessions.get_or_create(identity, key, turn.source or turn.resolved.channel)
+        turn.session = session
+        conn = services.connections.enter(
+            identity.user_id, None if session.ephemeral else session.id, turn.resolved.message_id
+        )
+        return session, conn
 
 
 def personalise(services: Services, turn: Turn, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -204,21 +210,22 @@ def personalise(services: Services, turn: Turn, messages: list[dict[str, Any]]) 
 
 async def fit(services: Services, turn: Turn, messages: list[dict[str, Any]], session: Session | None) -> None:
     """The payload's messages (already personalised) fitted to the model's window."""
-    assert turn.resolved is not None
-    payload, counted = turn.payload, turn.counted
-    try:
-        fitted = await services.fitter.fit(
-            messages,
-            model=payload["model"],
-            max_tokens=requested_max_tokens(payload),
-            session=session,
-            model_info=turn.resolved.model_info,
-            tools=_tools(payload),
-            prompt_tokens=counted[1] if counted is not None and counted[0] is messages else None,
-        )
-    except ContextLengthExceeded:
-        metrics.CONTEXT_ACTIONS.inc(("rejected",))
-        raise
+    with step(services.tracing, "fit"):
+        assert turn.resolved is not None
+        payload, counted = turn.payload, turn.counted
+        try:
+            fitted = await services.fitter.fit(
+                messages,
+                model=payload["model"],
+                max_tokens=requested_max_tokens(payload),
+                session=session,
+                model_info=turn.resolved.model_info,
+                tools=_tools(payload),
+                prompt_tokens=counted[1] if counted is not None and counted[0] is messages else None,
+            )
+        except ContextLengthExceeded:
+            metrics.CONTEXT_ACTIONS.inc(("rejected",))
+            raise
     if fitted.action is not None:
         metrics.CONTEXT_ACTIONS.inc((fitted.action,))
     if fitted.summary_usage is not None:
@@ -264,11 +271,12 @@ async def ground(services: Services, turn: Turn, session: Session | None) -> Non
     query = query_text(payload["messages"], services.grounding.condense_turns)
     if not query:
         return
-    try:
-        hits = await rag.search(collections, query, found.top_k, found.mode)
-    except Exception as exc:  # the answer goes on without documents rather than failing
-        log.warning("grounding search failed", extra={"assistant": found.name, "error": str(exc)})
-        return
+    with step(services.tracing, "ground"):
+        try:
+            hits = await rag.search(collections, query, found.top_k, found.mode)
+        except Exception as exc:  # the answer goes on without documents rather than failing
+            log.warning("grounding search failed", extra={"assistant": found.name, "error": str(exc)})
+            return
     budget = services.grounding.max_context_tokens
     fitted = turn.fitted
     if fitted is not None and fitted.window is not None:
@@ -351,10 +359,11 @@ async def cached(services: Services, turn: Turn, key: str | None) -> Entry | Non
     """The cached answer for ``key`` (and the request marked HIT or MISS)."""
     if key is None or services.cache is None:
         return None
-    entry = await services.cache.get(key)
-    turn.cache_status = "MISS" if entry is None else "HIT"
-    metrics.CACHE_LOOKUPS.inc(("miss" if entry is None else "hit",))
-    return entry
+    with step(services.tracing, "cache"):
+        entry = await services.cache.get(key)
+        turn.cache_status = "MISS" if entry is None else "HIT"
+        metrics.CACHE_LOOKUPS.inc(("miss" if entry is None else "hit",))
+        return entry
 
 
 async def remember(services: Services, key: str | None, body: bytes | None) -> None:
@@ -407,7 +416,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
         if turn.stream:
             payload, include_usage = ask_for_usage(turn.payload)
             raw = turn.raw if payload is turn.payload else None
-            opened = await services.upstream.open("/chat/completions", payload, raw, turn.trace)
+            opened = await open_stream(services, turn, payload, raw)
             reply = ReplyBuffer()
             left = conn
 
@@ -435,7 +444,7 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
             )
             handed = True
             return relay
-        body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
+        body = await call(services, turn, "/chat/completions", turn.payload, turn.raw)
         answer = _parse(body)
         turn.usage = _usage(answer)
         content = _reply_content(answer)
@@ -451,25 +460,38 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
             await settle(services, turn, False)  # a no-op once settled: here it refunds a failed call
 
 
+async def call(services: Services, turn: Turn, path: str, payload: dict[str, Any], raw: bytes | None) -> bytes:
+    """The upstream's whole answer."""
+    with step(services.tracing, "call"):
+        return await services.upstream.call(path, payload, raw, turn.trace)
+
+
+async def open_stream(services: Services, turn: Turn, payload: dict[str, Any], raw: bytes | None) -> Opened:
+    """An upstream stream, once it has answered (the upstream's span lasts until the stream has ended)."""
+    with step(services.tracing, "call"):
+        return await services.upstream.open("/chat/completions", payload, raw, turn.trace)
+
+
 def account(services: Services, turn: Turn, client_messages: list[dict[str, Any]], reply: Any) -> None:
     """Counts on the session; new client messages and the reply queued for the store."""
-    session, resolved = turn.session, turn.resolved
-    assert session is not None and resolved is not None
-    _count(services, turn)
-    if session.ephemeral:
-        return
-    for position, msg in _new_messages(client_messages, first=session.is_first_message):
-        mid = resolved.message_id if position == len(client_messages) - 1 else None
-        role = str(msg.get("role"))
-        services.sessions.add_message(
-            session,
-            role,
-            _stored(services, msg.get("content")),
-            dedupe_key(position, role, msg.get("content"), mid),
-            client_message_id=mid,
-        )
-    if reply is not None:
-        _store_reply(services, turn, reply, len(client_messages))
+    with step(services.tracing, "account"):
+        session, resolved = turn.session, turn.resolved
+        assert session is not None and resolved is not None
+        _count(services, turn)
+        if session.ephemeral:
+            return
+        for position, msg in _new_messages(client_messages, first=session.is_first_message):
+            mid = resolved.message_id if position == len(client_messages) - 1 else None
+            role = str(msg.get("role"))
+            services.sessions.add_message(
+                session,
+                role,
+                _stored(services, msg.get("content")),
+                dedupe_key(position, role, msg.get("content"), mid),
+                client_message_id=mid,
+            )
+        if reply is not None:
+            _store_reply(services, turn, reply, len(client_messages))
 
 
 def _count(services: Services, turn: Turn) -> None:
@@ -544,7 +566,7 @@ async def embeddings(services: Services, turn: Turn) -> bytes:
     await services.catalog.ensure_known(model)
     await admit(services, turn, model, lambda: _count_input(services, turn.payload.get("input"), model), 0)
     try:
-        body = await services.upstream.call("/embeddings", turn.payload, turn.raw, turn.trace)
+        body = await call(services, turn, "/embeddings", turn.payload, turn.raw)
         turn.usage = _usage(_parse(body))
         await settle(services, turn, True)
         return body
@@ -614,11 +636,12 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         user_key = dedupe_key(position, "user", req.message, resolved.message_id)
 
         def finish(reply: str, sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-            _count(services, turn)
-            services.sessions.add_message(
-                session, "user", _stored(services, req.message), user_key, client_message_id=resolved.message_id
-            )
-            _store_reply(services, turn, reply, position + 1)
+            with step(services.tracing, "account"):
+                _count(services, turn)
+                services.sessions.add_message(
+                    session, "user", _stored(services, req.message), user_key, client_message_id=resolved.message_id
+                )
+                _store_reply(services, turn, reply, position + 1)
             return {
                 "response": reply,
                 "session_id": session.id,
@@ -641,7 +664,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
             return Replay([*(encode_data(orjson.dumps(e)) for e in events), DONE_EVENT])
 
         if not req.stream:
-            body = await services.upstream.call("/chat/completions", turn.payload, None, turn.trace)
+            body = await call(services, turn, "/chat/completions", turn.payload, None)
             answer = _parse(body)
             turn.usage = _usage(answer)
             content = _reply_content(answer)
@@ -649,7 +672,7 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
             await remember(services, key, with_sources(body, turn.sources))
             return finish(content if isinstance(content, str) else "")
         payload, _ = ask_for_usage(turn.payload)
-        opened = await services.upstream.open("/chat/completions", payload, None, turn.trace)
+        opened = await open_stream(services, turn, payload, None)
         reply = ReplyBuffer()
         left = conn
 
