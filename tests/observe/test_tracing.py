@@ -342,7 +342,8 @@ def test_log_records_inside_a_span_carry_its_ids(collector: Collector) -> None:
         assert not handler.filters  # and lost it at close
     finally:
         root.removeHandler(handler)
-    inside, outside = [json.loads(line) for line in stream.getvalue().splitlines()]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    inside, outside = [line for line in lines if line["logger"] == "chatgate.test.tracing"]
     context = span.get_span_context()
     assert inside["msg"] == "inside" and inside["trace_id"] == format_trace_id(context.trace_id)
     assert inside["span_id"] == format_span_id(context.span_id)
