@@ -4,8 +4,8 @@ One trace per request (or the caller's, when it sends a W3C ``traceparent``):
 
 - the server span, ``POST /v1/chat/completions`` (``api/tracing.TraceRequests``, outermost
   middleware): method, route, status, request id, user, model, upstream, cache result;
-- a child span per pipeline step (``pipeline.py``): ``identify``, ``admit``, ``session``, ``fit``,
-  ``cache``, ``call``, ``account`` and ``settle`` (the reservation reconciled);
+- a child span per pipeline step that ran (``pipeline.py``): ``identify``, ``admit``, ``session``,
+  ``fit``, ``ground``, ``cache``, ``call``, ``account`` and ``settle`` (the reservation reconciled);
 - under ``call``, the upstream call, ``upstream /chat/completions`` (``upstream/client.py``):
   upstream, model, attempts, status, each failed attempt as an event, and for a stream its time to
   first token; the upstream gets a ``traceparent`` naming this span.
