@@ -50,13 +50,14 @@ from chatgate.limits.admit import Admission, Admitted, completion_budget, used_t
 from chatgate.observe import metrics
 from chatgate.observe.tracing import Tracing, step
 from chatgate.rag.assistants import Assistant
-from chatgate.rag.ground import build_context, query_text, source_json, with_system
+from chatgate.rag.ground import build_context, query_text, source_json, sources_event, with_sources, with_system
 from chatgate.sessions.connections import Connection, Connections
 from chatgate.sessions.manager import Session, SessionManager
-from chatgate.sessions.messages import compact, dedupe_key, request_kind
+from chatgate.sessions.messages import compact, dedupe_key, new_messages, request_kind
 from chatgate.sessions.personalise import Personaliser
 from chatgate.settings import CacheSettings, GroundingSettings, StoreSettings
 from chatgate.tokens.counter import TokenCounter
+from chatgate.upstream.answer import parse_answer, reply_content, usage_of
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, Opened, UpstreamClient
 from chatgate.upstream.sse import DONE_EVENT, encode_data
@@ -155,22 +156,12 @@ async def settle(services: Services, turn: Turn, completed: bool, reply: Any = N
         tokens = 0 if turn.cache_status == "HIT" else used_tokens(turn.usage)  # a hit spent no tokens
         if tokens is None and completed:  # the upstream sent no usage: count the reply, or keep the estimate
             prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
-            counted = _count_reply(services, reply, turn.payload.get("model"))
+            counted = services.counter.count_reply(reply, turn.payload.get("model"))
             tokens = prompt + counted if counted is not None else admitted.reservation.costs.get("tokens")
         summarised = (turn.fitted.summary_usage or {}).get("total_tokens", 0) if turn.fitted is not None else 0
         if summarised:  # the summariser's tokens were spent for this user, whatever became of the call
             tokens = (tokens or 0) + summarised
         await services.admission.settle(admitted, tokens)
-
-
-def _count_reply(services: Services, reply: Any, model: Any) -> int | None:
-    """Tokens of a reply (text, or content parts with tool calls); None when it was not kept."""
-    name = model if isinstance(model, str) else None
-    if isinstance(reply, str):
-        return services.counter.count(reply, name)
-    if isinstance(reply, list):
-        return services.counter.count(orjson.dumps(reply).decode(), name)
-    return None
 
 
 def _tools(payload: Mapping[str, Any]) -> Any:
@@ -302,29 +293,6 @@ def kind_of(services: Services, turn: Turn) -> str:
     return request_kind(turn.payload, features, services.research_models)
 
 
-def with_sources(body: bytes | None, sources: list[dict[str, Any]] | None) -> bytes | None:
-    """A ``chat.completion`` body with a top-level ``sources`` field (OpenAI clients ignore it)."""
-    if body is None or not sources:
-        return body
-    data = _parse(body)
-    if not data:
-        return body
-    return orjson.dumps({**data, "sources": sources})
-
-
-def sources_event(head: Mapping[str, Any], sources: list[dict[str, Any]]) -> bytes:
-    """The last chunk of a grounded stream, before ``[DONE]``: no choices, the sources."""
-    chunk = {
-        "id": head.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": head.get("created", 0),
-        "model": head.get("model", ""),
-        "choices": [],
-        "sources": sources,
-    }
-    return encode_data(orjson.dumps(chunk))
-
-
 class Replay:
     """A cached answer replayed as SSE events (``send_stream`` reads it like a ``Relay``)."""
 
@@ -398,8 +366,8 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
         key = cache_key_for(services, turn)
         entry = await cached(services, turn, key)
         if entry is not None:
-            data = _parse(entry.body)
-            account(services, turn, client_messages, _reply_content(data))
+            data = parse_answer(entry.body)
+            account(services, turn, client_messages, reply_content(data))
             await settle(services, turn, True)
             if not turn.stream:
                 return entry.body  # a grounded answer was stored with its sources
@@ -445,9 +413,9 @@ async def chat(services: Services, turn: Turn) -> bytes | Relay | Replay:
             handed = True
             return relay
         body = await call(services, turn, "/chat/completions", turn.payload, turn.raw)
-        answer = _parse(body)
-        turn.usage = _usage(answer)
-        content = _reply_content(answer)
+        answer = parse_answer(body)
+        turn.usage = usage_of(answer)
+        content = reply_content(answer)
         account(services, turn, client_messages, content)
         await settle(services, turn, True, content)
         body = with_sources(body, turn.sources) or body
@@ -480,7 +448,7 @@ def account(services: Services, turn: Turn, client_messages: list[dict[str, Any]
         _count(services, turn)
         if session.ephemeral:
             return
-        for position, msg in _new_messages(client_messages, first=session.is_first_message):
+        for position, msg in new_messages(client_messages, first=session.is_first_message):
             mid = resolved.message_id if position == len(client_messages) - 1 else None
             role = str(msg.get("role"))
             services.sessions.add_message(
@@ -523,67 +491,18 @@ def _store_reply(services: Services, turn: Turn, reply: Any, position: int) -> N
     )
 
 
-def _new_messages(messages: list[dict[str, Any]], *, first: bool) -> list[tuple[int, dict[str, Any]]]:
-    """The whole history on a conversation's first sight; afterwards what follows the last reply."""
-    start = 0
-    if not first:
-        for i in range(len(messages) - 1, -1, -1):
-            if messages[i].get("role") == "assistant":
-                start = i + 1
-                break
-    return [(i, m) for i, m in enumerate(messages) if i >= start and isinstance(m, dict)]
-
-
-def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _usage(data: dict[str, Any]) -> dict[str, Any] | None:
-    usage = data.get("usage")
-    return usage if isinstance(usage, dict) else None
-
-
-def _reply_content(data: dict[str, Any]) -> Any:
-    choices = data.get("choices")
-    if not choices or not isinstance(choices[0], dict):
-        return None
-    message = choices[0].get("message") or {}
-    if message.get("tool_calls"):
-        return [
-            {"type": "tool_calls", "tool_calls": message["tool_calls"]},
-            *([{"type": "text", "text": message["content"]}] if message.get("content") else []),
-        ]
-    return message.get("content")
-
-
 async def embeddings(services: Services, turn: Turn) -> bytes:
     identify(services, turn)
     model: str = turn.payload["model"]
     await services.catalog.ensure_known(model)
-    await admit(services, turn, model, lambda: _count_input(services, turn.payload.get("input"), model), 0)
+    await admit(services, turn, model, lambda: services.counter.count_input(turn.payload.get("input"), model), 0)
     try:
         body = await call(services, turn, "/embeddings", turn.payload, turn.raw)
-        turn.usage = _usage(_parse(body))
+        turn.usage = usage_of(parse_answer(body))
         await settle(services, turn, True)
         return body
     finally:
         await settle(services, turn, False)
-
-
-def _count_input(services: Services, given: Any, model: str) -> int:
-    """Tokens of an embeddings ``input``: a string, strings, or token ids (one list or several)."""
-    if isinstance(given, str):
-        return services.counter.count(given, model)
-    if not isinstance(given, list):
-        return 0
-    if all(isinstance(x, int) for x in given):
-        return len(given)
-    texts = [x for x in given if isinstance(x, str)]
-    return sum(services.counter.count_batch(texts, model)) + sum(len(x) for x in given if isinstance(x, list))
 
 
 # ---- the chat API: server-side history ------------------------------------------------------------
@@ -654,8 +573,8 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
         entry = await cached(services, turn, key)
         if entry is not None:
             await settle(services, turn, True)
-            data = _parse(entry.body)
-            content = _reply_content(data)
+            data = parse_answer(entry.body)
+            content = reply_content(data)
             stored = data.get("sources")  # a grounded answer was stored with its sources
             answer = finish(content if isinstance(content, str) else "", stored if isinstance(stored, list) else None)
             if not req.stream:
@@ -665,9 +584,9 @@ async def chat_api(services: Services, turn: Turn, req: ChatAPIRequest) -> dict[
 
         if not req.stream:
             body = await call(services, turn, "/chat/completions", turn.payload, None)
-            answer = _parse(body)
-            turn.usage = _usage(answer)
-            content = _reply_content(answer)
+            answer = parse_answer(body)
+            turn.usage = usage_of(answer)
+            content = reply_content(answer)
             await settle(services, turn, True, content)
             await remember(services, key, with_sources(body, turn.sources))
             return finish(content if isinstance(content, str) else "")

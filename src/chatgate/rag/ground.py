@@ -1,5 +1,6 @@
 """Grounding a chat request: the assistant's system prompt, the search query, and the sources injected
-within the token budget. Plain values in and out; the pipeline's ``ground`` step calls these.
+within the token budget, and the sources on the answer (a JSON field, a stream's last chunk). Plain values
+in and out; the pipeline's ``ground`` step and its doors call these.
 
 Everything the model is told goes into one system message at the head of the conversation (many chat
 templates accept a system message only there): the assistant's prompt, then the client's own system
@@ -9,11 +10,15 @@ when they do not all fit the budget, the lowest-ranked are dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from chatgate.rag.retrieve import Hit
 from chatgate.sessions.messages import text_of
+from chatgate.upstream.answer import parse_answer
+from chatgate.upstream.sse import encode_data
 
 SLACK = 8  # tokens a text may gain where it is joined to the system message
 
@@ -84,3 +89,26 @@ def source_json(number: int, hit: Hit) -> dict[str, Any]:
         "headings": list(hit.headings),
         "score": round(hit.score, 6),
     }
+
+
+def with_sources(body: bytes | None, sources: list[dict[str, Any]] | None) -> bytes | None:
+    """A ``chat.completion`` body with a top-level ``sources`` field (OpenAI clients ignore it)."""
+    if body is None or not sources:
+        return body
+    data = parse_answer(body)
+    if not data:
+        return body
+    return orjson.dumps({**data, "sources": sources})
+
+
+def sources_event(head: Mapping[str, Any], sources: list[dict[str, Any]]) -> bytes:
+    """The last chunk of a grounded stream, before ``[DONE]``: no choices, the sources."""
+    chunk = {
+        "id": head.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": head.get("created", 0),
+        "model": head.get("model", ""),
+        "choices": [],
+        "sources": sources,
+    }
+    return encode_data(orjson.dumps(chunk))

@@ -75,3 +75,15 @@ def text_of(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+def new_messages(messages: list[dict[str, Any]], *, first: bool) -> list[tuple[int, dict[str, Any]]]:
+    """(position, message) of what a client's history adds: all of it on a conversation's first sight;
+    afterwards what follows the last reply."""
+    start = 0
+    if not first:
+        for i in range(len(messages) - 1, -1, -1):
+            if messages[i].get("role") == "assistant":
+                start = i + 1
+                break
+    return [(i, m) for i, m in enumerate(messages) if i >= start and isinstance(m, dict)]

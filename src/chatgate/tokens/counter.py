@@ -270,6 +270,26 @@ class TokenCounter:
                     out[i] = n
         return out
 
+    def count_reply(self, reply: Any, model: Any) -> int | None:
+        """Tokens of a reply as stored (text, or content parts with tool calls); None when there is none."""
+        name = model if isinstance(model, str) else None
+        if isinstance(reply, str):
+            return self.count(reply, name)
+        if isinstance(reply, list):
+            return self.count(orjson.dumps(reply).decode(), name)
+        return None
+
+    def count_input(self, given: Any, model: str) -> int:
+        """Tokens of an embeddings ``input``: a string, strings, or token ids (one list or several)."""
+        if isinstance(given, str):
+            return self.count(given, model)
+        if not isinstance(given, list):
+            return 0
+        if all(isinstance(x, int) for x in given):
+            return len(given)
+        texts = [x for x in given if isinstance(x, str)]
+        return sum(self.count_batch(texts, model)) + sum(len(x) for x in given if isinstance(x, list))
+
     def count_messages(self, messages: Sequence[Mapping[str, Any]], model: str | None = None) -> int:
         """Prompt tokens of chat ``messages`` for ``model``, by the rules in the module docstring."""
         texts: list[str] = []
