@@ -439,7 +439,8 @@ class ChunkingSettings(_Section):
         200,
         ge=16,
         description="Most tokens in a chunk (the project tokenizer, cl100k by default). 200 cl100k tokens are about "
-        "240 word pieces: within the 256 that all-MiniLM-L6-v2 reads, so no chunk is cut short for the dense index.",
+        "210 word pieces: with the title in front, within the 256 that all-MiniLM-L6-v2 reads (on SciFact train "
+        "queries 200 beat 256: hybrid nDCG@10 0.699 vs 0.693, dense 0.683 vs 0.668).",
     )
     overlap: int = Field(
         40,
