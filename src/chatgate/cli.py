@@ -83,6 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             server_header=False,
+            # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
+            proxy_headers=False,
             timeout_graceful_shutdown=30,
         )
     finally:
