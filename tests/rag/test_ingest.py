@@ -265,3 +265,34 @@ async def test_ingest_and_replace_against_a_chroma_server(
     finally:
         rag.dense.close()
         await rag.store.close()
+
+
+async def test_an_openai_embedder_learns_its_dimension_before_the_first_ingestion(
+    rag_sqlite: Rag, tmp_path: Path
+) -> None:
+    """An OpenAI-compatible embedder without a configured dimension knows it only after a first call: the
+    ingestion (here a fresh CLI-like Ingestor) asks for it instead of failing on the collection check."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from chatgate.rag.embedders import OpenAIEmbedder
+
+    async def embeddings(request: web.Request) -> web.Response:
+        texts = (await request.json())["input"]
+        data = [{"index": i, "embedding": HashEmbedder().vector(t)} for i, t in enumerate(texts)]
+        return web.json_response({"data": data})
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embeddings)
+    async with TestServer(app) as srv:
+        embedder = OpenAIEmbedder(str(srv.make_url("/v1")), "hash-embedder")
+        assert not embedder.ready
+        ingestor = Ingestor(rag_sqlite.repo, rag_sqlite.dense, embedder, test_parser(), rag_sqlite.settings)
+        collection = await rag_sqlite.repo.create_collection(
+            "api", "admin", "admin", "hash-embedder", HashEmbedder().dimension
+        )
+        folder = tmp_path / "docs"
+        write(folder, TEXTS)
+        summary = await ingestor.ingest(collection, rag_sqlite.files(folder))
+        assert summary.counts()["added"] == len(TEXTS) and embedder.dimension == HashEmbedder().dimension
+        await embedder.close()

@@ -154,6 +154,7 @@ class Ingestor:
     ) -> IngestSummary:
         """Index ``files`` into ``collection``; every file gets one result (``progress`` hears each as it
         comes). Raises ``EmbeddingMismatch`` (the collection needs a reindex) or ``ReadOnlyIndex``."""
+        await _embedder_ready(self.embedder)  # an OpenAI-compatible embedder learns its dimension from a first call
         collection.check_embedder(self.embedder.name, self.embedder.dimension)
         if not self.dense.writable:
             raise ReadOnlyIndex(f"the dense index at {self.dense.where} is open read-only (another process writes it)")
@@ -374,6 +375,7 @@ class Ingestor:
         the collection to it in one update (searches use the old one until then) and drop the old one.
         A no-op (unless ``force``) when the recorded model and dimension already match. ``progress`` hears
         the number of chunks done after each batch."""
+        await _embedder_ready(self.embedder)
         name, dim = self.embedder.name, self.embedder.dimension
         if not force and (collection.embedding_model, collection.embedding_dim) == (name, dim):
             return collection
@@ -399,6 +401,12 @@ class Ingestor:
         updated = await self.repo.get_collection(collection.id)
         assert updated is not None
         return updated
+
+
+async def _embedder_ready(embedder: Embedder) -> None:
+    wait = getattr(embedder, "wait_ready", None)  # the project's embedders have it; a bare Embedder may not
+    if wait is not None:
+        await wait()
 
 
 def _as_chunk(text: str, headings: tuple[str, ...]) -> Chunk:
