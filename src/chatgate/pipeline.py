@@ -287,10 +287,10 @@ async def ground(services: Services, turn: Turn, session: Session | None) -> Non
 
 def kind_of(services: Services, turn: Turn) -> str:
     """The request's kind for analytics: as the pipeline decided it (rag, research), else by its payload."""
-    if turn.kind is not None:
-        return turn.kind
-    features = turn.resolved.features if turn.resolved is not None else {}
-    return request_kind(turn.payload, features, services.research_models)
+    if turn.kind is None:  # decided once the request is final (the session's count and analytics both ask)
+        features = turn.resolved.features if turn.resolved is not None else {}
+        turn.kind = request_kind(turn.payload, features, services.research_models)
+    return turn.kind
 
 
 class Replay:

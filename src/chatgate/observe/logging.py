@@ -100,6 +100,7 @@ class AccessLog:
         self._raw = raw if raw is not None else (stream.buffer if resolved_format(settings, stream) == "json" else None)
         self._buf = bytearray()
         self._timer: asyncio.TimerHandle | None = None
+        self._second, self._stamp = -1, ""
 
     def write(self, fields: dict[str, Any]) -> None:
         if not self.enabled:
@@ -108,8 +109,11 @@ class AccessLog:
             self._logger.info("request", extra=fields)
             return
         now = time.time()
+        second = int(now)
+        if second != self._second:  # the timestamp's seconds part, formatted once a second
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "ts": f"{self._stamp}.{int(now % 1 * 1000):03d}Z",
             "level": "info",
             "logger": ACCESS_LOGGER,
             "msg": "request",
