@@ -61,7 +61,7 @@ def test_a_users_page(gw: Gateway, erin: dict[str, str]) -> None:
     body = page.json()
     assert body["user_id"] == "erin" and body["user"]["name"] == "erin" and body["user"]["disabled"] is False
     assert body["sessions"]["conversations"] == 2 and body["sessions"]["messages"] == 6
-    assert {s["id"] for s in body["sessions"]["recent"]} >= {first["session_id"]}
+    assert {s["session_id"] for s in body["sessions"]["recent"]} >= {first["session_id"]}
     assert body["in_flight"] == 0
     limits = {line["scope"]: line for line in body["limits"]}
     assert limits["user:requests_per_minute"]["used"] == 3

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from chatgate.api import state
+from chatgate.api.chat_api import session_json
 from chatgate.api.middleware import info
 from chatgate.api.query import int_param
 from chatgate.errors import BadRequest, NotFound
@@ -153,27 +154,13 @@ async def get_user(request: Request) -> Response:
             },
             "sessions": {
                 **await store.conversations.stats(user_id),
-                "recent": [_session(row) for row in conversations],
+                "recent": [session_json(row) for row in conversations],
             },
             "in_flight": services.connections.in_flight(user_id),
             "limits": await _limit_status(services, user_id),
             "analytics": await store.analytics.summary(from_, to, user_id=user_id),
         }
     )
-
-
-def _session(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "source": row.source,
-        "title": row.title,
-        "created_at": row.created_at.isoformat(),
-        "last_activity_at": row.last_activity_at.isoformat(),
-        "message_count": row.message_count,
-        "tokens_in": row.tokens_in,
-        "tokens_out": row.tokens_out,
-        "request_counts": row.request_counts,
-    }
 
 
 async def connections(request: Request) -> Response:

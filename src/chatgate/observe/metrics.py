@@ -30,6 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from chatgate.processes import alive
+
 DIR_ENV = "CHATGATE_METRICS_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 FLUSH_INTERVAL = 1.0
@@ -246,14 +248,6 @@ async def run_flusher(directory: Path, interval: float = FLUSH_INTERVAL) -> None
     finally:
         flush(directory)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -278,11 +272,11 @@ class _Merged(Collector):
 
     def collect(self) -> Iterator[Metric]:
         others = _others(self.directory)
-        alive = {pid: _alive(pid) for pid, _ in others}
+        running = {pid: alive(pid) for pid, _ in others}
         for name, family in FAMILIES.items():
             rows: list[tuple[Labels, Any, bool]] = [(k, v, True) for k, v in family.values.items()]
             for pid, data in others:
-                rows += [(tuple(k), v, alive[pid]) for k, v in data.get(name, ())]
+                rows += [(tuple(k), v, running[pid]) for k, v in data.get(name, ())]
             yield _render(family, rows)
 
 

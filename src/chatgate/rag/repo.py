@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatgate.processes import alive
 from chatgate.rag.types import Chunk
 from chatgate.store.models import RAG_CHUNKS, RAG_COLLECTIONS, RAG_DOCUMENTS, RAG_VISIBILITIES, utcnow
 from chatgate.store.repos import AlreadyExists
@@ -49,14 +50,6 @@ def new_claim() -> str:
     """A claim naming this process: ``host:pid:token``."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -66,7 +59,7 @@ def is_abandoned(claim: str | None, updated_at: datetime, now: datetime, stale_a
     host, _, rest = (claim or "").partition(":")
     pid = rest.partition(":")[0]
     if host == socket.gethostname() and pid.isdigit():
-        return not _alive(int(pid))
+        return not alive(int(pid))
     return now - updated_at > timedelta(seconds=stale_after)
 
 
