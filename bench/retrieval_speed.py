@@ -19,7 +19,7 @@ written by the real code), whose embedder is a lookup table of precomputed vecto
 - *10k*: SciFact documents in file order until 10,000 chunks; vectors: all-MiniLM-L6-v2, for real.
 - *100k*: the same, plus synthetic documents until 100,000 chunks. Their text is real SciFact sentences
   drawn at random (fixed seed) into abstract-sized paragraphs, 4 to a document, under a real title;
-  embedding 90,000 more chunks on this 2-core machine would take over half an hour, so each synthetic
+  embedding ~90,000 more chunks on this 2-core machine would take over an hour, so each synthetic
   chunk's vector is the normalised sum of two real chunk vectors (picked by a hash of its text) plus
   Gaussian noise: vectors spread over the same region of the space as real ones.
 
