@@ -50,6 +50,7 @@ def _read_only(name: str) -> Conflict:
 async def list_assistants(request: Request) -> Response:
     """``GET /admin/assistants``."""
     registry = _registry(request)
+    await registry.refresh()  # an admin sees other instances' changes at once
     return _json({"object": "list", "data": [a.as_json() for a in await registry.listing()]})
 
 
@@ -59,7 +60,7 @@ async def create_assistant(request: Request) -> Response:
     assistant = _parse(parse_object(await request.body()))
     if assistant.name in registry.configured or not await registry.repo.create(assistant):
         raise Conflict(f"An assistant named {assistant.name!r} exists.", details={"field": "name"})
-    registry.invalidate()
+    await registry.refresh()
     return _json(assistant.as_json(), 201)
 
 
@@ -67,7 +68,7 @@ async def get_assistant(request: Request) -> Response:
     """``GET /admin/assistants/{name}``."""
     registry = _registry(request)
     name = request.path_params["name"]
-    registry.invalidate()
+    await registry.refresh()
     found = await registry.get(name)
     if found is None:
         raise _no_assistant(name)
@@ -86,7 +87,7 @@ async def replace_assistant(request: Request) -> Response:
     assistant = _parse(data)
     if not await registry.repo.replace(assistant):
         raise _no_assistant(name)
-    registry.invalidate()
+    await registry.refresh()
     return _json(assistant.as_json())
 
 
@@ -98,5 +99,5 @@ async def delete_assistant(request: Request) -> Response:
         raise _read_only(name)
     if not await registry.repo.delete(name):
         raise _no_assistant(name)
-    registry.invalidate()
+    await registry.refresh()
     return _json({"name": name, "deleted": True})

@@ -10,6 +10,8 @@ by another worker within ``ttl``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chatgate.rag.retrieve import MODES, Mode
 from chatgate.settings import AssistantSettings
 from chatgate.store.models import ASSISTANTS, utcnow
+
+log = logging.getLogger("chatgate.rag")
 
 Policy = Literal["every_turn", "once_per_conversation", "off"]
 POLICIES: tuple[Policy, ...] = ("every_turn", "once_per_conversation", "off")
@@ -160,28 +164,41 @@ class Assistants:
         self.ttl = ttl
         self._stored: dict[str, Assistant] = {}
         self._read_at = -1e18
-        self._lock = asyncio.Lock()
+        self._reading: asyncio.Task[None] | None = None
 
-    async def _fresh(self) -> dict[str, Assistant]:
-        if time.monotonic() - self._read_at < self.ttl:
-            return self._stored
-        async with self._lock:
-            if time.monotonic() - self._read_at >= self.ttl:
-                self._stored = {a.name: a for a in await self.repo.all()}
-                self._read_at = time.monotonic()
+    async def refresh(self) -> None:
+        """Read the stored assistants now: at start, and where a change is made or must be seen at once (admin)."""
+        self._stored = {a.name: a for a in await self.repo.all()}
+        self._read_at = time.monotonic()
+
+    def _current(self) -> dict[str, Assistant]:
+        """The stored assistants as last read. Past ``ttl`` they are read again in the background: a request
+        never waits on the database for them (another instance's change shows here within about ``ttl``)."""
+        if time.monotonic() - self._read_at >= self.ttl and (self._reading is None or self._reading.done()):
+            self._reading = asyncio.get_running_loop().create_task(self._reread())
         return self._stored
 
-    def invalidate(self) -> None:
-        self._read_at = -1e18
+    async def _reread(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # the last read stays in use; tried again after ``ttl``
+            self._read_at = time.monotonic()
+            log.warning("reading the stored assistants failed", extra={"error": type(exc).__name__})
+
+    async def close(self) -> None:
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
 
     async def get(self, name: str) -> Assistant | None:
         found = self.configured.get(name)
         if found is not None:
             return found
-        return (await self._fresh()).get(name)
+        return self._current().get(name)
 
     async def listing(self) -> list[Assistant]:
-        stored = await self._fresh()
+        stored = self._current()
         return [*self.configured.values(), *(a for n, a in sorted(stored.items()) if n not in self.configured)]
 
     @property

@@ -91,7 +91,9 @@ class Rag:
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """At start: open the index in the background when documents or grounded assistants exist."""
+        """At start: the stored assistants read; the index opened in the background when documents or grounded
+        assistants exist."""
+        await self.assistants.refresh()
         if await self.in_use():
             self._open_soon()
 
@@ -131,6 +133,7 @@ class Rag:
         log.info("document index open", extra={"where": dense.where, "writer": dense.writable})
 
     async def close(self) -> None:
+        await self.assistants.close()
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
             with contextlib.suppress(BaseException):
