@@ -23,20 +23,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import secrets
 import shlex
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-import asyncpg
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 
 from chatgate.store import RecordRequest, Store, WriteBehind
 from chatgate.store.models import REQUEST_KINDS
 
-DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: bench/ is a package here
+from bench.store_writes import DEFAULT_PG, scratch_database
+
 TARGET = 5_000
 MODELS = ("llama-3.1-8b", "qwen-2.5-72b", "gpt-4o-mini", "mistral-small")
 
@@ -107,14 +108,6 @@ async def run(url: str, records: list[RecordRequest], batch_size: int) -> dict[s
     }
 
 
-async def _admin(pg_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(make_url(pg_url).set(drivername="postgresql").render_as_string(False), timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def report(name: str, r: dict[str, float]) -> None:
     print(
         f"{name:<11} {int(r['rows']):>8} rows in {r['seconds']:6.2f} s = {r['rows_per_s']:>9,.0f} records/s"
@@ -138,13 +131,8 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report("sqlite", await run(f"sqlite+aiosqlite:///{tmp}/bench.db", records, args.batch_size))
     if args.pg_url:
-        name = f"chatgate_bench_{secrets.token_hex(4)}"
-        await _admin(args.pg_url, f'CREATE DATABASE "{name}"')
-        try:
-            url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
+        async with scratch_database(args.pg_url) as url:
             report("postgresql", await run(url, records, args.batch_size))
-        finally:
-            await _admin(args.pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import secrets
 import shlex
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -80,6 +82,17 @@ async def _admin(pg_url: str, sql: str) -> None:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def scratch_database(pg_url: str) -> AsyncIterator[str]:
+    """The URL of a new database ``chatgate_bench_<hex>`` on ``pg_url``'s server, dropped afterwards."""
+    name = f"chatgate_bench_{secrets.token_hex(4)}"
+    await _admin(pg_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def report(name: str, r: dict[str, float]) -> None:
     print(
         f"{name:<11} {int(r['rows']):>8} rows in {r['seconds']:6.2f} s = {r['rows_per_s']:>9,.0f} rows/s"
@@ -102,13 +115,8 @@ async def main() -> None:
             "sqlite", await run(f"sqlite+aiosqlite:///{tmp}/bench.db", args.rows, args.conversations, args.batch_size)
         )
     if args.pg_url:
-        name = f"chatgate_bench_{secrets.token_hex(4)}"
-        await _admin(args.pg_url, f'CREATE DATABASE "{name}"')
-        try:
-            url = make_url(args.pg_url).set(database=name).render_as_string(hide_password=False)
+        async with scratch_database(args.pg_url) as url:
             report("postgresql", await run(url, args.rows, args.conversations, args.batch_size))
-        finally:
-            await _admin(args.pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
