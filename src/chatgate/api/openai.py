@@ -138,26 +138,11 @@ def record(req: RequestInfo, turn: pipeline.Turn, services: pipeline.Services) -
 
 def record_refused(req: RequestInfo, services: pipeline.Services) -> None:
     """The analytics row of a request refused before it became a turn (its body could not be used)."""
-    principal = req.principal
-    assert principal is not None
-    services.sessions.writer.put(
-        RecordRequest(
-            at=datetime.now(UTC),
-            user_id=principal.user_id or f"key:{principal.key_id}",
-            conversation_id=None,
-            message_id=None,
-            model=req.model or "",
-            upstream=None,
-            kind="standard",
-            status=req.status,
-            error_code=req.error_code,
-            tokens_in=0,
-            tokens_out=0,
-            cached=False,
-            stream=False,
-            latency_ms=round((time.perf_counter() - req.started) * 1000),
-            ttft_ms=None,
-        )
+    assert req.principal is not None
+    record(
+        req,
+        pipeline.Turn(payload={"model": req.model} if req.model else {}, raw=None, principal=req.principal),
+        services,
     )
 
 
