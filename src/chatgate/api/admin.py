@@ -131,13 +131,12 @@ async def get_user(request: Request) -> Response:
     store = services.sessions.store
     limit = int_param(request, "limit", 20, 1, 500)
     from_, to = _window(request)
+    await services.sessions.writer.flush()  # the user, sessions and requests recorded so far are in
     user = await store.users.get(user_id)
-    await services.sessions.writer.flush()  # sessions and requests recorded so far are in
     conversations = await store.conversations.list_for_user(user_id, limit=limit)
-    if user is None and not conversations and user_id not in services.connections.listing()["by_user"]:
-        known = (await store.analytics.summary(from_, to, user_id=user_id))["requests"]
-        if not known:
-            raise NotFound("No such user.", details={"user_id": user_id})
+    analytics = await store.analytics.summary(from_, to, user_id=user_id)
+    if user is None and not conversations and not analytics["requests"] and not services.connections.in_flight(user_id):
+        raise NotFound("No such user.", details={"user_id": user_id})
     return _json(
         {
             "user_id": user_id,
@@ -158,7 +157,7 @@ async def get_user(request: Request) -> Response:
             },
             "in_flight": services.connections.in_flight(user_id),
             "limits": await _limit_status(services, user_id),
-            "analytics": await store.analytics.summary(from_, to, user_id=user_id),
+            "analytics": analytics,
         }
     )
 
