@@ -182,7 +182,8 @@ async def evaluate(args: argparse.Namespace) -> None:
     try:
         print(f"corpus: {len(corpus):,} documents; {note}")
         print(f"split {args.split}: {len(queries)} queries, {sum(len(v) for v in qrels.values())} relevant pairs")
-        lexical = LexicalIndex(store.engine, r.retrieval.lexical_max_df)
+        lexical = LexicalIndex.from_settings(store.engine, r.retrieval, settings.data_dir)
+        await lexical.ready()
         retriever = Retriever(RagRepo(store.engine), lexical, dense, embedder, r.retrieval)
         # The deep search for recall@100 without de-duplication: over 400 hits its pairwise word-set
         # comparison costs seconds per query, and it only drops near-identical chunks.
@@ -208,6 +209,7 @@ async def evaluate(args: argparse.Namespace) -> None:
         print(f"(issue 6 targets on the test split: {targets}; ms/query includes embedding the query)")
         if args.sweep:
             await sweep(retriever, collection, queries, qrels)
+        lexical.close()
     finally:
         await embedder.close()
         dense.close()

@@ -30,9 +30,10 @@ fusion and de-duplication; only the query's embedding is left out.
 
 **Server start** (``serve``): ``chatgate serve`` (1 worker) on the 100k data directory; time from the
 process start until ``/health`` answers 200, and until ``POST /api/v1/collections/{id}/search`` answers
-200, first in lexical mode (no model needed), then in hybrid mode (which waits for the embedder to
-load). Nothing may be re-embedded: the Chroma writer stamp and the documents table are compared before
-and after.
+200, first in lexical mode (no model needed), then in hybrid mode: answered at once by the lexical
+index alone while the embedding model loads (``rag.retrieval.lexical_while_loading``; the answer says
+``"mode": "lexical"``), and the time until one is served as hybrid. Nothing may be re-embedded: the
+Chroma writer stamp and the documents table are compared before and after.
 
 ``--keep DIR`` keeps the built directories and the embedded vectors between runs; ``--vectors-from``
 takes the SciFact chunk vectors from an index ``bench/retrieval_eval.py --keep EVAL_DIR`` built (same
@@ -325,7 +326,11 @@ async def time_search(settings: Any, queries: list[tuple[str, list[float]]], war
     repo = RagRepo(store.engine)
     collection = await repo.find_collection("admin", COLLECTION)
     assert collection is not None
-    lexical = LexicalIndex(store.engine, settings.rag.retrieval.lexical_max_df)
+    lexical = LexicalIndex.from_settings(store.engine, settings.rag.retrieval, settings.data_dir)
+    started = time.perf_counter()
+    await lexical.ready()
+    if lexical.postings is not None:
+        print(f"  lexical postings ready in {time.perf_counter() - started:.2f} s: {lexical.postings.stats()}")
     retriever = Retriever(repo, lexical, dense, None, settings.rag.retrieval)
     out: dict[str, list[float]] = {}
     try:
@@ -340,6 +345,7 @@ async def time_search(settings: Any, queries: list[tuple[str, list[float]]], war
                 assert hits or mode == "lexical"
             out[mode] = times
     finally:
+        lexical.close()
         dense.close()
         await store.close()
     return out
@@ -457,7 +463,9 @@ def bench_serve(data_dir: Path, query: str) -> dict[str, Any]:
                     time.sleep(0.02)
             url = f"{base}/api/v1/collections/{collection_id}/search"
             headers = {"Authorization": f"Bearer {KEY}"}
-            for mode in ("lexical", "hybrid"):  # lexical needs no model; hybrid waits for it to load
+            # lexical needs no model; a hybrid search is answered by the lexical index alone ("mode":
+            # "lexical") until the embedding model has loaded, then by both.
+            for mode in ("lexical", "hybrid"):
                 body = {"query": query, "top_k": 5, "mode": mode}
                 while mode not in out and time.perf_counter() - started < 180:
                     try:
@@ -466,7 +474,11 @@ def bench_serve(data_dir: Path, query: str) -> dict[str, Any]:
                         time.sleep(0.02)
                         continue
                     if r.status_code == 200 and r.json().get("data"):
-                        out[mode] = time.perf_counter() - started
+                        out.setdefault(f"{mode}_first", (time.perf_counter() - started, r.json()["mode"]))
+                        if r.json()["mode"] == mode:
+                            out[mode] = time.perf_counter() - started
+                        else:
+                            time.sleep(0.05)
                     else:
                         out[f"{mode}_status"] = f"{r.status_code}: {r.text[:200]}"
                         time.sleep(0.05)
@@ -540,8 +552,11 @@ async def run(args: argparse.Namespace) -> None:
             print(f"\nserver start, {s['chunks']:,} persisted chunks (chatgate serve, 1 worker):")
             print(f"  /health 200 after {s['health']:.2f} s")
             for mode in ("lexical", "hybrid"):
+                if f"{mode}_first" in s:
+                    at, served = s[f"{mode}_first"]
+                    print(f"  first {mode} search answered after {at:.2f} s (served as {served})")
                 if mode in s:
-                    print(f"  first {mode} search 200 after {s[mode]:.2f} s")
+                    print(f"  first {mode} search served as {mode} after {s[mode]:.2f} s")
                 else:
                     print(f"  {mode} search: {s.get(mode + '_status', 'no answer')}")
             print(f"  a hybrid search after that: {s['again_ms']:.0f} ms (at the client, query embedding included)")

@@ -264,7 +264,7 @@ async def ground(services: Services, turn: Turn, session: Session | None) -> Non
         return
     with step(services.tracing, "ground"):
         try:
-            hits = await rag.search(collections, query, found.top_k, found.mode)
+            hits, _ = await rag.search(collections, query, found.top_k, found.mode)
         except Exception as exc:  # the answer goes on without documents rather than failing
             log.warning("grounding search failed", extra={"assistant": found.name, "error": str(exc)})
             return

@@ -538,6 +538,19 @@ class RetrievalSettings(_Section):
         description="Drop hits scoring below this: cosine similarity (dense), BM25 (lexical), or the fused score "
         "scaled to 0..1 (hybrid, 1 = first in every ranking). Unset: no threshold.",
     )
+    lexical_postings: bool = Field(
+        True,
+        description="SQLite store: rank lexical searches with FTS5's BM25 over postings held in memory (kept in step "
+        "with the store, saved under `<data_dir>/lexical`), several times faster than FTS5 ranking its matches "
+        "itself at 100k chunks; FTS5 answers until they are built. Costs ~10 bytes of memory per (chunk, "
+        "distinct word) in each process. Off: FTS5 ranks every search.",
+    )
+    lexical_while_loading: bool = Field(
+        True,
+        description="While the dense side is still opening after a start (the local embedding model takes "
+        "seconds to load), answer hybrid searches, grounding included, by the lexical index alone (the search "
+        "API says `mode: lexical`) instead of waiting for it. Dense searches always wait.",
+    )
     lexical_max_df: float | None = Field(
         None,
         gt=0,

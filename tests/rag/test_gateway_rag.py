@@ -171,6 +171,16 @@ def test_admin_snapshot_shows_the_index(gw: Gateway, hr: str) -> None:
     rag = httpx.get(gw.url + "/admin/metrics", headers=h(gw.key)).json()["rag"]
     assert rag["index_open"] and rag["writer"] and rag["job_runner"] and rag["embedder"] == EMBED_MODEL
     assert rag["assistants_configured"] == 3
+    httpx.post(f"{gw.url}/api/v1/collections/{hr}/search", json={"query": "leave"}, headers=h(gw.key))
+
+    def postings() -> dict[str, Any]:
+        return httpx.get(gw.url + "/admin/metrics", headers=h(gw.key)).json()["rag"]["lexical_postings"]
+
+    deadline = time.monotonic() + 10  # built in the background, after the first search at the latest
+    while not postings()["ready"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = postings()
+    assert found["ready"] and found["chunks"] > 0 and found["postings"] > 0  # lexical ranking in memory
 
 
 def test_rag_metrics(gw: Gateway, hr: str) -> None:

@@ -243,12 +243,12 @@ async def search(request: Request) -> Response:
     threshold = data.get("threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
         raise BadRequest("'threshold' must be a number.", details={"field": "threshold"})
-    hits = await c.rag.search([row], query, top_k, mode, _filters(data), threshold)
+    hits, used = await c.rag.search([row], query, top_k, mode, _filters(data), threshold)
     return _json(
         {
             "object": "list",
             "query": query,
-            "mode": mode or c.rag.retrieval.mode,
+            "mode": used,
             "data": [{**source_json(i + 1, h), "text": h.text} for i, h in enumerate(hits)],
         }
     )

@@ -9,14 +9,22 @@ the query invalid.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatgate.rag.postings import PostingsIndex
+from chatgate.settings import RetrievalSettings
+
+log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_TERMS = 64
 # English function words, left out of queries (unless a query has nothing else): they match nearly every
@@ -46,7 +54,7 @@ SELECT rowid AS id, -rank AS score FROM rag_chunks_fts WHERE rag_chunks_fts MATC
 """
 # ``+``: no index for these terms, so the planner starts from the chunk ids (see ``repo._unindexed_ready_in``).
 _SQLITE_KEEP = """
-SELECT c.id AS id FROM rag_chunks c JOIN rag_documents d ON d.id = c.document_id
+SELECT c.id AS id, c.document_id AS document_id FROM rag_chunks c JOIN rag_documents d ON d.id = c.document_id
 WHERE c.id IN :ids AND +d.status = 'ready' AND +d.collection_id IN :collections
 """
 _SQLITE = """
@@ -96,14 +104,48 @@ class LexicalIndex:
     two or more words remain (their BM25 weight is small, and scoring their matches is most of the work).
     A word's share is counted up to the cut-off (``LIMIT``) and remembered for ``DF_TTL`` seconds.
     None: every word is kept (exact BM25).
+
+    ``postings`` (SQLite only): rank with FTS5's BM25 over in-memory postings (``rag/postings.py``), kept
+    in ``postings_dir`` between runs; FTS5 itself answers until they are built, and when they cannot.
     """
 
-    def __init__(self, engine: AsyncEngine, max_df: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        max_df: float | None = None,
+        postings: bool = False,
+        postings_dir: Path | None = None,
+    ) -> None:
         self.engine = engine
         self.max_df = max_df
         self._postgres = engine.dialect.name == "postgresql"
         self._df: OrderedDict[str, tuple[float, bool]] = OrderedDict()  # word -> (when, common?)
         self._total: tuple[float, int] = (-DF_TTL, 0)
+        database = engine.url.database
+        self.postings: PostingsIndex | None = None
+        if postings and not self._postgres and database and database != ":memory:":
+            self.postings = PostingsIndex(Path(database), postings_dir)
+        self._opening: Future[None] | None = None
+
+    @classmethod
+    def from_settings(cls, engine: AsyncEngine, retrieval: RetrievalSettings, data_dir: Path) -> LexicalIndex:
+        return cls(engine, retrieval.lexical_max_df, retrieval.lexical_postings, data_dir / "lexical")
+
+    async def ready(self) -> None:
+        """The postings built or loaded (at once without them; FTS5 answers if they failed)."""
+        opening = self.warm()
+        if opening is not None:
+            await asyncio.wrap_future(opening)
+
+    def warm(self) -> Future[None] | None:
+        """Start building (or loading) the postings in the background, once; None without postings."""
+        if self.postings is not None and self._opening is None:
+            self._opening = self.postings.open()
+        return self._opening
+
+    def close(self) -> None:
+        if self.postings is not None:
+            self.postings.close()
 
     async def _common(self, words: list[str]) -> set[str]:
         """The words matching more than ``max_df`` of the chunks (none unless three or more words)."""
@@ -148,6 +190,12 @@ class LexicalIndex:
         match = websearch_query(words) if self._postgres else fts5_query(words)
         if not match:
             return []
+        if self.postings is not None:
+            self.warm()
+            if self.postings.ready:
+                found = await self._postings_ranked(collection_ids, words, limit, document_ids)
+                if found is not None:
+                    return found
         if not self._postgres and document_ids is None:
             ranked = await self._sqlite_ranked(collection_ids, match, limit)
             if ranked is not None:
@@ -183,11 +231,62 @@ class LexicalIndex:
                 if not ranked:
                     return []
                 ids = [i for i, _ in ranked]
-                keep = {
-                    int(r.id) for r in await conn.execute(keep_sql, {"ids": ids, "collections": list(collection_ids)})
-                }
+                rows = await conn.execute(keep_sql, {"ids": ids, "collections": list(collection_ids)})
+                keep = {int(r.id) for r in rows}
                 found = [(i, v) for i, v in ranked if i in keep]
                 if len(found) >= limit or len(ranked) < fetch:
                     return found[:limit]
                 fetch *= 4
         return None
+
+    async def _postings_ranked(
+        self, collection_ids: Sequence[str], words: list[str], limit: int, document_ids: Sequence[str] | None
+    ) -> list[tuple[int, float]] | None:
+        """The best ``limit`` by the postings, kept if searchable in the collections; None when FTS5 must
+        answer (a phrase among the words, a hit changed under its id, the postings failing)."""
+        postings = self.postings
+        assert postings is not None
+        keep_sql = text(_SQLITE_KEEP).bindparams(
+            bindparam("ids", expanding=True), bindparam("collections", expanding=True)
+        )
+        fetch = max(FTS_FIRST, 2 * limit)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                ranked = await asyncio.wrap_future(
+                    postings.submit(_rank, postings, words, list(collection_ids), document_ids, fetch), loop=loop
+                )
+            except Exception:
+                log.warning("lexical postings search failed; FTS5 answers", exc_info=True)
+                return None
+            if ranked is None:
+                return None
+            if not ranked:
+                return []
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(
+                    keep_sql, {"ids": [i for i, _, _ in ranked], "collections": list(collection_ids)}
+                )
+                keep = {int(r.id): r.document_id for r in rows}
+            if any(keep.get(i, d) != d for i, _, d in ranked):
+                postings.invalidate()  # a known id now holds another document's chunk
+                return None
+            found = [(i, v) for i, v, _ in ranked if i in keep]
+            if len(found) >= limit or len(ranked) < fetch or fetch >= FTS_MAX:
+                return found[:limit]
+            fetch *= 4
+
+
+def _rank(
+    postings: PostingsIndex,
+    words: list[str],
+    collection_ids: list[str],
+    document_ids: Sequence[str] | None,
+    limit: int,
+) -> list[tuple[int, float, str]] | None:
+    """On the postings' thread: in step with the store, then ranked (None: a word is a phrase to FTS5)."""
+    postings.sync()
+    found = postings.terms(words)
+    if found is None:
+        return None
+    return postings.rank(found, collection_ids, document_ids, limit)

@@ -78,7 +78,7 @@ class Rag:
         self.engine = engine
         self.repo = RagRepo(engine)
         self.jobs = JobRepo(engine)
-        self.lexical = LexicalIndex(engine)
+        self.lexical = LexicalIndex.from_settings(engine, self.retrieval, settings.data_dir)
         self.assistants = Assistants(settings.assistants, AssistantRepo(engine))
         self.upload_dir: Path = settings.data_dir / "uploads"
         self.retriever = Retriever(self.repo, self.lexical, None, None, self.retrieval)
@@ -95,6 +95,7 @@ class Rag:
         assistants exist."""
         await self.assistants.refresh()
         if await self.in_use():
+            self.lexical.warm()
             self._open_soon()
 
     async def in_use(self) -> bool:
@@ -116,13 +117,17 @@ class Rag:
         await asyncio.shield(self._open_soon())
 
     async def _open(self) -> None:
-        dense = await asyncio.to_thread(DenseIndex.open, self.retrieval, self.settings.data_dir, "try")
         from chatgate.rag.embedders import build_embedder
 
         embedder = build_embedder(self.settings.rag.embeddings)
         start = getattr(embedder, "start", None)
         if start is not None:
-            start()  # the local model loads on its own thread
+            start()  # the local model loads on its own thread, while the dense index opens
+        try:
+            dense = await asyncio.to_thread(DenseIndex.open, self.retrieval, self.settings.data_dir, "try")
+        except BaseException:
+            await embedder.close()
+            raise
         parser = await asyncio.to_thread(Parser.from_settings, self.settings)
         self.dense, self.embedder = dense, embedder
         self.retriever.dense, self.retriever.embedder = dense, embedder
@@ -144,6 +149,7 @@ class Rag:
             await self.embedder.close()
         if self.dense is not None:
             self.dense.close()
+        await asyncio.to_thread(self.lexical.close)
 
     def overview(self) -> dict[str, object]:
         """For ``/admin/metrics``: whether the index is open (and written here), the embedder, the job runner."""
@@ -156,6 +162,7 @@ class Rag:
             "embedder_ready": bool(getattr(embedder, "ready", True)) if embedder is not None else False,
             "job_runner": self.runner is not None,
             "assistants_configured": len(self.assistants.configured),
+            "lexical_postings": self.lexical.postings.stats() if self.lexical.postings is not None else None,
         }
 
     async def embedder_info(self) -> tuple[str, int]:
@@ -284,21 +291,30 @@ class Rag:
         mode: Mode | None = None,
         filters: SearchFilters | None = None,
         threshold: float | None = None,
-    ) -> list[Hit]:
-        """The best chunks for ``query`` (counted and timed in the RAG metrics)."""
-        label = mode or self.retrieval.mode
-        if label != "lexical":
+    ) -> tuple[list[Hit], Mode]:
+        """The best chunks for ``query``, and the mode that found them (counted and timed in the RAG
+        metrics): ``lexical`` for a hybrid search while the dense side is still opening, with
+        ``rag.retrieval.lexical_while_loading``."""
+        used: Mode = mode or self.retrieval.mode
+        if used == "hybrid" and self.retrieval.lexical_while_loading and not self._dense_ready():
+            self._open_soon()
+            used = "lexical"
+        if used != "lexical":
             await self.ready()
         started = time.perf_counter()
         try:
-            hits = await self.retriever.search(collections, query, top_k, mode, filters, threshold)
+            hits = await self.retriever.search(collections, query, top_k, used, filters, threshold)
         except EmbeddingMismatch as exc:
             raise mismatch(exc) from None
         except RuntimeError as exc:  # no dense index or embedder (it failed to open)
             raise IndexUnavailable(f"Document search is unavailable: {exc}.") from None
-        metrics.RAG_RETRIEVALS.inc((label,))
-        metrics.RAG_RETRIEVAL_LATENCY.observe(time.perf_counter() - started, (label,))
-        return hits
+        metrics.RAG_RETRIEVALS.inc((used,))
+        metrics.RAG_RETRIEVAL_LATENCY.observe(time.perf_counter() - started, (used,))
+        return hits, used
+
+    def _dense_ready(self) -> bool:
+        """The dense index open and the embedder able to embed a query now."""
+        return self.dense is not None and self.embedder is not None and bool(getattr(self.embedder, "ready", True))
 
 
 def _log_failure(opening: asyncio.Future[None]) -> None:

@@ -1,0 +1,221 @@
+"""The in-memory BM25 postings (SQLite): the same ranking as FTS5, kept in step with the store, saved
+and loaded again."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from chatgate.rag import postings as postings_module
+from chatgate.rag.lexical import LexicalIndex
+from chatgate.rag.postings import Tokenizer
+from tests.rag.conftest import Rag
+from tests.rag.test_lexical import add
+
+VOCAB = (
+    "patient patients treatment treated trial trials protein proteins cell cells cancer tumour growth "
+    "signal signalling running runner ran café naïve résumé gene genes expression vitamin dose doses "
+    "mouse mice model models blood pressure heart risk higher lower effect effects study studies"
+).split()
+
+
+def corpus(seed: int, n: int) -> list[str]:
+    rnd = random.Random(seed)
+    return [" ".join(rnd.choice(VOCAB) for _ in range(rnd.randint(3, 40))) for _ in range(n)]
+
+
+def queries(seed: int, n: int) -> list[str]:
+    rnd = random.Random(seed)
+    return [" ".join(rnd.sample(VOCAB, rnd.randint(1, 6))) for _ in range(n)]
+
+
+async def ready(lex: LexicalIndex) -> None:
+    opening = lex.warm()
+    assert opening is not None
+    await asyncio.wrap_future(opening)
+    assert lex.postings is not None and lex.postings.ready
+
+
+async def assert_same_as_fts5(
+    fast: LexicalIndex, fts: LexicalIndex, collections: list[str], qs: list[str], documents: list[str] | None = None
+) -> None:
+    for q in qs:
+        got = await fast.search(collections, q, 10, documents)
+        want = await fts.search(collections, q, 10, documents)
+        assert [i for i, _ in got] == [i for i, _ in want] or _tied(got, want), q
+        assert [round(v, 9) for _, v in got] == [round(v, 9) for _, v in want], q
+
+
+def _tied(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
+    """Equal scores may come in either order."""
+    return sorted((round(v, 9), i) for i, v in got) == sorted((round(v, 9), i) for i, v in want)
+
+
+@pytest.fixture
+def fast(rag_sqlite: Rag, tmp_path: Path) -> LexicalIndex:
+    lex = LexicalIndex(rag_sqlite.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+    yield lex
+    lex.close()
+
+
+def test_tokenizer_is_fts5s() -> None:
+    tok = Tokenizer("porter unicode61 remove_diacritics 2")
+    terms, term_of, text_of, tf, lengths = tok.postings(["Running runners ran; naïve Café", "", "run RUN"])
+    pairs = {(terms[t], int(d)): int(f) for t, d, f in zip(term_of, text_of, tf, strict=True)}
+    assert pairs == {("run", 0): 1, ("runner", 0): 1, ("ran", 0): 1, ("naiv", 0): 1, ("cafe", 0): 1, ("run", 2): 2}
+    assert lengths.tolist() == [5, 0, 2]
+    assert tok.words(["Treatments", "foo_bar", "--", "treatments"]) == [
+        ("treatment",),
+        ("foo", "bar"),  # a phrase to FTS5
+        (),
+        ("treatment",),
+    ]
+    assert tok.words(["foo_bar"]) == [("foo", "bar")]  # remembered
+
+
+async def test_ranks_exactly_as_fts5(rag_sqlite: Rag, fast: LexicalIndex) -> None:
+    rag = rag_sqlite
+    fts = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    other = await rag.collection("other")
+    texts = corpus(1, 120)
+    for i in range(0, 80, 4):
+        await add(rag, c.id, f"d{i}.md", *texts[i : i + 4], title=f"Study {i} of heart risk")
+    for i in range(80, 110, 3):
+        await add(rag, other.id, f"o{i}.md", *texts[i : i + 3])
+    await add(rag, c.id, "draft.md", *texts[110:], ready=False)
+    await ready(fast)
+    qs = queries(2, 40)
+    await assert_same_as_fts5(fast, fts, [c.id], qs)
+    await assert_same_as_fts5(fast, fts, [c.id, other.id], qs[:10])
+    docs = [d.id for d in await rag.repo.list_documents(c.id, "ready")][:3]
+    await assert_same_as_fts5(fast, fts, [c.id], qs[:10], documents=docs)
+    await assert_same_as_fts5(fast, fts, [c.id], ["foo_bar patients", "-- ?", "the of"])  # a phrase: FTS5 answers
+    assert fast.postings is not None and fast.postings.stats()["chunks"] == 120
+
+
+async def test_keeps_in_step_with_the_store(
+    rag_sqlite: Rag, fast: LexicalIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postings_module, "FULL_SYNC_EVERY", 0.0)
+    rag = rag_sqlite
+    fts = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    texts = corpus(3, 40)
+    for i in range(0, 40, 4):
+        await add(rag, c.id, f"d{i}.md", *texts[i : i + 4])
+    await ready(fast)
+    qs = queries(4, 15)
+
+    added = await add(rag, c.id, "new.md", "zeppelin airships over the heart")
+    assert [i for i, _ in await fast.search([c.id], "zeppelin", 5)] == added  # written after the build
+    await assert_same_as_fts5(fast, fts, [c.id], qs)
+
+    # Replaced: the old version's chunks leave (retire, purge), the new one's come.
+    doc = await rag.repo.ready_document(c.id, "new.md")
+    assert doc is not None
+    await rag.repo.retire(doc.id)
+    await rag.repo.purge(doc.id)
+    assert await fast.search([c.id], "zeppelin", 5) == []
+    newer = await add(rag, c.id, "new.md", "balloons over the heart")
+    # SQLite hands the highest ids out again once they are free: the same id, another document's chunk.
+    assert set(newer) & set(added)
+    assert await fast.search([c.id], "zeppelin", 5) == []
+    assert [i for i, _ in await fast.search([c.id], "balloons", 5)] == newer
+    await assert_same_as_fts5(fast, fts, [c.id], [*qs, "balloons heart", "zeppelin heart"])
+
+
+async def test_a_reused_id_seen_first_at_search_time_is_caught(rag_sqlite: Rag, fast: LexicalIndex) -> None:
+    """Between two searches, a chunk went and another took its id, the count and highest id unchanged:
+    the hit's document differs from the one known, so FTS5 answers and the next search resynchronises."""
+    rag = rag_sqlite
+    fts = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    await add(rag, c.id, "keep.md", "steady text about mice")
+    first = await add(rag, c.id, "a.md", "quokka island mice")
+    await ready(fast)
+    assert [i for i, _ in await fast.search([c.id], "quokka", 5)] == first
+    doc = await rag.repo.ready_document(c.id, "a.md")
+    assert doc is not None
+    await rag.repo.retire(doc.id)
+    await rag.repo.purge(doc.id)
+    second = await add(rag, c.id, "b.md", "quokka quokka wombat mice")
+    assert second == first
+    postings = fast.postings
+    assert postings is not None
+    postings._last_full = float("inf")  # as if compared a moment ago: only the hit check can tell
+    got = await fast.search([c.id], "quokka wombat", 5)
+    assert got == await fts.search([c.id], "quokka wombat", 5)
+    await assert_same_as_fts5(fast, fts, [c.id], ["quokka wombat", "mice", "island"])
+    assert await fast.search([c.id], "island", 5) == []
+
+
+async def test_saved_and_loaded_without_tokenizing_again(
+    rag_sqlite: Rag, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rag = rag_sqlite
+    fts = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    texts = corpus(5, 30)
+    for i in range(0, 30, 3):
+        await add(rag, c.id, f"d{i}.md", *texts[i : i + 3])
+    first = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+    await ready(first)
+    first.close()  # waits for the snapshot to be written
+    assert (tmp_path / "lexical" / "postings.npz").exists()
+
+    tokenized: list[int] = []
+    real = Tokenizer.postings
+
+    def counting(self: Tokenizer, texts: list[str]):  # type: ignore[no-untyped-def]
+        tokenized.append(len(texts))
+        return real(self, texts)
+
+    monkeypatch.setattr(Tokenizer, "postings", counting)
+    again = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+    await ready(again)
+    assert tokenized == []  # everything came from the snapshot
+    await assert_same_as_fts5(again, fts, [c.id], queries(6, 10))
+    again.close()
+
+    await add(rag, c.id, "late.md", "narwhal tusks and the heart")  # while no postings were open
+    third = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+    await ready(third)
+    assert tokenized == [1]  # only the new chunk
+    assert len(await third.search([c.id], "narwhal", 5)) == 1
+    await assert_same_as_fts5(third, fts, [c.id], queries(7, 10))
+    third.close()
+
+
+async def test_compaction_merges_new_chunks(
+    rag_sqlite: Rag, fast: LexicalIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postings_module, "COMPACT_SHARE", 0.01)
+    monkeypatch.setattr(postings_module, "FULL_SYNC_EVERY", 0.0)
+    rag = rag_sqlite
+    fts = LexicalIndex(rag.store.engine)
+    c = await rag.collection()
+    texts = corpus(8, 60)
+    await add(rag, c.id, "base.md", *texts[:20])
+    await ready(fast)
+    postings = fast.postings
+    assert postings is not None
+    for i in range(20, 60, 5):
+        await add(rag, c.id, f"d{i}.md", *texts[i : i + 5])
+        await fast.search([c.id], "patients", 3)  # in step, and a compaction started
+    doc = await rag.repo.ready_document(c.id, "d20.md")
+    assert doc is not None
+    await rag.repo.retire(doc.id)
+    await rag.repo.purge(doc.id)
+    for _ in range(200):
+        await fast.search([c.id], "patients", 3)
+        s = postings.stats()
+        if s["delta_postings"] == 0 and s["dead"] == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert postings.stats()["delta_postings"] == 0 and postings.stats()["dead"] == 0
+    assert postings.stats()["chunks"] == 55
+    await assert_same_as_fts5(fast, fts, [c.id], queries(9, 20))

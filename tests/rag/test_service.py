@@ -1,0 +1,96 @@
+"""The RAG service (``Rag``) as the gateway uses it: while the embedding model loads after a start, a
+hybrid search is answered by the lexical index alone and says so; a dense search waits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from chatgate.rag import embedders
+from chatgate.rag.ingest import SourceFile
+from chatgate.rag.service import Rag
+from chatgate.settings import Settings
+from chatgate.store import Store
+from chatgate.store.db import database_url
+from tests.rag.doubles import HashEmbedder
+
+
+class LoadingEmbedder(HashEmbedder):
+    """Ready (like the local model once loaded) only when the test says so; embedding waits until then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded.is_set()
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        await self.loaded.wait()
+        return await super().embed(texts)
+
+
+@pytest.fixture
+async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Rag, LoadingEmbedder]]:
+    embedder = LoadingEmbedder()
+    monkeypatch.setattr(embedders, "build_embedder", lambda _settings: embedder)
+    settings = Settings(data_dir=tmp_path / "data")
+    store = await Store.open(database_url(settings))
+    rag = Rag(settings, store.engine)
+    await rag.start()
+    yield rag, embedder
+    await rag.close()
+    await store.close()
+
+
+async def test_hybrid_is_lexical_while_the_model_loads(service: tuple[Rag, LoadingEmbedder], tmp_path: Path) -> None:
+    rag, embedder = service
+    row = await rag.repo.create_collection("docs", "admin", "admin", embedder.name, embedder.dimension)
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "leave.md").write_text("Parental leave lasts sixteen weeks.")
+    (folder / "travel.md").write_text("Travel expenses are reimbursed within a month.")
+    await rag.ready()
+    assert rag.ingestor is not None
+    ingesting = asyncio.ensure_future(
+        rag.ingestor.ingest(row, [SourceFile(p.name, p) for p in sorted(folder.iterdir())])
+    )
+    await asyncio.sleep(0.05)
+    assert not ingesting.done()  # the ingestion waits for the model too
+    embedder.loaded.set()
+    await ingesting
+    embedder.loaded.clear()  # as right after a restart: the index is there, the model not yet
+
+    hits, mode = await rag.search([row], "parental leave weeks")
+    assert mode == "lexical" and hits[0].source == "leave.md"
+    assert hits[0].dense_score is None and hits[0].lexical_score is not None
+    dense = asyncio.ensure_future(rag.search([row], "parental leave weeks", mode="dense"))
+    await asyncio.sleep(0.05)
+    assert not dense.done()  # a dense search cannot do without the model: it waits
+    embedder.loaded.set()
+    hits, mode = await dense
+    assert mode == "dense" and hits[0].source == "leave.md"
+    hits, mode = await rag.search([row], "parental leave weeks")
+    assert mode == "hybrid" and hits[0].dense_score is not None and hits[0].lexical_score is not None
+
+
+async def test_waits_when_told_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    embedder = LoadingEmbedder()
+    monkeypatch.setattr(embedders, "build_embedder", lambda _settings: embedder)
+    settings = Settings(data_dir=tmp_path / "data", rag={"retrieval": {"lexical_while_loading": False}})
+    store = await Store.open(database_url(settings))
+    rag = Rag(settings, store.engine)
+    try:
+        row = await rag.repo.create_collection("docs", "admin", "admin", embedder.name, embedder.dimension)
+        search = asyncio.ensure_future(rag.search([row], "anything"))
+        await asyncio.sleep(0.1)
+        assert not search.done()
+        embedder.loaded.set()
+        assert await search == ([], "hybrid")
+    finally:
+        await rag.close()
+        await store.close()
