@@ -219,3 +219,13 @@ async def test_compaction_merges_new_chunks(
     assert postings.stats()["delta_postings"] == 0 and postings.stats()["dead"] == 0
     assert postings.stats()["chunks"] == 55
     await assert_same_as_fts5(fast, fts, [c.id], queries(9, 20))
+
+
+async def test_chunks_not_ready_do_not_crowd_out_the_ready(rag_sqlite: Rag, fast: LexicalIndex) -> None:
+    rag = rag_sqlite
+    c = await rag.collection()
+    mine = await add(rag, c.id, "mine.md", "A note on glaciers among many other things said here at length.")
+    for i in range(15):  # better matches, being indexed (not searchable yet)
+        await add(rag, c.id, f"draft{i}.md", "glaciers glaciers glaciers", ready=False)
+    await ready(fast)
+    assert [i for i, _ in await fast.search([c.id], "glaciers", 1)] == mine  # found on a second, larger fetch

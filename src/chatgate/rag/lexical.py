@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgate.rag.postings import PostingsIndex
@@ -218,9 +218,7 @@ class LexicalIndex:
         """The best ``limit`` matches ranked by FTS5 alone, then kept if searchable in the collections; None
         when that would need more than ``FTS_MAX`` matches (the caller joins instead)."""
         ranked_sql = text(_SQLITE_RANKED)
-        keep_sql = text(_SQLITE_KEEP).bindparams(
-            bindparam("ids", expanding=True), bindparam("collections", expanding=True)
-        )
+        keep_sql = _keep_sql()
         fetch = max(FTS_FIRST, 2 * limit)
         async with self.engine.connect() as conn:
             while fetch <= FTS_MAX:
@@ -246,10 +244,10 @@ class LexicalIndex:
         answer (a phrase among the words, a hit changed under its id, the postings failing)."""
         postings = self.postings
         assert postings is not None
-        keep_sql = text(_SQLITE_KEEP).bindparams(
-            bindparam("ids", expanding=True), bindparam("collections", expanding=True)
-        )
-        fetch = max(FTS_FIRST, 2 * limit)
+        keep_sql = _keep_sql()
+        # The postings already keep to the collections: only chunks of documents not (or no longer) ready can
+        # fall out, so a few more than asked for nearly always suffice.
+        fetch = limit + max(10, limit // 2)
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -275,6 +273,10 @@ class LexicalIndex:
             if len(found) >= limit or len(ranked) < fetch or fetch >= FTS_MAX:
                 return found[:limit]
             fetch *= 4
+
+
+def _keep_sql() -> TextClause:
+    return text(_SQLITE_KEEP).bindparams(bindparam("ids", expanding=True), bindparam("collections", expanding=True))
 
 
 def _rank(
