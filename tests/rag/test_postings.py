@@ -32,6 +32,21 @@ def queries(seed: int, n: int) -> list[str]:
     return [" ".join(rnd.sample(VOCAB, rnd.randint(1, 6))) for _ in range(n)]
 
 
+async def fill(rag: Rag, collection_id: str, seed: int, n: int, per_doc: int) -> None:
+    """``n`` chunks of random words from ``VOCAB``, ``per_doc`` to a ready document."""
+    texts = corpus(seed, n)
+    for i in range(0, n, per_doc):
+        await add(rag, collection_id, f"d{i}.md", *texts[i : i + per_doc])
+
+
+async def remove(rag: Rag, collection_id: str, source: str) -> None:
+    """As a replaced or deleted document goes: out of search, then its chunks deleted."""
+    doc = await rag.repo.ready_document(collection_id, source)
+    assert doc is not None
+    await rag.repo.retire(doc.id)
+    await rag.repo.purge(doc.id)
+
+
 async def ready(lex: LexicalIndex) -> None:
     opening = lex.warm()
     assert opening is not None
@@ -104,9 +119,7 @@ async def test_keeps_in_step_with_the_store(
     rag = rag_sqlite
     fts = LexicalIndex(rag.store.engine)
     c = await rag.collection()
-    texts = corpus(3, 40)
-    for i in range(0, 40, 4):
-        await add(rag, c.id, f"d{i}.md", *texts[i : i + 4])
+    await fill(rag, c.id, 3, 40, 4)
     await ready(fast)
     qs = queries(4, 15)
 
@@ -115,10 +128,7 @@ async def test_keeps_in_step_with_the_store(
     await assert_same_as_fts5(fast, fts, [c.id], qs)
 
     # Replaced: the old version's chunks leave (retire, purge), the new one's come.
-    doc = await rag.repo.ready_document(c.id, "new.md")
-    assert doc is not None
-    await rag.repo.retire(doc.id)
-    await rag.repo.purge(doc.id)
+    await remove(rag, c.id, "new.md")
     assert await fast.search([c.id], "zeppelin", 5) == []
     newer = await add(rag, c.id, "new.md", "balloons over the heart")
     # SQLite hands the highest ids out again once they are free: the same id, another document's chunk.
@@ -138,10 +148,7 @@ async def test_a_reused_id_seen_first_at_search_time_is_caught(rag_sqlite: Rag, 
     first = await add(rag, c.id, "a.md", "quokka island mice")
     await ready(fast)
     assert [i for i, _ in await fast.search([c.id], "quokka", 5)] == first
-    doc = await rag.repo.ready_document(c.id, "a.md")
-    assert doc is not None
-    await rag.repo.retire(doc.id)
-    await rag.repo.purge(doc.id)
+    await remove(rag, c.id, "a.md")
     second = await add(rag, c.id, "b.md", "quokka quokka wombat mice")
     assert second == first
     postings = fast.postings
@@ -159,9 +166,7 @@ async def test_saved_and_loaded_without_tokenizing_again(
     rag = rag_sqlite
     fts = LexicalIndex(rag.store.engine)
     c = await rag.collection()
-    texts = corpus(5, 30)
-    for i in range(0, 30, 3):
-        await add(rag, c.id, f"d{i}.md", *texts[i : i + 3])
+    await fill(rag, c.id, 5, 30, 3)
     first = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
     await ready(first)
     first.close()  # waits for the snapshot to be written
@@ -206,10 +211,7 @@ async def test_compaction_merges_new_chunks(
     for i in range(20, 60, 5):
         await add(rag, c.id, f"d{i}.md", *texts[i : i + 5])
         await fast.search([c.id], "patients", 3)  # in step, and a compaction started
-    doc = await rag.repo.ready_document(c.id, "d20.md")
-    assert doc is not None
-    await rag.repo.retire(doc.id)
-    await rag.repo.purge(doc.id)
+    await remove(rag, c.id, "d20.md")
     for _ in range(200):
         await fast.search([c.id], "patients", 3)
         s = postings.stats()
