@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from chatgate.rag.types import import_numpy
 from chatgate.settings import RetrievalSettings
 
 log = logging.getLogger("chatgate.rag")
@@ -118,6 +119,7 @@ class DenseIndex:
     def open(cls, settings: RetrievalSettings, data_dir: Path, write: WriteMode = "try") -> DenseIndex:
         """The configured index: a Chroma server when ``chroma_host`` is set, else the persistent
         directory (``chroma_path`` or ``<data_dir>/chroma``), writable per ``write`` (see the module)."""
+        import_numpy()
         import chromadb
 
         if settings.chroma_host:

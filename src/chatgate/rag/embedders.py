@@ -31,7 +31,7 @@ import aiohttp
 import orjson
 
 from chatgate.errors import UpstreamError
-from chatgate.rag.types import Embedder
+from chatgate.rag.types import Embedder, import_numpy
 from chatgate.settings import EmbeddingSettings
 from chatgate.upstream.backoff import RETRYABLE_STATUSES, Backoff, parse_retry_after
 
@@ -137,6 +137,7 @@ class LocalEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
+            import_numpy()
             import torch
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as transformers_logging

@@ -12,17 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatgate.rag.postings import PostingsIndex
+from chatgate.rag.types import import_numpy
 from chatgate.settings import RetrievalSettings
+
+if TYPE_CHECKING:
+    from chatgate.rag.postings import PostingsIndex
 
 log = logging.getLogger(__name__)
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -122,10 +127,12 @@ class LexicalIndex:
         self._df: OrderedDict[str, tuple[float, bool]] = OrderedDict()  # word -> (when, common?)
         self._total: tuple[float, int] = (-DF_TTL, 0)
         database = engine.url.database
-        self.postings: PostingsIndex | None = None
+        self._postings_at: tuple[Path, Path | None] | None = None
         if postings and not self._postgres and database and database != ":memory:":
-            self.postings = PostingsIndex(Path(database), postings_dir)
+            self._postings_at = (Path(database), postings_dir)
+        self.postings: PostingsIndex | None = None
         self._opening: Future[None] | None = None
+        self._closed = False
 
     @classmethod
     def from_settings(cls, engine: AsyncEngine, retrieval: RetrievalSettings, data_dir: Path) -> LexicalIndex:
@@ -139,11 +146,39 @@ class LexicalIndex:
 
     def warm(self) -> Future[None] | None:
         """Start building (or loading) the postings in the background, once; None without postings."""
-        if self.postings is not None and self._opening is None:
-            self._opening = self.postings.open()
+        if self._postings_at is not None and self._opening is None and not self._closed:
+            self._opening = Future()
+            threading.Thread(target=self._start_postings, name="chatgate-postings-start", daemon=True).start()
         return self._opening
 
+    def _start_postings(self) -> None:
+        opening = self._opening
+        assert opening is not None and self._postings_at is not None
+        try:
+            import_numpy()  # imported here, not at start
+            from chatgate.rag.postings import PostingsIndex
+
+            postings = PostingsIndex(*self._postings_at)
+            self.postings = postings
+            if self._closed:
+                postings.close()
+            else:
+                postings.open().result()
+        except BaseException as exc:
+            opening.set_exception(exc)
+        else:
+            opening.set_result(None)
+
+    def postings_stats(self) -> dict[str, object] | None:
+        """For ``/admin/metrics``: None when lexical search does not use postings."""
+        if self._postings_at is None:
+            return None
+        if self.postings is None:
+            return {"ready": False, "started": self._opening is not None}
+        return self.postings.stats()
+
     def close(self) -> None:
+        self._closed = True
         if self.postings is not None:
             self.postings.close()
 
@@ -190,9 +225,9 @@ class LexicalIndex:
         match = websearch_query(words) if self._postgres else fts5_query(words)
         if not match:
             return []
-        if self.postings is not None:
+        if self._postings_at is not None:
             self.warm()
-            if self.postings.ready:
+            if self.postings is not None and self.postings.ready:
                 found = await self._postings_ranked(collection_ids, words, limit, document_ids)
                 if found is not None:
                     return found

@@ -516,6 +516,7 @@ class PostingsIndex:
     def stats(self) -> dict[str, object]:
         return {
             "ready": self.ready,
+            "started": True,
             "chunks": self._alive_n,
             "terms": len(self._terms),
             "postings": len(self._main.idx) + self._delta_postings,

@@ -119,15 +119,11 @@ class Rag:
     async def _open(self) -> None:
         from chatgate.rag.embedders import build_embedder
 
+        dense = await asyncio.to_thread(DenseIndex.open, self.retrieval, self.settings.data_dir, "try")
         embedder = build_embedder(self.settings.rag.embeddings)
         start = getattr(embedder, "start", None)
         if start is not None:
-            start()  # the local model loads on its own thread, while the dense index opens
-        try:
-            dense = await asyncio.to_thread(DenseIndex.open, self.retrieval, self.settings.data_dir, "try")
-        except BaseException:
-            await embedder.close()
-            raise
+            start()  # the local model loads on its own thread
         parser = await asyncio.to_thread(Parser.from_settings, self.settings)
         self.dense, self.embedder = dense, embedder
         self.retriever.dense, self.retriever.embedder = dense, embedder
@@ -162,7 +158,7 @@ class Rag:
             "embedder_ready": bool(getattr(embedder, "ready", True)) if embedder is not None else False,
             "job_runner": self.runner is not None,
             "assistants_configured": len(self.assistants.configured),
-            "lexical_postings": self.lexical.postings.stats() if self.lexical.postings is not None else None,
+            "lexical_postings": self.lexical.postings_stats(),
         }
 
     async def embedder_info(self) -> tuple[str, int]:

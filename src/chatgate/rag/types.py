@@ -6,9 +6,20 @@ turns chunk texts into vectors; the indexes store chunks and answer searches wit
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+_NUMPY = threading.Lock()
+
+
+def import_numpy() -> None:
+    """Import NumPy, one thread at a time. Its first import is not safe from two threads at once (a
+    half-initialised ``numpy._typing``), and the dense index (chromadb), the local model (torch) and the
+    lexical postings each import it first on a thread of their own; each calls this before."""
+    with _NUMPY:
+        import numpy  # noqa: F401
 
 
 class ParseError(Exception):
