@@ -542,7 +542,7 @@ class RetrievalSettings(_Section):
         True,
         description="SQLite store: rank lexical searches with FTS5's BM25 over postings held in memory (kept in step "
         "with the store, saved under `<data_dir>/lexical`), several times faster than FTS5 ranking its matches "
-        "itself at 100k chunks; FTS5 answers until they are built. Costs ~10 bytes of memory per (chunk, "
+        "itself at 100k chunks; FTS5 answers until they are built. Costs ~8 bytes of memory per (chunk, "
         "distinct word) in each process. Off: FTS5 ranks every search.",
     )
     lexical_while_loading: bool = Field(
