@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from chatgate.rag import postings as postings_module
+from chatgate.rag.fts5 import Fts5Tokenizer
 from chatgate.rag.lexical import LexicalIndex
-from chatgate.rag.postings import Tokenizer
 from tests.rag.conftest import Rag
 from tests.rag.test_lexical import add
 
@@ -77,7 +77,7 @@ def fast(rag_sqlite: Rag, tmp_path: Path) -> LexicalIndex:
 
 
 def test_tokenizer_is_fts5s() -> None:
-    tok = Tokenizer("porter unicode61 remove_diacritics 2")
+    tok = Fts5Tokenizer("porter unicode61 remove_diacritics 2")
     terms, term_of, text_of, tf, lengths = tok.postings(["Running runners ran; naïve Café", "", "run RUN"])
     pairs = {(terms[t], int(d)): int(f) for t, d, f in zip(term_of, text_of, tf, strict=True)}
     assert pairs == {("run", 0): 1, ("runner", 0): 1, ("ran", 0): 1, ("naiv", 0): 1, ("cafe", 0): 1, ("run", 2): 2}
@@ -173,13 +173,13 @@ async def test_saved_and_loaded_without_tokenizing_again(
     assert (tmp_path / "lexical" / "postings.npz").exists()
 
     tokenized: list[int] = []
-    real = Tokenizer.postings
+    real = Fts5Tokenizer.postings
 
-    def counting(self: Tokenizer, texts: list[str]):  # type: ignore[no-untyped-def]
+    def counting(self: Fts5Tokenizer, texts: list[str]):  # type: ignore[no-untyped-def]
         tokenized.append(len(texts))
         return real(self, texts)
 
-    monkeypatch.setattr(Tokenizer, "postings", counting)
+    monkeypatch.setattr(Fts5Tokenizer, "postings", counting)
     again = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
     await ready(again)
     assert tokenized == []  # everything came from the snapshot

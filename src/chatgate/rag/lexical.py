@@ -20,8 +20,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import TextClause, bindparam, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chatgate.rag.types import import_numpy
 from chatgate.settings import RetrievalSettings
@@ -58,10 +58,12 @@ _SQLITE_RANKED = """
 SELECT rowid AS id, -rank AS score FROM rag_chunks_fts WHERE rag_chunks_fts MATCH :query ORDER BY rank LIMIT :limit
 """
 # ``+``: no index for these terms, so the planner starts from the chunk ids (see ``repo._unindexed_ready_in``).
-_SQLITE_KEEP = """
+_SQLITE_KEEP = text(
+    """
 SELECT c.id AS id, c.document_id AS document_id FROM rag_chunks c JOIN rag_documents d ON d.id = c.document_id
 WHERE c.id IN :ids AND +d.status = 'ready' AND +d.collection_id IN :collections
 """
+).bindparams(bindparam("ids", expanding=True), bindparam("collections", expanding=True))
 _SQLITE = """
 SELECT c.id AS id, -bm25(rag_chunks_fts) AS score
 FROM rag_chunks_fts
@@ -253,7 +255,6 @@ class LexicalIndex:
         """The best ``limit`` matches ranked by FTS5 alone, then kept if searchable in the collections; None
         when that would need more than ``FTS_MAX`` matches (the caller joins instead)."""
         ranked_sql = text(_SQLITE_RANKED)
-        keep_sql = _keep_sql()
         fetch = max(FTS_FIRST, 2 * limit)
         async with self.engine.connect() as conn:
             while fetch <= FTS_MAX:
@@ -263,9 +264,7 @@ class LexicalIndex:
                 ]
                 if not ranked:
                     return []
-                ids = [i for i, _ in ranked]
-                rows = await conn.execute(keep_sql, {"ids": ids, "collections": list(collection_ids)})
-                keep = {int(r.id) for r in rows}
+                keep = await _searchable(conn, [i for i, _ in ranked], collection_ids)
                 found = [(i, v) for i, v in ranked if i in keep]
                 if len(found) >= limit or len(ranked) < fetch:
                     return found[:limit]
@@ -279,7 +278,6 @@ class LexicalIndex:
         answer (a phrase among the words, a hit changed under its id, the postings failing)."""
         postings = self.postings
         assert postings is not None
-        keep_sql = _keep_sql()
         # The postings already keep to the collections: only chunks of documents not (or no longer) ready can
         # fall out, so a few more than asked for nearly always suffice.
         fetch = limit + max(10, limit // 2)
@@ -297,10 +295,7 @@ class LexicalIndex:
             if not ranked:
                 return []
             async with self.engine.connect() as conn:
-                rows = await conn.execute(
-                    keep_sql, {"ids": [i for i, _, _ in ranked], "collections": list(collection_ids)}
-                )
-                keep = {int(r.id): r.document_id for r in rows}
+                keep = await _searchable(conn, [i for i, _, _ in ranked], collection_ids)
             if any(keep.get(i, d) != d for i, _, d in ranked):
                 postings.invalidate()  # a known id now holds another document's chunk
                 return None
@@ -310,8 +305,10 @@ class LexicalIndex:
             fetch *= 4
 
 
-def _keep_sql() -> TextClause:
-    return text(_SQLITE_KEEP).bindparams(bindparam("ids", expanding=True), bindparam("collections", expanding=True))
+async def _searchable(conn: AsyncConnection, ids: list[int], collection_ids: Sequence[str]) -> dict[int, str]:
+    """Of ``ids``, the chunks of ready documents in the collections: chunk id -> document id."""
+    rows = await conn.execute(_SQLITE_KEEP, {"ids": ids, "collections": list(collection_ids)})
+    return {int(r.id): r.document_id for r in rows}
 
 
 def _rank(

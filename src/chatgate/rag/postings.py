@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+
+from chatgate.rag.fts5 import Fts5Tokenizer, tokenize_option
+from chatgate.rag.postings_file import Snapshot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,75 +46,6 @@ BATCH = 2_000  # chunks tokenized at a time
 COMPACT_SHARE = 0.25
 MAX_BATCHES = 256  # delta batches (each looked up per query term) before a compaction
 FULL_SYNC_EVERY = 1.0  # seconds: at most this often, every (id, document) pair is compared
-FORMAT = 1
-_WORD_CACHE = 50_000
-
-
-class Tokenizer:
-    """FTS5's tokenizer (as configured for the chunk table), on an in-memory FTS5 table."""
-
-    def __init__(self, tokenize: str) -> None:
-        self.tokenize = tokenize
-        self._conn = sqlite3.connect(":memory:", check_same_thread=False)
-        self._words: dict[str, tuple[str, ...]] = {}
-        self._reset()
-
-    def _reset(self) -> None:
-        c = self._conn
-        c.execute("DROP TABLE IF EXISTS v")
-        c.execute("DROP TABLE IF EXISTS t")
-        c.execute("CREATE VIRTUAL TABLE t USING fts5(x, tokenize=" + _quote(self.tokenize) + ")")
-        c.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
-
-    def postings(self, texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The texts' terms: (terms, term of each posting as an index into terms, text index, term frequency,
-        tokens in each text). Postings come by term, then text."""
-        c = self._conn
-        try:
-            c.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", enumerate(texts))
-            per_term = c.execute("SELECT term, count(*) FROM v GROUP BY term ORDER BY term").fetchall()
-            joined = c.execute("SELECT group_concat(doc, ' ') FROM v").fetchone()[0] or ""
-        finally:
-            self._reset()
-        terms = [t for t, _ in per_term]
-        docs = np.array(joined.split(), dtype=np.int64) if joined else np.zeros(0, np.int64)
-        runs = np.array([n for _, n in per_term], dtype=np.int64)
-        term_of = np.repeat(np.arange(len(terms), dtype=np.int64), runs)
-        if len(docs) != len(term_of):
-            raise RuntimeError("FTS5 vocabulary scan out of step")
-        lengths = np.bincount(docs, minlength=len(texts)).astype(np.int64)
-        if len(docs) == 0:
-            empty = np.zeros(0, np.int64)
-            return terms, empty, empty, empty, lengths
-        key = term_of * len(texts) + docs
-        if np.any(np.diff(key) < 0):  # instances come by term then row; anything else would miscount
-            raise RuntimeError("FTS5 vocabulary scan out of order")
-        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-        tf = np.diff(np.append(starts, len(key)))
-        return terms, term_of[starts], docs[starts], tf, lengths
-
-    def words(self, words: Sequence[str]) -> list[tuple[str, ...]]:
-        """The terms FTS5 makes of each word: none, one, or several (FTS5 reads that word as a phrase)."""
-        cache = self._words
-        new = [w for w in dict.fromkeys(words) if w not in cache]
-        if new:
-            c = self._conn
-            try:
-                c.executemany("INSERT INTO t(rowid, x) VALUES (?, ?)", enumerate(new))
-                found: dict[int, list[str]] = {}
-                for doc, term in c.execute("SELECT doc, term FROM v ORDER BY doc, offset"):
-                    found.setdefault(doc, []).append(term)
-            finally:
-                c.execute("DELETE FROM t")
-            if len(cache) + len(new) > _WORD_CACHE:
-                cache.clear()
-            for i, w in enumerate(new):
-                cache[w] = tuple(found.get(i, ()))
-        return [cache[w] for w in words]
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class _Grow:
@@ -175,11 +108,11 @@ class PostingsIndex:
 
     def __init__(self, database: Path, snapshot_dir: Path | None) -> None:
         self.database = database
-        self.snapshot = snapshot_dir / "postings.npz" if snapshot_dir is not None else None
+        self._file = snapshot_dir / "postings.npz" if snapshot_dir is not None else None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="chatgate-postings")
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="chatgate-postings-compact")
         self._conn: sqlite3.Connection | None = None
-        self._tokenizer: Tokenizer | None = None
+        self._tokenizer: Fts5Tokenizer | None = None
         self.ready = False
         self.failed = False
         # Chunks, by internal index (never reused).
@@ -227,8 +160,8 @@ class PostingsIndex:
         try:
             conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, check_same_thread=False)
             sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'rag_chunks_fts'").fetchone()
-            tokenize = _tokenize_option(sql[0] if sql else "")
-            self._conn, self._tokenizer = conn, Tokenizer(tokenize)
+            tokenize = tokenize_option(sql[0] if sql else "")
+            self._conn, self._tokenizer = conn, Fts5Tokenizer(tokenize)
             started = time.monotonic()
             loaded = self._load(tokenize)
             self.sync(force=True, compact=False)
@@ -389,59 +322,38 @@ class PostingsIndex:
         del self._delta[:merged]
         self._delta_postings = sum(len(b.tf) for b in self._delta)
         self._dead -= dropped
-        if save and self.snapshot is not None:
+        if save and self._file is not None:
+            assert self._tokenizer is not None
             n = main.chunks
             # The mask the compaction used: a chunk dead in the file has no postings left in it; one that went
             # since is alive there, and the next start's comparison with the store finds it gone.
-            arrays = {
-                "format": np.array([FORMAT]),
-                "tokenize": _pack([self._tokenizer.tokenize if self._tokenizer else ""]),
-                "terms": _pack(self._terms),
-                "collections": _pack(self._collections),
-                "docs": _pack(self._docs[:n]),
-                "offsets": main.offsets,
-                "idx": main.idx,
-                "tf": main.tf,
-                "ids": self._ids.a[:n].copy(),
-                "dl": self._dl.a[:n].copy(),
-                "coll": self._coll.a[:n].copy(),
-                "alive": alive,
-            }
-            self._compactor.submit(self._save, arrays)
-
-    def _save(self, arrays: dict[str, np.ndarray]) -> None:
-        """Write the snapshot (a temporary file renamed over the last one)."""
-        assert self.snapshot is not None
-        tmp = self.snapshot.with_name(f".postings.{os.getpid()}.tmp.npz")
-        try:
-            self.snapshot.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, self.snapshot)
-        except OSError:
-            log.warning("lexical postings snapshot not saved", exc_info=True)
-            tmp.unlink(missing_ok=True)
+            snapshot = Snapshot(
+                tokenize=self._tokenizer.tokenize,
+                terms=list(self._terms),
+                collections=list(self._collections),
+                docs=self._docs[:n],
+                offsets=main.offsets,
+                idx=main.idx,
+                tf=main.tf,
+                ids=self._ids.a[:n].copy(),
+                dl=self._dl.a[:n].copy(),
+                coll=self._coll.a[:n].copy(),
+                alive=alive,
+            )
+            self._compactor.submit(snapshot.save, self._file)
 
     def _load(self, tokenize: str) -> bool:
-        """The snapshot's arrays, when there is one for this tokenizer (the sync that follows corrects them)."""
-        if self.snapshot is None or not self.snapshot.exists():
+        """The saved postings, when there are some for this tokenizer (the sync that follows corrects them)."""
+        snapshot = Snapshot.load(self._file, tokenize) if self._file is not None else None
+        if snapshot is None:
             return False
-        try:
-            with np.load(self.snapshot) as z:
-                if int(z["format"][0]) != FORMAT or _unpack(z["tokenize"]) != [tokenize]:
-                    return False
-                terms, collections, docs = _unpack(z["terms"]), _unpack(z["collections"]), _unpack(z["docs"])
-                main = _Main(len(docs), z["offsets"], z["idx"], z["tf"])
-                ids, dl, coll, alive = z["ids"], z["dl"], z["coll"], z["alive"]
-        except (OSError, ValueError, KeyError, EOFError):
-            log.warning("lexical postings snapshot unreadable; rebuilding", exc_info=True)
-            return False
-        if not (len(ids) == len(dl) == len(coll) == len(alive) == len(docs) == main.chunks):
-            return False
-        self._terms = {t: i for i, t in enumerate(terms)}
-        self._collections = {c: i for i, c in enumerate(collections)}
-        self._main, self._docs = main, docs
+        ids, dl, alive = snapshot.ids, snapshot.dl, snapshot.alive
+        self._terms = {t: i for i, t in enumerate(snapshot.terms)}
+        self._collections = {c: i for i, c in enumerate(snapshot.collections)}
+        self._main = _Main(len(ids), snapshot.offsets, snapshot.idx, snapshot.tf)
+        self._docs = snapshot.docs
         self._ids, self._dl = _Grow(np.int64, ids), _Grow(np.float64, dl)
-        self._coll, self._alive = _Grow(np.int32, coll), _Grow(np.bool_, alive)
+        self._coll, self._alive = _Grow(np.int32, snapshot.coll), _Grow(np.bool_, alive)
         self._where = {int(ids[i]): int(i) for i in np.flatnonzero(alive)}
         self._alive_n = len(self._where)
         self._total = float(dl[alive].sum())
@@ -527,24 +439,3 @@ class PostingsIndex:
 
 class _Closing(Exception):
     """The index is closing: the build stops."""
-
-
-def _pack(strings: Iterable[str]) -> np.ndarray:
-    """Strings as one NUL-separated UTF-8 byte array (a NumPy string array would pad every one)."""
-    return np.frombuffer("\0".join(strings).encode(), dtype=np.uint8)
-
-
-def _unpack(packed: np.ndarray) -> list[str]:
-    text = packed.tobytes().decode()
-    return text.split("\0") if text else []
-
-
-def _tokenize_option(create_sql: str) -> str:
-    """The ``tokenize='...'`` option of the FTS5 table's CREATE statement (FTS5's default when none)."""
-    at = create_sql.find("tokenize=")
-    if at < 0:
-        return "unicode61"
-    rest = create_sql[at + len("tokenize=") :].lstrip()
-    if rest[:1] in ("'", '"'):
-        return rest[1 : rest.index(rest[0], 1)]
-    return rest.split(",")[0].split(")")[0].strip()
