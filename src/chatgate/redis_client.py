@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """What a call raises when Redis cannot be reached (or answer in time)."""

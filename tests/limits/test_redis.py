@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from chatgate.limits import SLOTS, Limit, LimiterUnavailable, RedisLimiter
 from tests.limits.test_contract import REDIS_URL, drop_prefix
