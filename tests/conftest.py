@@ -173,3 +173,46 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 def fast_retry_config(*upstreams: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A config with quick backoff so retry tests finish fast."""
     return {"upstreams": list(upstreams), "retry": {"max_retries": 3, "base": 0.01, "cap": 0.2}, **extra}
+
+
+def user_key(gw: Gateway, user_id: str) -> str:
+    """An ordinary (``user`` scope) key for a new user, made with the CLI as an operator would."""
+    cli = str(Path(sys.executable).with_name("chatgate"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")} | {
+        "CHATGATE_DATA_DIR": str(gw.data_dir)
+    }
+    subprocess.run([cli, "users", "create", user_id, "--id", user_id], check=True, env=env, capture_output=True)
+    out = subprocess.run(
+        [cli, "keys", "create", "--user", user_id], check=True, env=env, capture_output=True, text=True
+    ).stdout
+    return next(word for word in out.split() if word.startswith("cg-"))
+
+
+WINDOW = 300
+SUMMARY_KEY = "summary-secret"
+
+
+@pytest.fixture(scope="module")
+def fake_window() -> Iterator[Fake]:
+    """Context tests: serves ``ctx-model`` and ``ctx-other`` with ``max_model_len`` 300, and refuses longer requests."""
+    fake = start_fake("w", "ctx-model,ctx-other", max_model_len=WINDOW)
+    yield fake
+    stop(fake.proc)
+
+
+@pytest.fixture(scope="module")
+def fake_plain() -> Iterator[Fake]:
+    """States no window; wants an API key (the summariser's own endpoint in some tests)."""
+    fake = start_fake("p", "plain-model", api_key=SUMMARY_KEY)
+    yield fake
+    stop(fake.proc)
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[Any]:
+    """An OTLP/HTTP trace receiver (tests/observe/otlp.py)."""
+    from tests.observe.otlp import Collector
+
+    c = Collector()
+    yield c
+    c.close()

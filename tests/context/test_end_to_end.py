@@ -26,9 +26,8 @@ from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
 from chatgate.upstream.routing import Router, Upstream
-from tests.conftest import Fake
+from tests.conftest import WINDOW, Fake
 
-from .conftest import WINDOW
 from .helpers import turn, words
 
 MAX_TOKENS = 50

@@ -11,9 +11,8 @@ from chatgate.settings import RetrySettings, SummarizerSettings, TimeoutSettings
 from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.client import UpstreamClient
 from chatgate.upstream.routing import Router, Upstream
-from tests.conftest import Fake, free_port
+from tests.conftest import SUMMARY_KEY, Fake, free_port
 
-from .conftest import SUMMARY_KEY
 from .helpers import turn, words
 
 

@@ -10,9 +10,8 @@ from chatgate.context import WindowResolver, local_windows, requested_max_tokens
 from chatgate.settings import ContextSettings, Settings
 from chatgate.upstream.catalog import ModelCatalog, window_in
 from chatgate.upstream.routing import Router, Upstream
-from tests.conftest import Fake
+from tests.conftest import SUMMARY_KEY, WINDOW, Fake
 
-from .conftest import SUMMARY_KEY, WINDOW
 from .helpers import client
 
 

@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Fake, Gateway, start_gateway, stop
-from tests.limits.test_gateway import user_key
+from tests.conftest import Fake, Gateway, start_gateway, stop, user_key
 
 ADMIN_ROUTES = [
     ("GET", "/admin/metrics"),

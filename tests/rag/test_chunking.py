@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from pathlib import Path
 
 import pytest
@@ -185,17 +184,14 @@ def test_real_samples_chunk_with_their_metadata(counter: TokenCounter) -> None:
     assert sick and sick[0].headings == ("Employee Handbook", "Leave", "Sick leave")
 
 
-def test_chunking_is_fast(counter: TokenCounter) -> None:
+def test_chunking_thousands_of_sections(counter: TokenCounter) -> None:
     # 3,000 sections of 3 paragraphs (~180 tokens each): about 9,000 chunks of at most 60 tokens.
     sections = tuple(
         Section("\n\n".join(paragraph(k * 10 + j * 3, 3) for j in range(3)), (f"S{k}",)) for k in range(3000)
     )
     chunker = Chunker(counter, size=60, overlap=15)
-    started = time.perf_counter()
-    chunks = chunker.chunk(doc_of(*sections))
-    elapsed = time.perf_counter() - started
+    chunks = chunker.chunk(doc_of(*sections))  # its speed: bench/ (no wall-clock assertions in tests)
     assert len(chunks) >= 6000
-    assert elapsed < 10.0, f"{len(chunks)} chunks took {elapsed:.1f}s"
     assert all(0 < c.tokens <= 60 for c in chunks)
     assert [c.ordinal for c in chunks] == list(range(len(chunks)))
     assert all(c.tokens == counter.count(c.text) for c in chunks[:: max(1, len(chunks) // 200)])

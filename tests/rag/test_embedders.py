@@ -86,31 +86,29 @@ async def test_batches_keep_order_and_match_single_calls(local: LocalEmbedder) -
 
 
 async def test_background_load_does_not_block_the_loop(local: LocalEmbedder) -> None:
+    """Order, not durations: start() returns before the model is ready, and the event loop keeps running
+    while it loads (a blocking load would let no tick run until it was ready)."""
     await local.wait_ready()  # torch and the library imported once; this measures a model load
     fresh = LocalEmbedder(batch_size=8, threads=1)
-    gaps: list[float] = []
+    ticks_while_loading = 0
     done = asyncio.Event()
 
     async def ticker() -> None:
-        last = time.perf_counter()
+        nonlocal ticks_while_loading
         while not done.is_set():
             await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            gaps.append(now - last)
-            last = now
+            if not fresh.ready:
+                ticks_while_loading += 1
 
-    task = asyncio.create_task(ticker())
-    started = time.perf_counter()
     fresh.start()
-    assert time.perf_counter() - started < 0.05  # start() returns at once
-    assert not fresh.ready
+    assert not fresh.ready  # start() returned before the load finished
+    task = asyncio.create_task(ticker())
     vectors = await fresh.embed(["embed waits for the load"])  # no explicit wait needed
     done.set()
     await task
     assert fresh.ready and len(vectors[0]) == 384
     assert fresh.load_seconds is not None
-    assert len(gaps) >= 3, "the loop did not run while the model loaded"
-    assert max(gaps) < 0.5, f"the loop was blocked for {max(gaps):.2f}s"
+    assert ticks_while_loading >= 3, "the loop did not run while the model loaded"
     await fresh.close()
 
 
@@ -194,12 +192,9 @@ async def test_openai_retries_503_and_429_honouring_retry_after(server: tuple[Te
     srv, script = server
     script.failures = [(503, {}), (429, {"Retry-After": "1"})]
     emb = client(srv)
-    started = time.perf_counter()
     vectors = await emb.embed(["hello"])
     assert len(vectors) == 1 and emb.requests == 3
     assert script.times[2] - script.times[1] >= 0.95  # waited as long as Retry-After asked
-    assert script.times[1] - script.times[0] < 0.5  # the 503 without Retry-After: a short backoff
-    assert time.perf_counter() - started < 3
     await emb.close()
 
 

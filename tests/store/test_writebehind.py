@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import pytest
 
@@ -142,8 +141,6 @@ async def test_unreachable_database_gives_up_and_close_does_not_hang() -> None:
     await wb.start()
     for i in range(1000):
         wb.put(UpsertUser(f"u{i}", None, None, None, "test", at(0)))
-    started = time.monotonic()
-    await wb.close()
-    assert time.monotonic() - started < 10
+    await wb.close()  # returns (pytest's timeout would catch a hang) having given every op up
     assert wb.written == 0 and wb.lost == 1000 and wb.failures >= 3 and wb.depth == 0
     await store.close()

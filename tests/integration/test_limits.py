@@ -4,13 +4,9 @@ the official openai SDK, the admin API, and Redis (real, and lost mid-test behin
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +14,7 @@ import openai
 import pytest
 from redis import Redis
 
-from tests.conftest import Fake, Gateway, start_gateway, stop
+from tests.conftest import Fake, Gateway, start_gateway, stop, user_key
 from tests.limits.test_contract import REDIS_URL
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
@@ -193,17 +189,6 @@ def test_route_limit_outside_the_pipeline(gw: Gateway) -> None:
     httpx.post(f"{gw.url}/admin/users/admin/limits/reset", headers=auth(gw))
     assert httpx.get(gw.base_url + "/models", headers=auth(gw)).status_code == 200
     assert httpx.get(gw.url + "/health").status_code == 200  # unlisted: unlimited
-
-
-def user_key(gw: Gateway, user_id: str) -> str:
-    """An ordinary (``user`` scope) key for a new user, made with the CLI as an operator would."""
-    cli = str(Path(sys.executable).with_name("chatgate"))
-    env = {"CHATGATE_DATA_DIR": str(gw.data_dir), "PATH": os.environ["PATH"]}
-    subprocess.run([cli, "users", "create", user_id, "--id", user_id], check=True, env=env, capture_output=True)
-    out = subprocess.run(
-        [cli, "keys", "create", "--user", user_id], check=True, env=env, capture_output=True, text=True
-    ).stdout
-    return next(word for word in out.split() if word.startswith("cg-"))
 
 
 def test_user_field_on_an_ordinary_key_does_not_mint_new_limits(tmp_path, fake_a: Fake) -> None:

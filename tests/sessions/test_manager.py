@@ -1,19 +1,15 @@
-"""Sessions over a real SQLite store: get-or-create, the LRU and its TTL, counters, history; helpers."""
+"""Sessions over a real SQLite store: get-or-create, the LRU and its TTL, counters, history."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import pytest
 
-from chatgate.errors import RateLimited
 from chatgate.identity.model import Identity
-from chatgate.sessions.connections import Connections
 from chatgate.sessions.manager import SessionManager, conversation_id
-from chatgate.sessions.messages import compact, dedupe_key, is_multimodal, request_kind
-from chatgate.sessions.personalise import Personaliser
+from chatgate.sessions.messages import dedupe_key
 from chatgate.settings import SessionSettings
 from chatgate.store.db import Store
 from chatgate.store.writebehind import WriteBehind
@@ -131,66 +127,6 @@ async def test_find_for_user_never_finds_another_users_session(parts):
     sessions.forget(s.id)
     assert await sessions.find_for_user("u:intruder", s.id) is None
     assert (await sessions.find_for_user("u:owner", s.id)) is not None
-
-
-def test_connections_cap_and_counts():
-    conns = Connections(max_per_user=2)
-    a, b = conns.enter("u", "c1", "m1"), conns.enter("u", "c1", "m2")
-    with pytest.raises(RateLimited) as err:
-        conns.enter("u")
-    assert err.value.status == 429 and err.value.headers["Retry-After"] == "1"
-    other = conns.enter("v")
-    assert conns.in_flight("u") == 2 and conns.in_flight() == 3
-    assert conns.overview()["conversations"] == 1 and conns.overview()["rejected"] == 1
-    for c in (a, b, other, a):
-        conns.leave(c)
-    assert conns.in_flight() == 0 and conns.enter("u")
-
-
-def test_request_kinds():
-    text = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    image = {
-        "model": "m",
-        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
-    }
-    assert request_kind(text, {}, frozenset()) == "standard"
-    assert request_kind({**text, "tools": [{}]}, {}, frozenset()) == "tool"
-    assert request_kind(image, {}, frozenset()) == "multimodal" and is_multimodal(image["messages"])
-    assert request_kind(text, {"web_search": True}, frozenset()) == "research"
-    assert request_kind(text, {}, frozenset({"m"})) == "research"
-    assert request_kind({**text, "research": True}, {}, frozenset()) == "research"
-
-
-def test_dedupe_keys_are_stable_and_distinct():
-    assert dedupe_key(0, "user", "hi") == dedupe_key(0, "user", "hi")
-    assert dedupe_key(0, "user", "hi") != dedupe_key(2, "user", "hi")  # the same words later are a new message
-    assert dedupe_key(0, "user", "hi") != dedupe_key(0, "assistant", "hi")
-    assert dedupe_key(0, "user", "hi", "mid-1") == dedupe_key(5, "user", "other", "mid-1")
-
-
-def test_large_inline_data_is_stored_as_hash_and_size():
-    big = "data:image/png;base64," + "A" * 5000
-    parts = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": big, "detail": "low"}}]
-    stored = compact(parts, keep_bytes=False, limit=2048)
-    assert stored[0] == parts[0]
-    image = stored[1]["image_url"]
-    assert image["url"] is None and image["size"] == len(big) and len(image["sha256"]) == 64
-    assert image["detail"] == "low" and image["media_type"] == "image/png"
-    assert compact(parts, keep_bytes=True, limit=2048) == parts
-    small = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
-    assert compact(small, keep_bytes=False, limit=2048) == small
-
-
-def test_personaliser_fills_from_variables_and_time_zone():
-    p = Personaliser("Hi {name}, it is {time} in {timezone}; language {language}.")
-    when = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    text = p.prompt({"USER_NAME": "Ann", "CURRENT_TIMEZONE": "Asia/Tokyo", "USER_LANGUAGE": "ja"}, None, when)
-    assert text == "Hi Ann, it is 21:00 in Asia/Tokyo; language ja."
-    merged = p.apply([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "q"}], "P")
-    assert merged[0]["content"] == "P\n\nBe brief." and len(merged) == 2
-    assert p.apply([{"role": "user", "content": "q"}], "P")[0] == {"role": "system", "content": "P"}
-    with pytest.raises(ValueError, match="unknown placeholders"):
-        Personaliser("{password}")
 
 
 async def test_rows_the_session_already_has_are_not_queued_again(parts):

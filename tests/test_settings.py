@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from chatgate.settings import SECRET_MASK, Settings, load_settings, masked
 from chatgate.settings_doc import render, rows
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -28,6 +28,13 @@ def write_config(tmp_path: Path, data: dict) -> Path:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _config_env_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``load_settings(path)`` sets CHATGATE_CONFIG (for ``serve``'s workers): undone after each test."""
+    monkeypatch.setenv("CHATGATE_CONFIG", "")  # recorded (absent), so that the undo removes what a test set
+    monkeypatch.delenv("CHATGATE_CONFIG")
 
 
 def test_defaults():

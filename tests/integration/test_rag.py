@@ -16,10 +16,9 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Fake, Gateway, start_gateway, stop
-from tests.limits.test_gateway import user_key
+from tests.conftest import Fake, Gateway, start_gateway, stop, user_key
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "rag" / "samples"
 EMBED_MODEL = "fake-word-hash"
 POLICY = (
     "# Leave policy\n\n"

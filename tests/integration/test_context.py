@@ -13,10 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import Fake, Gateway, start_gateway, stop
-
-from .conftest import WINDOW
-from .test_end_to_end import MAX_TOKENS, conversation
+from tests.conftest import WINDOW, Fake, Gateway, start_gateway, stop
+from tests.context.test_end_to_end import MAX_TOKENS, conversation
 
 OWUI_CHAT = "x-openwebui-chat-id"
 

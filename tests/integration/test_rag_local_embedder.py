@@ -14,7 +14,7 @@ import httpx
 
 from tests.conftest import ADMIN_KEY, Fake, start_gateway, stop
 
-SAMPLES = Path(__file__).parent / "samples"
+SAMPLES = Path(__file__).parents[1] / "rag" / "samples"
 
 
 def test_ingest_then_serve_grounded_answers_with_the_local_model(tmp_path: Path, fake_a: Fake) -> None:
