@@ -37,7 +37,7 @@ from chatgate.identity.keys import Principal  # noqa: E402
 from chatgate.identity.resolve import IdentityResolver  # noqa: E402
 from chatgate.sessions.connections import Connections  # noqa: E402
 from chatgate.sessions.manager import SessionManager  # noqa: E402
-from chatgate.sessions.messages import dedupe_key, request_kind  # noqa: E402
+from chatgate.sessions.messages import Kept, request_kind  # noqa: E402
 from chatgate.settings import IdentitySettings, SessionSettings  # noqa: E402
 from chatgate.store.db import Store  # noqa: E402
 from chatgate.store.writebehind import WriteBehind  # noqa: E402
@@ -73,16 +73,18 @@ async def run(requests: int, conversations: int) -> dict[str, list[float]]:
             resolved = resolver.resolve(FORWARDER, headers, body, "127.0.0.1", None)
             session = await sessions.get_or_create(resolved.identity, resolved.conversation_key, resolved.channel)
             conn = conns.enter(resolved.identity.user_id, session.id, resolved.message_id)
-            sessions.record(session, request_kind(body, resolved.features, frozenset()), 12, 30)
             content = body["messages"][0]["content"]
-            sessions.add_message(
+            await sessions.keep(
                 session,
-                "user",
-                content,
-                dedupe_key(0, "user", content, resolved.message_id),
-                client_message_id=resolved.message_id,
+                request_kind(body, resolved.features, frozenset()),
+                {"prompt_tokens": 12, "completion_tokens": 30},
+                rag_applied=False,
+                messages=[Kept(0, "user", content, resolved.message_id)],
+                reply="an answer",
+                reply_at=1,
+                model="m",
+                durable=False,
             )
-            sessions.add_message(session, "assistant", "an answer", dedupe_key(1, "assistant", "an answer"))
             conns.leave(conn)
             elapsed = (time.perf_counter_ns() - start) / 1000
             first = session.is_first_message and i < conversations

@@ -21,23 +21,25 @@ from starlette.routing import Route
 
 from chatgate.api import admin, assistants, chat_api, docs, health, openai, rag
 from chatgate.api import metrics as metrics_api
-from chatgate.api.asgi import Endpoint
+from chatgate.api.doors import OpenAIDoor
 from chatgate.api.errors import EXCEPTION_HANDLERS
 from chatgate.api.fastlane import GatewayApp
 from chatgate.api.middleware import Authenticate, BodyLimit, RequestLog, RouteLimits
 from chatgate.api.tracing import TraceRequests
 from chatgate.cache import MemoryCache, RedisCache, ResponseCache
+from chatgate.cache.answers import CachedAnswers
 from chatgate.context import ContextFitter, Summariser, WindowResolver
 from chatgate.identity.jwt import JWTVerifier
 from chatgate.identity.keys import ADMIN, Credentials, JWTSignIn, StaticKeys, StoredKeys, bootstrap_admin_digest
 from chatgate.identity.resolve import IdentityResolver
 from chatgate.limits import Limiter, MemoryLimiter, RedisLimiter
 from chatgate.limits.admit import Admission
-from chatgate.observe import metrics
 from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
+from chatgate.observe.metrics import Metrics, metrics_dir
+from chatgate.observe.requests import RequestRecorder
 from chatgate.observe.tracing import TracedAccessLog, Tracing
-from chatgate.pipeline import Services
+from chatgate.rag.ground import Grounder
 from chatgate.rag.service import Rag
 from chatgate.sessions.connections import Connections
 from chatgate.sessions.manager import SessionManager
@@ -46,6 +48,7 @@ from chatgate.settings import Settings, load_settings
 from chatgate.store.db import Store, database_url
 from chatgate.store.writebehind import WriteBehind
 from chatgate.tokens.counter import TokenCounter
+from chatgate.turn import Services
 from chatgate.upstream.breaker import CircuitBreaker
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import UpstreamClient
@@ -102,12 +105,13 @@ def build_limiter(settings: Settings) -> Limiter:
 
 def sample_state(services: Services) -> None:
     """The gauges that describe state, read when metrics are (not on every request)."""
+    metrics = services.metrics
     for up in services.upstream.router.upstreams:
         metrics.set_circuit(up.name, up.breaker.state.value)
-    metrics.SESSIONS_ACTIVE.set(services.sessions.active)
+    metrics.sessions_active.set(services.sessions.active)
     writer = services.sessions.writer
-    metrics.QUEUE_DEPTH.set(writer.depth)
-    metrics.QUEUE_DROPS.set(writer.drops)
+    metrics.queue_depth.set(writer.depth)
+    metrics.queue_drops.set(writer.drops)
 
 
 async def purge_analytics(store: Store, settings: Settings) -> None:
@@ -146,36 +150,45 @@ def build_cache(settings: Settings) -> ResponseCache | None:
     return MemoryCache(ttl=c.ttl, max_entries=c.max_entries, max_bytes=c.max_bytes, max_entry_bytes=c.max_entry_bytes)
 
 
-def build_services(settings: Settings, store: Store, writer: WriteBehind, tracing: Tracing | None = None) -> Services:
+def build_services(
+    settings: Settings,
+    store: Store,
+    writer: WriteBehind,
+    metrics: Metrics,
+    tracing: Tracing | None = None,
+    personaliser: Personaliser | None = None,
+) -> Services:
     client = build_upstream(settings, tracing)
-    template = settings.sessions.system_prompt_template
     catalog = ModelCatalog(client, settings.server.models_cache_ttl)
-    sessions = SessionManager(store, writer, settings.sessions)
+    sessions = SessionManager(store, writer, settings.sessions, settings.store)
     counter = build_counter(settings)
+    windows = WindowResolver.from_settings(settings, catalog)
     fitter = ContextFitter(
         settings.context,
         counter,
-        WindowResolver.from_settings(settings, catalog),
+        windows,
         Summariser(settings.context.summarizer, counter, client),
         sessions,
+        metrics,
     )
+    cache = build_cache(settings)
+    rag = Rag(settings, store.engine, metrics)  # cheap: the index and the embedder open when documents are in use
     return Services(
         upstream=client,
         catalog=catalog,
         resolver=IdentityResolver(settings.identity),
         sessions=sessions,
         connections=Connections(settings.sessions.max_concurrent_per_user),
-        store_settings=settings.store,
         counter=counter,
-        admission=Admission(settings.limits, build_limiter(settings)),
+        admission=Admission(settings.limits, build_limiter(settings), metrics),
         fitter=fitter,
-        cache=build_cache(settings),
-        cache_settings=settings.cache,
-        record_requests=settings.analytics.enabled,
+        metrics=metrics,
+        recorder=RequestRecorder(writer if settings.analytics.enabled else None, metrics),
+        answers=CachedAnswers(cache, settings.cache, metrics) if cache is not None else None,
         research_models=frozenset(settings.sessions.research_models),
-        personaliser=Personaliser(template) if template else None,
-        rag=Rag(settings, store.engine),  # cheap: the index and the embedder open when documents are in use
-        grounding=settings.grounding,
+        personaliser=personaliser,
+        rag=rag,
+        grounder=Grounder(rag, settings.grounding, counter, windows),
         tracing=tracing,
     )
 
@@ -191,8 +204,9 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
     access_log = (TracedAccessLog if settings.tracing.enabled else AccessLog)(settings.log, raw=access_stream)
     jwt = JWTVerifier(settings.identity.jwt)  # reads its key files now: a bad path fails at start
     credentials = Credentials(StaticKeys({admin_digest: ADMIN}))
-    if settings.sessions.system_prompt_template:
-        Personaliser(settings.sessions.system_prompt_template)  # a bad template fails at start, not per request
+    template = settings.sessions.system_prompt_template
+    personaliser = Personaliser(template) if template else None  # a bad template fails at start, not per request
+    metrics = Metrics(metrics_dir() if settings.metrics.enabled else None)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -206,7 +220,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         )
         await writer.start()
         tracing = app.state.tracing = Tracing.start(settings.tracing)
-        services = build_services(settings, store, writer, tracing)
+        services = build_services(settings, store, writer, metrics, tracing, personaliser)
         app.state.services = services
         stored = StoredKeys(store, writer, ttl=settings.identity.key_cache_ttl)
         credentials.authenticators = (  # a JWT is recognised by its shape before any store lookup
@@ -226,10 +240,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         # A request allocates a few hundred objects: at the default threshold (700) the collector ran every
         # few requests and took ~10% of a worker's CPU under load. Cyclic garbage is rare on the hot path.
         gc.set_threshold(GC_THRESHOLD, 50, 50)
-        shared = metrics.metrics_dir() if settings.metrics.enabled else None
-        sampler = functools.partial(sample_state, services)
-        metrics.SAMPLERS.append(sampler)
-        flusher = asyncio.create_task(metrics.run_flusher(shared)) if shared is not None else None
+        metrics.samplers.append(functools.partial(sample_state, services))
+        flusher = asyncio.create_task(metrics.run_flusher()) if metrics.directory is not None else None
         purger = asyncio.create_task(purge_analytics(store, settings)) if settings.analytics.enabled else None
         try:
             yield
@@ -242,28 +254,32 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                 flusher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await flusher
-            metrics.SAMPLERS.remove(sampler)
+            metrics.samplers.clear()
             if services.rag is not None:
                 await services.rag.close()  # an ingestion job in progress is queued again
             await services.upstream.close()
             await services.admission.close()
-            if services.cache is not None:
-                await services.cache.close()
+            if services.answers is not None:
+                await services.answers.cache.close()
             await writer.close()  # drains: nothing accepted is lost on a clean shutdown
             await store.close()
             if tracing is not None:
                 await tracing.close()  # exports the spans still queued
             access_log.flush()
 
-    scrape = metrics_api.MetricsEndpoint(settings.metrics, credentials) if settings.metrics.enabled else None
+    scrape = metrics_api.MetricsEndpoint(settings.metrics, credentials, metrics) if settings.metrics.enabled else None
     app = GatewayApp(
         hot_paths=PIPELINE_PATHS,  # the fast lane (api/fastlane.py)
         routes=[
-            Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+            Route(
+                "/v1/chat/completions",
+                openai.chat_completions(OpenAIDoor(settings.cache.stream_chunk_chars)),
+                methods=["POST"],
+            ),
             Route("/v1/embeddings", openai.embeddings, methods=["POST"]),
             Route("/v1/models", openai.list_models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", openai.get_model, methods=["GET"]),
-            Route("/api/v1/chat", Endpoint(chat_api.chat), methods=["POST"]),
+            Route("/api/v1/chat", chat_api.chat, methods=["POST"]),
             Route("/api/v1/chat/sessions", chat_api.list_sessions, methods=["GET"]),
             Route("/api/v1/chat/sessions/stats", chat_api.session_stats, methods=["GET"]),
             Route("/api/v1/chat/sessions/{session_id}", chat_api.get_session, methods=["GET"]),
@@ -302,7 +318,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         ],
         middleware=[
             *([Middleware(TraceRequests)] if settings.tracing.enabled else []),  # outermost: logs inside its span
-            Middleware(RequestLog, access_log=access_log),
+            Middleware(RequestLog, access_log=access_log, metrics=metrics),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
             Middleware(
                 Authenticate,

@@ -6,10 +6,22 @@ OpenAI's vocabulary so OpenAI clients classify the error; ``code`` and ``details
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
+
+
+class Rate(NamedTuple):
+    """Where a caller stands against one limit: OpenAI's ``x-ratelimit-*`` trio, as plain values."""
+
+    unit: str  # "requests" | "tokens"
+    limit: int
+    remaining: int
+    reset_seconds: float
 
 
 class ChatgateError(Exception):
+    """``retry_after``: seconds after which trying again may succeed (``api/`` says it as ``Retry-After``);
+    ``headers``: extra HTTP headers, for errors the HTTP layer itself raises."""
+
     status = 500
     code = "INTERNAL"
     type = "server_error"
@@ -21,11 +33,13 @@ class ChatgateError(Exception):
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
         self.headers = headers or {}
+        self.retry_after = retry_after
         if status is not None:
             self.status = status
 
@@ -86,9 +100,25 @@ class MethodNotAllowed(ChatgateError):
 
 
 class RateLimited(ChatgateError):
+    """``blocked``: the limit that refused (``X-RateLimit-Limit/Remaining/Reset``); ``rates``: the caller's
+    standing per unit (``x-ratelimit-*``)."""
+
     status = 429
     code = "RATE_LIMIT"
     type = "rate_limit_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+        blocked: Rate | None = None,
+        rates: tuple[Rate, ...] = (),
+    ) -> None:
+        super().__init__(message, details=details, retry_after=retry_after)
+        self.blocked = blocked
+        self.rates = rates
 
 
 class UpstreamError(ChatgateError):

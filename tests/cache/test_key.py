@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from chatgate.cache import Scope, bypass, cache_key, cacheability, normalise_text
+from chatgate.cache import Scope, cache_key, cacheability, normalise_text
 
 
 def body(**overrides: Any) -> dict[str, Any]:
@@ -176,15 +176,3 @@ def test_sampling_is_not_cached_unless_allowed() -> None:
 def test_malformed_or_audio_requests_are_not_cacheable(payload: dict[str, Any]) -> None:
     result = cacheability(payload, allow_sampling=True)
     assert result.key is None and result.reason
-
-
-def test_bypass_by_body_or_headers() -> None:
-    assert bypass({"use_cache": False}) is True
-    assert bypass({"use_cache": True}) is False
-    assert bypass({}) is False
-    assert bypass({}, {"Cache-Control": "no-cache"}) is True
-    assert bypass({}, {"cache-control": "max-age=0, No-Store"}) is True
-    assert bypass({}, [("CACHE-CONTROL", "no-cache=set-cookie")]) is True
-    assert bypass({}, {"Pragma": "no-cache"}) is True
-    assert bypass({}, {"Cache-Control": "max-age=60"}) is False
-    assert bypass({}, {"X-No-Cache": "no-cache"}) is False

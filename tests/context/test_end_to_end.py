@@ -132,6 +132,10 @@ async def test_summarize_stores_the_brief_and_a_fresh_session_extends_it(world: 
     assert fitted.messages[1]["content"].startswith("Summary of the earlier conversation:\n- user: q0w0")
     assert fitted.summary_usage is not None and fitted.summary_usage["calls"] == len(world.summaries()) - before
     await accepted(world, fitted, messages)
+    # the turn kept (as the pipeline's account step does): a new conversation is stored with it, brief and all
+    await sessions.keep(
+        session, "standard", None, rag_applied=False, messages=[], reply=None, reply_at=0, model=None, durable=False
+    )
 
     await world.writer.flush()
     row = await world.store.conversations.get(session.id)

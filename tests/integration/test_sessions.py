@@ -102,11 +102,7 @@ def test_chat_api_keeps_history_server_side(gw, alice, fake_b):
         first = c.post("/api/v1/chat", json={"message": "my name is Ada", "model": "fake-model"}).json()
         assert first["response"] == "echo: my name is Ada" and first["cached"] is False and first["sources"] == []
         sid = first["session_id"]
-        scenario = uuid.uuid4().hex
-        second = c.post(
-            "/api/v1/chat",
-            json={"message": "what is my name", "session_id": sid, "model": "fake-model", "fake": {"id": scenario}},
-        )
+        second = c.post("/api/v1/chat", json={"message": "what is my name", "session_id": sid, "model": "fake-model"})
         assert second.status_code == 200, second.text
         assert second.json()["session_id"] == sid and second.json()["usage"]["total_tokens"] > 0
         info = c.get(f"/api/v1/chat/sessions/{sid}").json()

@@ -9,6 +9,7 @@ from chatgate.identity.keys import ADMIN, Principal
 from chatgate.identity.model import Identity, Resolved
 from chatgate.limits import MemoryLimiter
 from chatgate.limits.admit import Admission, completion_budget, limit_subject, used_tokens
+from chatgate.observe.metrics import Metrics
 from chatgate.settings import LimitSettings
 
 
@@ -39,13 +40,15 @@ def test_user_field_on_an_ordinary_key_charges_the_owner() -> None:
 
 
 async def test_admit_reserve_reconcile_refund_and_the_refusal() -> None:
-    admission = Admission(LimitSettings(user_requests_per_minute=2, user_tokens_per_hour=100), MemoryLimiter())
+    admission = Admission(
+        LimitSettings(user_requests_per_minute=2, user_tokens_per_hour=100), MemoryLimiter(), Metrics()
+    )
     principal = Principal(key_id="k1", scopes=frozenset({"user"}), user_id="carol")
     limits = admission.limits(principal, resolved("carol"), "10.0.0.1", "/v1/chat/completions", "m")
     first = await admission.admit(limits, 10, 30)
     assert first is not None
-    headers = dict(first.headers)
-    assert headers[b"x-ratelimit-remaining-requests"] == b"1" and headers[b"x-ratelimit-remaining-tokens"] == b"60"
+    rates = {r.unit: r for r in first.rates}
+    assert rates["requests"].remaining == 1 and rates["tokens"].remaining == 60
     await admission.settle(first, 15)
     await admission.settle(first, 99)  # settled once: the second is ignored
     usage = await admission.limiter.usage(limits)
@@ -55,7 +58,8 @@ async def test_admit_reserve_reconcile_refund_and_the_refusal() -> None:
         await admission.admit(limits, 60, 30)
     err = caught.value
     assert err.details["scope"] == "user:tokens_per_hour" and err.details["remaining"] == 85
-    assert err.headers["X-RateLimit-Limit"] == "100" and int(err.headers["Retry-After"]) >= 1
+    assert err.blocked is not None and err.blocked.limit == 100 and err.retry_after is not None
+    assert err.retry_after > 0
     assert "more than" not in err.message  # it fits once the window moves on
 
     second = await admission.admit(limits, 5, 5)
@@ -71,7 +75,7 @@ async def test_admit_reserve_reconcile_refund_and_the_refusal() -> None:
 
 
 async def test_a_request_larger_than_the_limit_says_so() -> None:
-    admission = Admission(LimitSettings(user_tokens_per_hour=100), MemoryLimiter())
+    admission = Admission(LimitSettings(user_tokens_per_hour=100), MemoryLimiter(), Metrics())
     principal = Principal(key_id="k1", scopes=frozenset({"user"}), user_id="carol")
     limits = admission.limits(principal, resolved("carol"), None, "/v1/chat/completions", None)
     with pytest.raises(RateLimited) as caught:
@@ -80,7 +84,7 @@ async def test_a_request_larger_than_the_limit_says_so() -> None:
 
 
 async def test_disabled_limits_admit_without_a_charge() -> None:
-    admission = Admission(LimitSettings(enabled=False), MemoryLimiter())
+    admission = Admission(LimitSettings(enabled=False), MemoryLimiter(), Metrics())
     principal = Principal(key_id="k1", scopes=frozenset({"user"}), user_id="carol")
     assert admission.limits(principal, resolved("carol"), None, "/v1/chat/completions", None) == []
     assert await admission.admit([], 10, 10) is None

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from chatgate.app import create_app
-from chatgate.observe import metrics
+from chatgate.observe.metrics import Metrics
 from chatgate.settings import Settings
 from tests.conftest import ADMIN_KEY, ROOT, Fake
 
@@ -68,7 +68,8 @@ def test_every_metric_on_the_dashboard_is_served(tmp_path: Path, fake_b: Fake) -
 
 def family_labels(name: str) -> set[str]:
     base = re.sub(r"_(total|bucket|sum|count)$", "", name)
-    family = metrics.FAMILIES.get(base) or metrics.FAMILIES.get(name)
+    families = Metrics().families
+    family = families.get(base) or families.get(name)
     return set(family.labels) if family is not None else {"pid"}  # the process collector's families
 
 

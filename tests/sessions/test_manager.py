@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from chatgate.identity.model import Identity
-from chatgate.sessions.manager import SessionManager, conversation_id
-from chatgate.sessions.messages import dedupe_key
+from chatgate.sessions.manager import Session, SessionManager, conversation_id
+from chatgate.sessions.messages import Kept
 from chatgate.settings import SessionSettings
 from chatgate.store.db import Store
 from chatgate.store.writebehind import WriteBehind
@@ -49,16 +49,46 @@ def manager(parts, clock: Clock | None = None, **kw) -> SessionManager:
     return SessionManager(store, writer, SessionSettings(**kw), clock=clock or Clock())
 
 
-async def test_get_or_create_is_first_then_not_and_is_stored(parts):
+async def keep(
+    sessions: SessionManager,
+    session: Session,
+    user: str | None,
+    reply: str | None,
+    *,
+    at: int | None = None,
+    kind: str = "standard",
+    usage: dict[str, int] | None = None,
+    durable: bool = False,
+) -> None:
+    """One turn: ``user`` at position ``at`` (default: after what the session has), then ``reply``."""
+    position = session.message_count if at is None else at
+    messages = [Kept(position, "user", user)] if user is not None else []
+    await sessions.keep(
+        session,
+        kind,
+        usage,
+        rag_applied=False,
+        messages=messages,
+        reply=reply,
+        reply_at=position + len(messages),
+        model="m",
+        durable=durable,
+    )
+
+
+async def test_a_conversation_is_stored_with_its_first_turn(parts):
     sessions = manager(parts)
     first = await sessions.get_or_create(who(), "chat-1", "openai")
-    assert first.is_first_message and first.id == conversation_id("u:1", "chat-1")
+    assert first.is_first_message and first.id == conversation_id("u:1", "chat-1") and not first.stored
     again = await sessions.get_or_create(who(), "chat-1", "openai")
     assert again is first and not again.is_first_message
     await sessions.writer.flush()
-    row = await sessions.store.conversations.get(first.id)
-    assert row is not None and row.user_id == "u:1" and row.key == "chat-1"
+    assert await sessions.store.conversations.get(first.id) is None  # nothing kept yet: nothing stored
     assert (await sessions.store.users.get("u:1")) is not None
+    await keep(sessions, first, "hello", "hi")
+    await sessions.writer.flush()
+    row = await sessions.store.conversations.get(first.id)
+    assert row is not None and row.user_id == "u:1" and row.key == "chat-1" and row.message_count == 2
 
 
 async def test_same_key_for_two_users_is_two_conversations(parts):
@@ -79,8 +109,7 @@ async def test_lru_evicts_and_ttl_expires_then_reloads_from_store(parts):
     clock = Clock()
     sessions = manager(parts, clock, cache_size=2, cache_ttl=60)
     s1 = await sessions.get_or_create(who(), "k1", "openai")
-    sessions.record(s1, "tool", 5, 7)
-    sessions.add_message(s1, "user", "hello", dedupe_key(0, "user", "hello"))
+    await keep(sessions, s1, "hello", None, kind="tool", usage={"prompt_tokens": 5, "completion_tokens": 7})
     await sessions.get_or_create(who(), "k2", "openai")
     await sessions.get_or_create(who(), "k3", "openai")  # evicts k1
     assert sessions.stats.evicted == 1
@@ -102,8 +131,9 @@ async def test_ephemeral_sessions_are_never_stored(parts):
     sessions = manager(parts)
     eph = await sessions.get_or_create(who(), None, "openai")
     assert eph.ephemeral and eph.is_first_message
-    sessions.record(eph, "standard", 1, 1)
-    sessions.add_message(eph, "user", "x", "k")
+    depth = sessions.writer.depth
+    await keep(sessions, eph, "x", "y", durable=True)  # durable or not: nothing to write
+    assert sessions.writer.depth == depth and eph.message_count == 2
     await sessions.writer.flush()
     assert await sessions.store.conversations.get(eph.id) is None
     assert sessions.overview()["active"] == 0
@@ -111,46 +141,54 @@ async def test_ephemeral_sessions_are_never_stored(parts):
 
 async def test_history_keeps_the_last_turns(parts):
     sessions = manager(parts, history_turns=2)
-    s = await sessions.get_or_create(who(), "h", "chat-api")
+    s = sessions.new(who(), "h", "chat-api")
     for i in range(5):
-        sessions.add_message(s, "user", f"q{i}", f"u{i}")
-        sessions.add_message(s, "assistant", f"a{i}", f"a{i}")
+        await keep(sessions, s, f"q{i}", f"a{i}")
     assert [m["content"] for m in sessions.history(s)] == ["q3", "a3", "q4", "a4"]
 
 
-async def test_find_for_user_never_finds_another_users_session(parts):
+async def test_find_for_user_reads_the_store_and_never_another_users(parts):
     sessions = manager(parts)
-    s = await sessions.get_or_create(who("u:owner"), "k", "chat-api")
-    await sessions.writer.flush()
-    assert await sessions.find_for_user("u:owner", s.id) is s
-    assert await sessions.find_for_user("u:intruder", s.id) is None
-    sessions.forget(s.id)
-    assert await sessions.find_for_user("u:intruder", s.id) is None
-    assert (await sessions.find_for_user("u:owner", s.id)) is not None
+    s = sessions.new(who("u:owner"), "k", "chat-api")
+    await keep(sessions, s, "q", "a", durable=True)  # committed when keep returns
+    other = manager(parts)  # another worker: it never saw the conversation
+    found = await other.find_for_user("u:owner", s.id)
+    assert found is not None and found.message_count == 2 and [m["content"] for m in found.recent] == ["q", "a"]
+    assert await other.find_for_user("u:intruder", s.id) is None
+    await keep(other, found, "q2", "a2", durable=True)  # a turn there...
+    again = await sessions.find_for_user("u:owner", s.id)  # ...is what the first worker reads next
+    assert again is not None and again.message_count == 4
+    assert [m["content"] for m in again.recent] == ["q", "a", "q2", "a2"]
 
 
 async def test_rows_the_session_already_has_are_not_queued_again(parts):
     sessions = manager(parts)
     s = await sessions.get_or_create(who(), "dup", "openai")
+    await keep(sessions, s, "be brief", None, at=0)
     before = sessions.writer.depth
-    for _ in range(3):
-        sessions.add_message(s, "system", "be brief", dedupe_key(0, "system", "be brief"))
-    assert sessions.writer.depth == before + 1 and s.message_count == 1
+    for _ in range(2):
+        await keep(sessions, s, "be brief", None, at=0)
+    assert sessions.writer.depth == before + 2 and s.message_count == 1  # two more counts, no more rows
     await sessions.writer.flush()
     sessions.forget(s.id)
     again = await sessions.get_or_create(who(), "dup", "openai")  # reloaded: it still knows the row
-    sessions.add_message(again, "system", "be brief", dedupe_key(0, "system", "be brief"))
-    assert sessions.writer.depth == 0 and again.message_count == 1
+    await keep(sessions, again, "be brief", None, at=0)
+    assert sessions.writer.depth == 1 and again.message_count == 1
 
 
-async def test_the_brief_is_queued_and_loaded_with_the_session(parts):
+async def test_the_brief_is_stored_with_the_conversation_and_loaded_with_it(parts):
     sessions = manager(parts)
     s = await sessions.get_or_create(who(), "chat-brief", "openai")
-    sessions.set_brief(s, "- a fact", 4, "f" * 64)
-    assert (s.brief, s.brief_upto, s.brief_digest) == ("- a fact", 4, "f" * 64)
+    await parts[1].flush()  # the user row
+    sessions.set_brief(s, "- a fact", 4, "f" * 64)  # not stored yet: it goes with the first turn
+    assert (s.brief, s.brief_upto, s.brief_digest) == ("- a fact", 4, "f" * 64) and sessions.writer.depth == 0
+    await keep(sessions, s, "hi", "hello")
     await parts[1].flush()
     fresh = await manager(parts).get_or_create(who(), "chat-brief", "openai")
     assert (fresh.brief, fresh.brief_upto, fresh.brief_digest) == ("- a fact", 4, "f" * 64)
+    await parts[1].flush()
+    sessions.set_brief(fresh, "- two facts", 6, "e" * 64)  # stored: queued at once
+    assert sessions.writer.depth == 1
     eph = sessions.ephemeral(who(), "openai")
     await parts[1].flush()
     written = parts[1].written

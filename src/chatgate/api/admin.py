@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -19,58 +18,24 @@ from chatgate.api import state
 from chatgate.api.chat_api import session_json
 from chatgate.api.middleware import info
 from chatgate.api.query import int_param
+from chatgate.api.responses import json_response, no_route
 from chatgate.errors import BadRequest, NotFound
-from chatgate.limits.base import Limit
-from chatgate.limits.policy import limits_for, subject_key
-from chatgate.pipeline import Services
+from chatgate.limits.policy import lines_for_user, subject_of
 from chatgate.store.analytics import EXPORT_COLUMNS
+from chatgate.turn import Services
 
 
 def _admin(request: Request) -> Services:
     """The services, for a caller with the ``admin`` scope; anyone else gets the unknown-route 404."""
     principal = info(request.scope).principal
     if principal is None or "admin" not in principal.scopes:
-        path = request.url.path
-        raise NotFound(f"No route {request.method} {path}.", details={"path": path})  # not revealed
+        raise no_route(request)  # not revealed
     return request.app.state.services  # type: ignore[no-any-return]
-
-
-def _json(data: Any) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json")
-
-
-def user_limits(services: Services, user_id: str) -> list[Limit]:
-    """Every limit line that can apply to ``user_id``: its own, and per configured route and model.
-
-    A user id ``ip:<address>`` is an anonymous caller's (its lines are per IP).
-    """
-    settings = services.admission.settings
-    anonymous = user_id.startswith("ip:")
-    seen: dict[str, Limit] = {}
-    for route in ["", *settings.routes]:
-        for model in [None, *settings.models]:
-            for line in limits_for(
-                settings,
-                user_id=user_id,
-                key_id=None,
-                anonymous=anonymous,
-                client_ip=user_id.removeprefix("ip:") if anonymous else None,
-                route=route,
-                model=model,
-            ):
-                seen.setdefault(line.scope, line)
-    return list(seen.values())
-
-
-def _subject(user_id: str) -> str:
-    if user_id.startswith("ip:"):
-        return subject_key(client_ip=user_id.removeprefix("ip:"))
-    return subject_key(user_id=user_id)
 
 
 async def _limit_status(services: Services, user_id: str) -> list[dict[str, Any]]:
     """Each limit line that can apply to ``user_id``, with its current usage."""
-    lines = user_limits(services, user_id)
+    lines = lines_for_user(services.admission.settings, user_id)
     usage = await services.admission.limiter.usage(lines)
     return [
         {
@@ -90,7 +55,7 @@ async def get_user_limits(request: Request) -> Response:
     """``GET /admin/users/{user_id}/limits``: each limit line with its current usage."""
     services = _admin(request)
     user_id = request.path_params["user_id"]
-    return _json(
+    return json_response(
         {
             "user_id": user_id,
             "enabled": services.admission.settings.enabled,
@@ -104,23 +69,23 @@ async def reset_user_limits(request: Request) -> Response:
     """``POST /admin/users/{user_id}/limits/reset``: forget the user's usage in every window."""
     services = _admin(request)
     user_id = request.path_params["user_id"]
-    cleared = await services.admission.limiter.reset(_subject(user_id))
-    return _json({"user_id": user_id, "reset": True, "counters_cleared": cleared})
+    cleared = await services.admission.limiter.reset(subject_of(user_id))
+    return json_response({"user_id": user_id, "reset": True, "counters_cleared": cleared})
 
 
 async def cache_stats(request: Request) -> Response:
     """``GET /admin/cache/stats``: total, valid, expired, hits, misses, hit rate, bytes, TTL."""
     services = _admin(request)
-    if services.cache is None:
-        return _json({"enabled": False})
-    return _json({"enabled": True, **(await services.cache.stats()).as_dict()})
+    if services.answers is None:
+        return json_response({"enabled": False})
+    return json_response({"enabled": True, **(await services.answers.cache.stats()).as_dict()})
 
 
 async def cache_clear(request: Request) -> Response:
     """``DELETE /admin/cache``: drop every cached answer."""
     services = _admin(request)
-    cleared = await services.cache.clear() if services.cache is not None else 0
-    return _json({"cleared": cleared})
+    cleared = await services.answers.cache.clear() if services.answers is not None else 0
+    return json_response({"cleared": cleared})
 
 
 async def get_user(request: Request) -> Response:
@@ -137,7 +102,7 @@ async def get_user(request: Request) -> Response:
     analytics = await store.analytics.summary(from_, to, user_id=user_id)
     if user is None and not conversations and not analytics["requests"] and not services.connections.in_flight(user_id):
         raise NotFound("No such user.", details={"user_id": user_id})
-    return _json(
+    return json_response(
         {
             "user_id": user_id,
             "user": None
@@ -165,7 +130,9 @@ async def get_user(request: Request) -> Response:
 async def connections(request: Request) -> Response:
     """``GET /admin/connections``: requests in flight (this process) by user and conversation, oldest first."""
     services = _admin(request)
-    return _json({"pid": os.getpid(), **services.connections.listing(int_param(request, "limit", 1000, 1, 100_000))})
+    return json_response(
+        {"pid": os.getpid(), **services.connections.listing(int_param(request, "limit", 1000, 1, 100_000))}
+    )
 
 
 async def snapshot(request: Request) -> Response:
@@ -175,7 +142,7 @@ async def snapshot(request: Request) -> Response:
     now = datetime.now(UTC)
     await services.sessions.writer.flush()
     analytics = await services.sessions.store.analytics.summary(now - timedelta(hours=1), now)
-    return _json(
+    return json_response(
         {
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - request.app.state.started, 3),
@@ -183,8 +150,8 @@ async def snapshot(request: Request) -> Response:
             "connections": services.connections.overview(),
             "limits": services.admission.overview(),
             "cache": {"enabled": False}
-            if services.cache is None
-            else {"enabled": True, **(await services.cache.stats()).as_dict()},
+            if services.answers is None
+            else {"enabled": True, **(await services.answers.cache.stats()).as_dict()},
             "analytics": {"window": "last hour", **{k: analytics[k] for k in _HEADLINE if k in analytics}},
             "upstreams": state.upstreams(services),
             "queue": state.queue(services),
@@ -241,14 +208,16 @@ async def _analytics(request: Request) -> tuple[Services, datetime, datetime]:
 async def analytics_global(request: Request) -> Response:
     """``GET /admin/analytics/global?from=&to=``: everyone's totals, by kind, model and hour."""
     services, from_, to = await _analytics(request)
-    return _json(await services.sessions.store.analytics.summary(from_, to))
+    return json_response(await services.sessions.store.analytics.summary(from_, to))
 
 
 async def analytics_user(request: Request) -> Response:
     """``GET /admin/analytics/users/{user_id}?from=&to=``."""
     services, from_, to = await _analytics(request)
     user_id = request.path_params["user_id"]
-    return _json({"user_id": user_id, **await services.sessions.store.analytics.summary(from_, to, user_id=user_id)})
+    return json_response(
+        {"user_id": user_id, **await services.sessions.store.analytics.summary(from_, to, user_id=user_id)}
+    )
 
 
 async def analytics_chat(request: Request) -> Response:
@@ -256,7 +225,7 @@ async def analytics_chat(request: Request) -> Response:
     services, from_, to = await _analytics(request)
     chat_id = request.path_params["chat_id"]
     summary = await services.sessions.store.analytics.summary(from_, to, conversation_id=chat_id)
-    return _json({"chat_id": chat_id, **summary})
+    return json_response({"chat_id": chat_id, **summary})
 
 
 async def analytics_export(request: Request) -> Response:
@@ -269,7 +238,7 @@ async def analytics_export(request: Request) -> Response:
         from_, to, user_id=request.query_params.get("user_id"), conversation_id=request.query_params.get("chat_id")
     )
     if fmt == "json":
-        return _json([row async for row in rows])
+        return json_response([row async for row in rows])
 
     async def lines() -> AsyncIterator[bytes]:
         out = io.StringIO()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from chatgate.api.admin import _admin
 from chatgate.api.protocol import parse_object
+from chatgate.api.responses import json_response, no_route
 from chatgate.errors import BadRequest, Conflict, NotFound
 from chatgate.rag.assistants import Assistant, Assistants
 from chatgate.settings import AssistantSettings
@@ -20,13 +20,8 @@ from chatgate.settings import AssistantSettings
 def _registry(request: Request) -> Assistants:
     services = _admin(request)
     if services.rag is None:
-        path = request.url.path
-        raise NotFound(f"No route {request.method} {path}.", details={"path": path})
+        raise no_route(request)
     return services.rag.assistants
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def _parse(data: dict[str, Any]) -> Assistant:
@@ -51,7 +46,7 @@ async def list_assistants(request: Request) -> Response:
     """``GET /admin/assistants``."""
     registry = _registry(request)
     await registry.refresh()  # an admin sees other instances' changes at once
-    return _json({"object": "list", "data": [a.as_json() for a in await registry.listing()]})
+    return json_response({"object": "list", "data": [a.as_json() for a in await registry.listing()]})
 
 
 async def create_assistant(request: Request) -> Response:
@@ -61,7 +56,7 @@ async def create_assistant(request: Request) -> Response:
     if assistant.name in registry.configured or not await registry.repo.create(assistant):
         raise Conflict(f"An assistant named {assistant.name!r} exists.", details={"field": "name"})
     await registry.refresh()
-    return _json(assistant.as_json(), 201)
+    return json_response(assistant.as_json(), 201)
 
 
 async def get_assistant(request: Request) -> Response:
@@ -72,7 +67,7 @@ async def get_assistant(request: Request) -> Response:
     found = await registry.get(name)
     if found is None:
         raise _no_assistant(name)
-    return _json(found.as_json())
+    return json_response(found.as_json())
 
 
 async def replace_assistant(request: Request) -> Response:
@@ -88,7 +83,7 @@ async def replace_assistant(request: Request) -> Response:
     if not await registry.repo.replace(assistant):
         raise _no_assistant(name)
     await registry.refresh()
-    return _json(assistant.as_json())
+    return json_response(assistant.as_json())
 
 
 async def delete_assistant(request: Request) -> Response:
@@ -100,4 +95,4 @@ async def delete_assistant(request: Request) -> Response:
     if not await registry.repo.delete(name):
         raise _no_assistant(name)
     await registry.refresh()
-    return _json({"name": name, "deleted": True})
+    return json_response({"name": name, "deleted": True})

@@ -9,29 +9,38 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
 from chatgate import pipeline
-from chatgate.api.asgi import (
-    JSON_HEADERS,
-    SSE_HEADERS,
-    ClientLeft,
-    read_body,
-    send_bytes,
-    send_stream,
-    until_disconnect,
-)
-from chatgate.api.errors import send_error
+from chatgate.api.doors import ChatAPIDoor
+from chatgate.api.endpoint import PipelineEndpoint, new_turn, services_of
 from chatgate.api.middleware import info
-from chatgate.api.openai import answer_headers, new_turn, record_refused, services_of, traced
-from chatgate.api.protocol import parse_object
+from chatgate.api.protocol import CHAT_FIELDS, check_fields, parse_object
 from chatgate.api.query import int_param
-from chatgate.errors import BadRequest, ChatgateError, ModelNotFound, NotFound
+from chatgate.api.responses import caller, json_response
+from chatgate.errors import BadRequest, ModelNotFound, NotFound
 from chatgate.identity.model import Identity
 from chatgate.store.repos import ConversationRow, MessageRow
+from chatgate.turn import Answer, Services, Turn
+
+DOOR = ChatAPIDoor()
+OWN_FIELDS = ("message", "session_id", "model", "stream", "use_cache")
+# The OpenAI generation settings a chat-API request may carry; they go upstream as they are.
+SAMPLING_FIELDS = (
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "response_format",
+    "user",
+)
 
 
 def _field(data: dict[str, Any], name: str, types: tuple[type, ...], what: str) -> Any:
@@ -41,25 +50,39 @@ def _field(data: dict[str, Any], name: str, types: tuple[type, ...], what: str) 
     return value
 
 
-def parse_chat(data: dict[str, Any], default_model: str | None) -> pipeline.ChatAPIRequest:
+def parse_chat(scope: Scope, raw: bytes) -> Turn:
+    """``{message, session_id?, model?, use_cache?, stream?}`` and OpenAI's generation settings."""
+    data = parse_object(raw)
+    unknown = sorted(set(data) - {*OWN_FIELDS, *SAMPLING_FIELDS})
+    if unknown:
+        raise BadRequest(
+            f"Unknown field '{unknown[0]}' (a chat-API request takes {', '.join(OWN_FIELDS + SAMPLING_FIELDS)}).",
+            details={"field": unknown[0]},
+        )
     message = data.get("message")
     if not (isinstance(message, str) and message.strip()) and not (isinstance(message, list) and message):
         raise BadRequest(
             "'message' must be a non-empty string or array of content parts.", details={"field": "message"}
         )
-    model = _field(data, "model", (str,), "a string") or default_model
+    sampling = {k: data[k] for k in SAMPLING_FIELDS if data.get(k) is not None}
+    check_fields(sampling, CHAT_FIELDS)
+    services = services_of(scope)
+    model = _field(data, "model", (str,), "a string") or default_model(services, scope["app"].state.settings)
     if not model:
         raise ModelNotFound("No model given and no default model is served.", details={"model": None})
-    return pipeline.ChatAPIRequest(
+    stream = _field(data, "stream", (bool,), "a boolean") is True
+    return new_turn(
+        scope,
+        {"model": model, "messages": [], "stream": stream, **sampling},
+        None,
         message=message,
         session_id=_field(data, "session_id", (str,), "a string"),
-        model=model,
-        stream=_field(data, "stream", (bool,), "a boolean") is True,
-        use_cache=_field(data, "use_cache", (bool,), "a boolean") is not False,
+        no_cache=_field(data, "use_cache", (bool,), "a boolean") is False,
     )
 
 
-def default_model(services: pipeline.Services, configured: str | None) -> str | None:
+def default_model(services: Services, settings: Any) -> str | None:
+    configured: str | None = settings.sessions.default_model
     if configured:
         return configured
     if services.upstream.router.knows("local"):
@@ -68,53 +91,21 @@ def default_model(services: pipeline.Services, configured: str | None) -> str | 
     return served[0] if served else None
 
 
-async def chat(scope: Scope, receive: Receive, send: Send) -> None:
-    """``POST /api/v1/chat``: ``{message, session_id?, model?, use_cache?, stream?}``."""
-    req = info(scope)
-    services = services_of(scope)
-    turn: pipeline.Turn | None = None
-    try:
-        data = parse_object(await read_body(receive))
-        chat_req = parse_chat(data, default_model(services, scope["app"].state.settings.sessions.default_model))
-        req.model = chat_req.model
-        turn = new_turn(scope, {"model": chat_req.model}, None, source="chat-api")
-        await until_disconnect(receive, _answer(services, send, turn, chat_req))
-    except ChatgateError as exc:
-        req.error_code = exc.code
-        await send_error(send, exc)
-    except ClientLeft:
-        req.status = 499
-    finally:
-        if turn is not None:
-            traced(req, turn, services)
-        elif services.record_requests and req.principal is not None:
-            record_refused(req, services)
+async def _run(services: Services, turn: Turn) -> Answer:
+    return await pipeline.run(services, DOOR, turn)
 
 
-async def _answer(services: pipeline.Services, send: Send, turn: pipeline.Turn, req: pipeline.ChatAPIRequest) -> None:
-    result = await pipeline.chat_api(services, turn, req)
-    if isinstance(result, dict):
-        await send_bytes(send, 200, orjson.dumps(result), answer_headers(JSON_HEADERS, turn))
-    else:
-        await send_stream(send, result, answer_headers(SSE_HEADERS, turn))
+chat = PipelineEndpoint(parse_chat, _run)  # POST /api/v1/chat
 
 
 # ---- sessions ----------------------------------------------------------------------------------
 
 
-async def _caller(request: Request) -> tuple[pipeline.Services, Identity]:
-    services: pipeline.Services = request.app.state.services
-    turn = new_turn(request.scope, {}, None)
-    identity = services.resolver.resolve(
-        turn.principal, turn.headers, {}, turn.client_ip, turn.headers.get("x-forwarded-for")
-    ).identity
-    info(request.scope).user_id = identity.user_id
+async def _caller(request: Request) -> tuple[Services, Identity]:
+    identity = caller(request)
+    services: Services = request.app.state.services
     await services.sessions.writer.flush()
     return services, identity
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
 def session_json(row: ConversationRow) -> dict[str, Any]:
@@ -150,7 +141,7 @@ async def list_sessions(request: Request) -> Response:
     limit = int_param(request, "limit", 50, 1, 500)
     offset = int_param(request, "offset", 0, 0, 10**9)
     rows = await services.sessions.store.conversations.list_for_user(identity.user_id, limit=limit, offset=offset)
-    return _json({"object": "list", "data": [session_json(r) for r in rows], "limit": limit, "offset": offset})
+    return json_response({"object": "list", "data": [session_json(r) for r in rows], "limit": limit, "offset": offset})
 
 
 async def get_session(request: Request) -> Response:
@@ -159,7 +150,7 @@ async def get_session(request: Request) -> Response:
     limit = int_param(request, "limit", 50, 1, 500)
     offset = int_param(request, "offset", 0, 0, 10**9)
     messages = await services.sessions.store.messages.list(row.id, limit=limit, offset=offset)
-    return _json(
+    return json_response(
         {
             **session_json(row),
             "messages": [message_json(m) for m in messages],
@@ -176,7 +167,7 @@ async def delete_session(request: Request) -> Response:
     if not await services.sessions.store.conversations.delete_for_user(identity.user_id, session_id):
         raise _no_session(session_id)
     services.sessions.forget(session_id)
-    return _json({"deleted": True, "session_id": session_id})
+    return json_response({"deleted": True, "session_id": session_id})
 
 
 async def session_stats(request: Request) -> Response:
@@ -190,10 +181,10 @@ async def session_stats(request: Request) -> Response:
         body["connections"] = services.connections.overview()
     else:
         body["connections"] = {"in_flight": services.connections.in_flight(identity.user_id)}
-    return _json(body)
+    return json_response(body)
 
 
-async def _owned(services: pipeline.Services, identity: Identity, session_id: str) -> ConversationRow:
+async def _owned(services: Services, identity: Identity, session_id: str) -> ConversationRow:
     row = await services.sessions.store.conversations.get_for_user(identity.user_id, session_id)
     if row is None:
         raise _no_session(session_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import orjson
@@ -10,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Send
 
-from chatgate.errors import ChatgateError, MethodNotAllowed, NotFound
+from chatgate.api.responses import no_route, rate_headers, retry_after
+from chatgate.errors import ChatgateError, MethodNotAllowed, RateLimited
 
 JSON = "application/json"
 
@@ -19,17 +21,38 @@ def error_bytes(exc: ChatgateError) -> bytes:
     return orjson.dumps(exc.body())
 
 
+def error_headers(exc: ChatgateError) -> list[tuple[bytes, bytes]]:
+    """What the error says beyond its body: ``Retry-After``; for a 429 the limit that refused and the
+    caller's ``x-ratelimit-*`` standing; any header the HTTP layer gave it."""
+    out = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    if exc.retry_after is not None:
+        out.append((b"retry-after", retry_after(exc.retry_after).encode()))
+    if isinstance(exc, RateLimited):
+        if exc.retry_after is not None:
+            out.append((b"retry-after-ms", b"%d" % math.ceil(exc.retry_after * 1000)))
+        if exc.blocked is not None:
+            out += [
+                (b"x-ratelimit-limit", b"%d" % exc.blocked.limit),
+                (b"x-ratelimit-remaining", b"%d" % exc.blocked.remaining),
+                (b"x-ratelimit-reset", b"%d" % math.ceil(exc.blocked.reset_seconds)),
+            ]
+        out += rate_headers(exc.rates)
+    return out
+
+
 def error_response(exc: ChatgateError) -> Response:
-    return Response(error_bytes(exc), status_code=exc.status, media_type=JSON, headers=exc.headers)
+    response = Response(error_bytes(exc), status_code=exc.status, media_type=JSON)
+    response.raw_headers.extend(error_headers(exc))
+    return response
 
 
 async def send_error(send: Send, exc: ChatgateError, extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """Answer from plain ASGI middleware, before any route ran."""
+    """Answer from plain ASGI code (middleware, the pipeline's endpoints)."""
     body = error_bytes(exc)
     headers = [
         (b"content-type", JSON.encode()),
         (b"content-length", str(len(body)).encode()),
-        *((k.lower().encode(), v.encode()) for k, v in exc.headers.items()),
+        *error_headers(exc),
         *extra_headers,
     ]
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})
@@ -44,9 +67,7 @@ async def _chatgate(_: Request, exc: Exception) -> Response:
 async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(
-            NotFound(f"No route {request.method} {request.url.path}.", details={"path": request.url.path})
-        )
+        return error_response(no_route(request))
     if exc.status_code == 405:
         return error_response(
             MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.", headers=dict(exc.headers or {}))

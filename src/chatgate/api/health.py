@@ -9,7 +9,7 @@ from starlette.responses import JSONResponse
 
 from chatgate import __version__
 from chatgate.api import state
-from chatgate.pipeline import Services
+from chatgate.turn import Services
 
 
 async def health(request: Request) -> JSONResponse:

@@ -12,23 +12,25 @@ import ipaddress
 from starlette.requests import Request
 from starlette.responses import Response
 
-from chatgate.errors import NotFound, Unauthorized
+from chatgate.api.responses import no_route
+from chatgate.errors import Unauthorized
 from chatgate.identity.keys import Authenticator
-from chatgate.observe import metrics
+from chatgate.observe.metrics import CONTENT_TYPE, Metrics
 from chatgate.settings import MetricsSettings
 
 PATH = "/metrics"
 
 
 class MetricsEndpoint:
-    def __init__(self, settings: MetricsSettings, credentials: Authenticator) -> None:
+    def __init__(self, settings: MetricsSettings, credentials: Authenticator, metrics: Metrics) -> None:
+        self.metrics = metrics
         self.token = settings.token.get_secret_value().encode() if settings.token else None
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allow)
         self.credentials = credentials
 
     async def handle(self, request: Request) -> Response:
         await self._check(request)
-        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
     async def _check(self, request: Request) -> None:
         client = request.client
@@ -49,4 +51,4 @@ class MetricsEndpoint:
         if principal is None:
             raise Unauthorized("Invalid API key.")
         if "admin" not in principal.scopes:
-            raise NotFound(f"No route {request.method} {PATH}.", details={"path": PATH})
+            raise no_route(request)

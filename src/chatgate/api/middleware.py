@@ -17,8 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from chatgate.api.errors import send_error
 from chatgate.errors import ChatgateError, PayloadTooLarge, Unauthorized
 from chatgate.identity.keys import ANONYMOUS, Authenticator, Principal
-from chatgate.observe import metrics
 from chatgate.observe.logging import AccessLog
+from chatgate.observe.metrics import Metrics
 
 error_log = logging.getLogger("chatgate.api")
 
@@ -61,9 +61,10 @@ def info(scope: Scope) -> RequestInfo:
 class RequestLog:
     """Request id in and out, one access-log line per request, and a 500 for anything unhandled."""
 
-    def __init__(self, app: ASGIApp, access_log: AccessLog) -> None:
+    def __init__(self, app: ASGIApp, access_log: AccessLog, metrics: Metrics) -> None:
         self.app = app
         self.access_log = access_log
+        self.metrics = metrics
         # Request ids: random per process, then a counter (unique without a system call per request).
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
@@ -92,7 +93,8 @@ class RequestLog:
                 message["headers"] = [*message.get("headers", ()), rid_header]
             await send(message)
 
-        metrics.IN_FLIGHT.inc()
+        metrics = self.metrics
+        metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as exc:  # the last resort: no route should let anything reach here
@@ -105,7 +107,7 @@ class RequestLog:
                     send, ChatgateError("Internal error; the request id identifies it in our logs."), [rid_header]
                 )
         finally:
-            metrics.IN_FLIGHT.inc(-1)
+            metrics.in_flight.inc(-1)
             route = scope.get("route")
             seconds = time.perf_counter() - start
             # Metrics are labelled by route template only: an unmatched path would be a label per URL.

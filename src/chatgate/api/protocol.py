@@ -74,7 +74,7 @@ def _check_model(data: dict[str, Any]) -> None:
         raise _fail("model", "a non-empty string", model)
 
 
-def _check_fields(data: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
+def check_fields(data: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
     for name, types in fields.items():
         value = data.get(name)
         if value is not None:
@@ -91,7 +91,7 @@ def check_chat(data: dict[str, Any]) -> None:
             raise _fail(f"messages[{i}]", "an object", msg)
         if not isinstance(msg.get("role"), str):
             raise _fail(f"messages[{i}].role", "a string", msg.get("role"))
-    _check_fields(data, CHAT_FIELDS)
+    check_fields(data, CHAT_FIELDS)
     n = data.get("n")
     if n is not None and n < 1:
         raise BadRequest("'n' must be at least 1.", details={"field": "n"})
@@ -102,7 +102,7 @@ def check_embeddings(data: dict[str, Any]) -> None:
     value = data.get("input")
     if not isinstance(value, str | list) or (isinstance(value, list) and not value):
         raise _fail("input", "a string or a non-empty array", value)
-    _check_fields(data, EMBEDDING_FIELDS)
+    check_fields(data, EMBEDDING_FIELDS)
 
 
 # ---- models for the OpenAPI docs -------------------------------------------------------------

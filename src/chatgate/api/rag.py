@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
 from chatgate.api.middleware import info
-from chatgate.api.openai import new_turn
 from chatgate.api.protocol import parse_object
-from chatgate.errors import BadRequest, Forbidden, NotFound
+from chatgate.api.responses import caller as identity_of
+from chatgate.api.responses import json_response, no_route
+from chatgate.errors import BadRequest, Forbidden
 from chatgate.rag.ground import source_json
 from chatgate.rag.jobs import JobRow
 from chatgate.rag.repo import CollectionRow, DocumentRow
@@ -36,17 +36,10 @@ class Caller:
 def caller(request: Request) -> Caller:
     services = request.app.state.services
     if services.rag is None:
-        raise NotFound(f"No route {request.method} {request.url.path}.", details={"path": request.url.path})
-    turn = new_turn(request.scope, {}, None)
-    identity = services.resolver.resolve(
-        turn.principal, turn.headers, {}, turn.client_ip, turn.headers.get("x-forwarded-for")
-    ).identity
-    info(request.scope).user_id = identity.user_id
-    return Caller(services.rag, identity.user_id, "admin" in turn.principal.scopes)
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+        raise no_route(request)
+    principal = info(request.scope).principal
+    assert principal is not None
+    return Caller(services.rag, identity_of(request).user_id, "admin" in principal.scopes)
 
 
 def _string(data: dict[str, Any], name: str, required: bool = False, limit: int = 255) -> str | None:
@@ -130,7 +123,7 @@ async def create_collection(request: Request) -> Response:
         raise Forbidden("Only an admin may create an admin-managed collection.", details={"field": "visibility"})
     description = _string(data, "description", limit=4000)
     row = await c.rag.create_collection(name, c.user_id, visibility, description)
-    return _json(collection_json(row, description), 201)
+    return json_response(collection_json(row, description), 201)
 
 
 async def list_collections(request: Request) -> Response:
@@ -138,7 +131,7 @@ async def list_collections(request: Request) -> Response:
     c = caller(request)
     rows = await c.rag.repo.list_collections(c.user_id, c.admin)
     descriptions = await c.rag.descriptions([r.id for r in rows])
-    return _json({"object": "list", "data": [collection_json(r, descriptions.get(r.id)) for r in rows]})
+    return json_response({"object": "list", "data": [collection_json(r, descriptions.get(r.id)) for r in rows]})
 
 
 async def get_collection(request: Request) -> Response:
@@ -149,7 +142,7 @@ async def get_collection(request: Request) -> Response:
     for doc in await c.rag.documents(row):
         counts[doc.status] = counts.get(doc.status, 0) + 1
     description = (await c.rag.descriptions([row.id])).get(row.id)
-    return _json({**collection_json(row, description), "documents": counts})
+    return json_response({**collection_json(row, description), "documents": counts})
 
 
 async def delete_collection(request: Request) -> Response:
@@ -157,7 +150,7 @@ async def delete_collection(request: Request) -> Response:
     c = caller(request)
     row = await c.rag.writable(request.path_params["collection_id"], c.user_id, c.admin)
     await c.rag.delete_collection(row)
-    return _json({"id": row.id, "deleted": True})
+    return json_response({"id": row.id, "deleted": True})
 
 
 # ---- documents and jobs --------------------------------------------------------------------------
@@ -182,20 +175,22 @@ async def upload(request: Request) -> Response:
     finally:
         await form.close()
     job = await c.rag.upload(row, files)
-    return _json({"job_id": job.id, "status": job.status, "collection_id": row.id, "files": list(job.files)}, 202)
+    return json_response(
+        {"job_id": job.id, "status": job.status, "collection_id": row.id, "files": list(job.files)}, 202
+    )
 
 
 async def get_job(request: Request) -> Response:
     """``GET /api/v1/jobs/{job_id}``: status, counts and per-file failures."""
     c = caller(request)
-    return _json(job_json(await c.rag.job_for(request.path_params["job_id"], c.user_id, c.admin)))
+    return json_response(job_json(await c.rag.job_for(request.path_params["job_id"], c.user_id, c.admin)))
 
 
 async def list_documents(request: Request) -> Response:
     """``GET /api/v1/collections/{collection_id}/documents``."""
     c = caller(request)
     row = await c.rag.readable(request.path_params["collection_id"], c.user_id, c.admin)
-    return _json({"object": "list", "data": [document_json(d) for d in await c.rag.documents(row)]})
+    return json_response({"object": "list", "data": [document_json(d) for d in await c.rag.documents(row)]})
 
 
 async def delete_document(request: Request) -> Response:
@@ -204,7 +199,7 @@ async def delete_document(request: Request) -> Response:
     row = await c.rag.writable(request.path_params["collection_id"], c.user_id, c.admin)
     document_id = request.path_params["document_id"]
     await c.rag.delete_document(row, document_id)
-    return _json({"id": document_id, "deleted": True})
+    return json_response({"id": document_id, "deleted": True})
 
 
 # ---- search --------------------------------------------------------------------------------------
@@ -244,7 +239,7 @@ async def search(request: Request) -> Response:
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
         raise BadRequest("'threshold' must be a number.", details={"field": "threshold"})
     hits, used = await c.rag.search([row], query, top_k, mode, _filters(data), threshold)
-    return _json(
+    return json_response(
         {
             "object": "list",
             "query": query,

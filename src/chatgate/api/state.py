@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatgate.pipeline import Services
+from chatgate.turn import Services
 
 
 def upstreams(services: Services, reachable: dict[str, bool] | None = None) -> dict[str, Any]:

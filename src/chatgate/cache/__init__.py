@@ -2,7 +2,7 @@
 memory and Redis backends, and the replay of a cached answer as a stream."""
 
 from chatgate.cache.base import CacheStats, Entry, ResponseCache, replay_sse
-from chatgate.cache.key import Cacheability, Scope, bypass, cache_key, cacheability, normalise_text
+from chatgate.cache.key import Cacheability, Scope, cache_key, cacheability, normalise_text
 from chatgate.cache.memory import MemoryCache
 from chatgate.cache.redis import RedisCache
 
@@ -14,7 +14,6 @@ __all__ = [
     "RedisCache",
     "ResponseCache",
     "Scope",
-    "bypass",
     "cache_key",
     "cacheability",
     "normalise_text",

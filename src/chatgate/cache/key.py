@@ -30,7 +30,7 @@ Requests asking for audio output are never cached (the replay cannot carry audio
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,24 +110,6 @@ def cacheability(
 def cache_key(payload: Mapping[str, Any], *, scope: Scope | None = None, allow_sampling: bool = False) -> str | None:
     """The cache key of ``payload``, or ``None`` when it is not cacheable (see ``cacheability`` for why)."""
     return cacheability(payload, scope=scope, allow_sampling=allow_sampling).key
-
-
-def bypass(payload: Mapping[str, Any], headers: Mapping[str, str] | Iterable[tuple[str, str]] = ()) -> bool:
-    """The caller opted out: ``use_cache: false`` in the body, ``Cache-Control: no-cache``/``no-store``,
-    or ``Pragma: no-cache``. Header names are matched case-insensitively."""
-    if payload.get("use_cache") is False:
-        return True
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    for name, value in items:
-        lname = name.lower()
-        if lname == "cache-control":
-            for directive in value.split(","):
-                token = directive.strip().partition("=")[0].strip().lower()
-                if token in ("no-cache", "no-store"):
-                    return True
-        elif lname == "pragma" and value.strip().lower() == "no-cache":
-            return True
-    return False
 
 
 def normalise_text(text: str) -> str:

@@ -35,6 +35,7 @@ from chatgate.context.history import digest, head_length, turn_starts
 from chatgate.context.summarize import Summariser, SummaryFailed, SummaryUsage
 from chatgate.context.window import WindowResolver
 from chatgate.errors import ContextLengthExceeded
+from chatgate.observe.metrics import Metrics
 from chatgate.sessions.manager import Session, SessionManager
 from chatgate.settings import ContextSettings
 from chatgate.tokens.counter import REPLY_PRIMING_TOKENS, TokenCounter
@@ -116,6 +117,7 @@ class ContextFitter:
         windows: WindowResolver,
         summariser: Summariser | None = None,
         sessions: SessionManager | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Without a ``summariser``, ``summarize`` truncates; without ``sessions``, briefs stay in memory."""
         self.settings = settings
@@ -123,6 +125,7 @@ class ContextFitter:
         self.windows = windows
         self.summariser = summariser
         self.sessions = sessions
+        self.metrics = metrics or Metrics()
         self._stats = FitStats()
 
     @property
@@ -148,8 +151,18 @@ class ContextFitter:
         :class:`ContextLengthExceeded`.
         """
         window, source = await self.windows.window(model, model_info)
-        fitted = await self._fit(messages, model, max_tokens, session, window, tools, prompt_tokens)
+        metrics = self.metrics
+        try:
+            fitted = await self._fit(messages, model, max_tokens, session, window, tools, prompt_tokens)
+        except ContextLengthExceeded:
+            metrics.context_actions.inc(("rejected",))
+            raise
         fitted.window_source = source
+        if fitted.action is not None:
+            metrics.context_actions.inc((fitted.action,))
+        if fitted.summary_usage is not None:
+            outcome = "failed" if fitted.action == SUMMARY_FAILED else "ok"
+            metrics.summarizations.inc((outcome,), fitted.summary_usage.get("calls", 1))
         return fitted
 
     def prompt_tokens(self, messages: Sequence[Mapping[str, Any]], model: str, tools: Any = None) -> int:

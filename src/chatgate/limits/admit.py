@@ -21,18 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatgate.context.window import requested_max_tokens
-from chatgate.errors import RateLimited
+from chatgate.errors import Rate, RateLimited
 from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
 from chatgate.limits.base import Decision, Limit, Limiter, LimiterUnavailable, Reservation
 from chatgate.limits.policy import limits_for
 from chatgate.limits.redis import RedisLimiter
-from chatgate.observe import metrics
+from chatgate.observe.metrics import Metrics
 from chatgate.settings import LimitSettings
 
 log = logging.getLogger("chatgate.limits")
 
-Headers = list[tuple[bytes, bytes]]
 LINES_CACHE = 10_000  # callers whose limit lines are kept built
 
 
@@ -66,7 +65,7 @@ class Admitted:
     """One admitted request's charge, settled exactly once (``Admission.settle``)."""
 
     reservation: Reservation
-    headers: Headers
+    rates: tuple[Rate, ...]  # where the caller stands, per unit (the answer's x-ratelimit-* headers)
     prompt_tokens: int
     settled: bool = False
 
@@ -85,14 +84,8 @@ def limit_subject(principal: Principal, resolved: Resolved) -> str:
     return identity.user_id
 
 
-_HEADER_NAMES = {
-    unit: tuple(f"x-ratelimit-{what}-{unit}".encode() for what in ("limit", "remaining", "reset"))
-    for unit in ("requests", "tokens")
-}
-
-
-def rate_headers(limits: list[Limit], decision: Decision) -> Headers:
-    """OpenAI's ``x-ratelimit-*`` trio per unit, from the tightest limit of that unit (least remaining)."""
+def rates_of(limits: list[Limit], decision: Decision) -> tuple[Rate, ...]:
+    """Per unit, the tightest limit (least remaining): OpenAI's ``x-ratelimit-*`` trio."""
     tightest: dict[str, tuple[int, Limit]] = {}
     remaining = decision.remaining
     for lim in limits:
@@ -100,19 +93,16 @@ def rate_headers(limits: list[Limit], decision: Decision) -> Headers:
         best = tightest.get(lim.unit)
         if best is None or left < best[0]:
             tightest[lim.unit] = (left, lim)
-    out: Headers = []
-    for unit, (left, lim) in tightest.items():
-        names = _HEADER_NAMES.get(unit)
-        if names is not None:
-            reset = decision.reset_in.get(lim.scope, 0.0)
-            out += [(names[0], b"%d" % lim.limit), (names[1], b"%d" % left), (names[2], b"%.3fs" % reset)]
-    return out
+    return tuple(
+        Rate(unit, lim.limit, left, decision.reset_in.get(lim.scope, 0.0)) for unit, (left, lim) in tightest.items()
+    )
 
 
 class Admission:
-    def __init__(self, settings: LimitSettings, limiter: Limiter) -> None:
+    def __init__(self, settings: LimitSettings, limiter: Limiter, metrics: Metrics) -> None:
         self.settings = settings
         self.limiter = limiter
+        self.metrics = metrics
         self.stats = AdmissionStats()
         self._lines: dict[tuple[str, str | None, str, str | None], list[Limit]] = {}  # limit lines by caller
 
@@ -175,25 +165,26 @@ class Admission:
         except LimiterUnavailable:
             self.stats.unavailable += 1
             raise
-        headers = rate_headers(limits, decision)
+        rates = rates_of(limits, decision)
+        decisions = self.metrics.limit_decisions
         if not decision.allowed:
             assert decision.blocked is not None
-            metrics.LIMIT_DECISIONS.inc((decision.blocked.scope, "rejected"))
-            raise self._refused(decision, headers, tokens)
+            decisions.inc((decision.blocked.scope, "rejected"))
+            raise self._refused(decision, rates, tokens)
         assert decision.reservation is not None
         tightest: float | None = None
         for lim in limits:
-            metrics.LIMIT_DECISIONS.inc((lim.scope, "allowed"))
+            decisions.inc((lim.scope, "allowed"))
             if lim.unit == "tokens":
                 share = decision.remaining.get(lim.scope, lim.limit) / lim.limit
                 tightest = share if tightest is None else min(tightest, share)
         if tightest is not None:
-            metrics.BUDGET_REMAINING.observe(tightest)
+            self.metrics.budget_remaining.observe(tightest)
         self.stats.admitted += 1
         self.stats.tokens_reserved += tokens
-        return Admitted(decision.reservation, headers, prompt_tokens)
+        return Admitted(decision.reservation, rates, prompt_tokens)
 
-    def _refused(self, decision: Decision, headers: Headers, tokens: int) -> RateLimited:
+    def _refused(self, decision: Decision, rates: tuple[Rate, ...], tokens: int) -> RateLimited:
         blocked = decision.blocked
         assert blocked is not None
         self.stats.limited[blocked.scope] += 1
@@ -210,15 +201,6 @@ class Admission:
                 f"Rate limit reached: {blocked.scope} allows {blocked.limit} {blocked.unit}; "
                 f"try again in {math.ceil(retry)} s."
             )
-        extra = {
-            "Retry-After": str(math.ceil(retry)),
-            "retry-after-ms": str(math.ceil(retry * 1000)),
-            "X-RateLimit-Limit": str(blocked.limit),
-            "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": str(math.ceil(reset_in)),
-        }
-        for name, value in headers:
-            extra[name.decode()] = value.decode()
         return RateLimited(
             message,
             details={
@@ -229,7 +211,9 @@ class Admission:
                 "retry_after_seconds": round(retry, 3),
                 "requested": tokens if blocked.unit == "tokens" else 1,
             },
-            headers=extra,
+            retry_after=retry,
+            blocked=Rate(blocked.unit, blocked.limit, remaining, reset_in),
+            rates=rates,
         )
 
     async def settle(self, admitted: Admitted | None, tokens: int | None) -> None:
@@ -245,7 +229,7 @@ class Admission:
                 await self.limiter.reconcile(admitted.reservation, {"tokens": tokens})
                 self.stats.reconciled += 1
                 self.stats.tokens_charged += tokens
-                metrics.BUDGET_USED.observe(tokens)
+                self.metrics.budget_used.observe(tokens)
         except Exception as exc:  # the charge stays as reserved: safe, and logged
             self.stats.settle_errors += 1
             log.warning("rate limiter: settling a reservation failed (%s)", type(exc).__name__)

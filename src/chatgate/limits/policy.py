@@ -92,3 +92,30 @@ def limits_for(
         for name, limit in settings.models[model].items():
             add(f"model:{model}:{name}", f"{subject}:m:{quote(model, safe='')}", name, limit)
     return out
+
+
+def lines_for_user(settings: LimitSettings, user_id: str) -> list[Limit]:
+    """Every limit line that can apply to ``user_id`` (what ``limits_for`` gives it on any route and model):
+    its own, and per configured route and model. A user id ``ip:<address>`` is an anonymous caller's."""
+    anonymous = user_id.startswith("ip:")
+    seen: dict[str, Limit] = {}
+    for route in ["", *settings.routes]:
+        for model in [None, *settings.models]:
+            for line in limits_for(
+                settings,
+                user_id=user_id,
+                key_id=None,
+                anonymous=anonymous,
+                client_ip=user_id.removeprefix("ip:") if anonymous else None,
+                route=route,
+                model=model,
+            ):
+                seen.setdefault(line.scope, line)
+    return list(seen.values())
+
+
+def subject_of(user_id: str) -> str:
+    """The counters' key prefix for a user id as the admin API names it (``ip:<address>``: anonymous)."""
+    if user_id.startswith("ip:"):
+        return subject_key(client_ip=user_id.removeprefix("ip:"))
+    return subject_key(user_id=user_id)

@@ -11,19 +11,20 @@ maxed (``max``) over the live ones. So another worker's part of a scrape is at m
 a lock on every increment: measured here it cost ~180 µs per request under load, a quarter of a
 request's CPU, so it is used only to render the text format.)
 
-The families (all prefixed ``chatgate_``) are declared below; ``docs/operations.md`` lists them.
+The families (all prefixed ``chatgate_``) are declared in :class:`Metrics`; ``docs/operations.md`` lists
+them. Their values live on a ``Metrics`` object that ``create_app`` makes and hands to what records
+(the pipeline, the middleware, admission, RAG): there is no module-level state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -52,7 +53,6 @@ class Family:
         self.help = help
         self.labels = tuple(labels)
         self.values: dict[Labels, Any] = {}  # labels -> a number (a list for histograms)
-        FAMILIES[name] = self
 
     def dump(self) -> list[list[Any]]:
         return [[list(k), v] for k, v in self.values.items()]
@@ -95,112 +95,205 @@ class Histogram(Family):
         row[-1] += value
 
 
-FAMILIES: dict[str, Family] = {}
-
-HTTP_REQUESTS = Counter(
-    "chatgate_http_requests", "HTTP requests by route template, method and status.", ["route", "method", "status"]
-)
-HTTP_LATENCY = Histogram(
-    "chatgate_http_request_duration_seconds",
-    "Time from request to the last response byte, by route template.",
-    ["route"],
-    LATENCY_BUCKETS,
-)
-IN_FLIGHT = Gauge("chatgate_http_requests_in_flight", "HTTP requests being served.")
-UPSTREAM_LATENCY = Histogram(
-    "chatgate_upstream_request_duration_seconds",
-    "Upstream call time: to the whole answer (non-streaming) or to the response headers (streaming).",
-    ["upstream"],
-    LATENCY_BUCKETS,
-)
-UPSTREAM_TTFT = Histogram(
-    "chatgate_upstream_time_to_first_token_seconds",
-    "From sending the request upstream to its first answer bytes (first stream event, or the whole answer).",
-    ["upstream"],
-    LATENCY_BUCKETS,
-)
-UPSTREAM_RETRIES = Counter("chatgate_upstream_retries", "Attempts beyond the first, by upstream.", ["upstream"])
-CIRCUIT = Gauge(
-    "chatgate_upstream_circuit_state",
-    "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open (the worst any worker sees).",
-    ["upstream"],
-    mode="max",
-)
-TOKENS = Counter(
-    "chatgate_tokens", "Tokens by model and direction (in: prompt, out: completion).", ["model", "direction"]
-)
-LIMIT_DECISIONS = Counter(
-    "chatgate_rate_limit_decisions",
-    "Rate-limit checks per limit line: allowed, or rejected by the line that refused.",
-    ["scope", "decision"],
-)
-BUDGET_USED = Histogram(
-    "chatgate_token_budget_used_tokens", "Tokens charged per admitted request after reconciliation.", (), TOKEN_BUCKETS
-)
-BUDGET_REMAINING = Histogram(
-    "chatgate_token_budget_remaining_ratio",
-    "Share of the tightest token limit left after admitting a request.",
-    (),
-    RATIO_BUCKETS,
-)
-CONTEXT_ACTIONS = Counter(
-    "chatgate_context_overflows",
-    "Prompts over the model's window, by what was done: truncated, summarized, summarize_failed_truncated, rejected.",
-    ["action"],
-)
-SUMMARIZATIONS = Counter(
-    "chatgate_summarizations", "Running-brief summariser calls, by outcome (ok, failed).", ["outcome"]
-)
-CACHE_LOOKUPS = Counter("chatgate_cache_lookups", "Response cache lookups, by result (hit, miss).", ["result"])
-RAG_RETRIEVALS = Counter(
-    "chatgate_rag_retrievals", "Document searches (chat grounding and the search API), by mode.", ["mode"]
-)
-RAG_RETRIEVAL_LATENCY = Histogram(
-    "chatgate_rag_retrieval_seconds",
-    "Document search latency (query embedding included), by mode.",
-    ["mode"],
-    LATENCY_BUCKETS,
-)
-RAG_INGESTED = Counter(
-    "chatgate_rag_documents_ingested",
-    "Documents through ingestion, by outcome (added, unchanged, updated, failed).",
-    ["outcome"],
-)
-SESSIONS_ACTIVE = Gauge("chatgate_sessions_active", "Sessions held hot in memory.")
-QUEUE_DEPTH = Gauge("chatgate_writebehind_queue_depth", "Writes waiting in the queue.")
-QUEUE_DROPS = Gauge("chatgate_writebehind_dropped", "Writes dropped because the queue was full, since start.")
+F = TypeVar("F", bound=Family)
 
 
-def observe_http(route: str, method: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.inc((route, method, str(status)))
-    HTTP_LATENCY.observe(seconds, (route,))
+class Metrics:
+    """Every family and its values, for one application (``create_app`` makes one and keeps it on the services).
 
+    ``samplers`` are called before values are read: they set the gauges that describe state (circuits,
+    sessions, the queue), so nothing on the request path has to.
+    """
 
-def observe_call(
-    upstream: str,
-    model: str | None,
-    retries: int,
-    seconds: float | None,
-    ttft: float | None,
-    usage: Mapping[str, Any] | None,
-) -> None:
-    key = (upstream,)
-    if retries:
-        UPSTREAM_RETRIES.inc(key, retries)
-    if seconds is not None:
-        UPSTREAM_LATENCY.observe(seconds, key)
-    if ttft is not None:
-        UPSTREAM_TTFT.observe(ttft, key)
-    if usage and model:
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if isinstance(prompt, int) and prompt > 0:
-            TOKENS.inc((model, "in"), prompt)
-        if isinstance(completion, int) and completion > 0:
-            TOKENS.inc((model, "out"), completion)
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory  # where every worker's snapshot lives (several workers), else None
+        self.families: dict[str, Family] = {}
+        self.samplers: list[Callable[[], None]] = []
+        self._registry: CollectorRegistry | None = None
+        self.http_requests = self._add(
+            Counter(
+                "chatgate_http_requests",
+                "HTTP requests by route template, method and status.",
+                ["route", "method", "status"],
+            )
+        )
+        self.http_latency = self._add(
+            Histogram(
+                "chatgate_http_request_duration_seconds",
+                "Time from request to the last response byte, by route template.",
+                ["route"],
+                LATENCY_BUCKETS,
+            )
+        )
+        self.in_flight = self._add(Gauge("chatgate_http_requests_in_flight", "HTTP requests being served."))
+        self.upstream_latency = self._add(
+            Histogram(
+                "chatgate_upstream_request_duration_seconds",
+                "Upstream call time: to the whole answer (non-streaming) or to the response headers (streaming).",
+                ["upstream"],
+                LATENCY_BUCKETS,
+            )
+        )
+        self.upstream_ttft = self._add(
+            Histogram(
+                "chatgate_upstream_time_to_first_token_seconds",
+                "From sending the request upstream to its first answer bytes (first stream event, or the whole "
+                "answer).",
+                ["upstream"],
+                LATENCY_BUCKETS,
+            )
+        )
+        self.upstream_retries = self._add(
+            Counter("chatgate_upstream_retries", "Attempts beyond the first, by upstream.", ["upstream"])
+        )
+        self.circuit = self._add(
+            Gauge(
+                "chatgate_upstream_circuit_state",
+                "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open (the worst any worker sees).",
+                ["upstream"],
+                mode="max",
+            )
+        )
+        self.tokens = self._add(
+            Counter(
+                "chatgate_tokens",
+                "Tokens by model and direction (in: prompt, out: completion).",
+                ["model", "direction"],
+            )
+        )
+        self.limit_decisions = self._add(
+            Counter(
+                "chatgate_rate_limit_decisions",
+                "Rate-limit checks per limit line: allowed, or rejected by the line that refused.",
+                ["scope", "decision"],
+            )
+        )
+        self.budget_used = self._add(
+            Histogram(
+                "chatgate_token_budget_used_tokens",
+                "Tokens charged per admitted request after reconciliation.",
+                (),
+                TOKEN_BUCKETS,
+            )
+        )
+        self.budget_remaining = self._add(
+            Histogram(
+                "chatgate_token_budget_remaining_ratio",
+                "Share of the tightest token limit left after admitting a request.",
+                (),
+                RATIO_BUCKETS,
+            )
+        )
+        self.context_actions = self._add(
+            Counter(
+                "chatgate_context_overflows",
+                "Prompts over the model's window, by what was done: truncated, summarized, "
+                "summarize_failed_truncated, rejected.",
+                ["action"],
+            )
+        )
+        self.summarizations = self._add(
+            Counter("chatgate_summarizations", "Running-brief summariser calls, by outcome (ok, failed).", ["outcome"])
+        )
+        self.cache_lookups = self._add(
+            Counter("chatgate_cache_lookups", "Response cache lookups, by result (hit, miss).", ["result"])
+        )
+        self.rag_retrievals = self._add(
+            Counter(
+                "chatgate_rag_retrievals", "Document searches (chat grounding and the search API), by mode.", ["mode"]
+            )
+        )
+        self.rag_retrieval_latency = self._add(
+            Histogram(
+                "chatgate_rag_retrieval_seconds",
+                "Document search latency (query embedding included), by mode.",
+                ["mode"],
+                LATENCY_BUCKETS,
+            )
+        )
+        self.rag_ingested = self._add(
+            Counter(
+                "chatgate_rag_documents_ingested",
+                "Documents through ingestion, by outcome (added, unchanged, updated, failed).",
+                ["outcome"],
+            )
+        )
+        self.sessions_active = self._add(Gauge("chatgate_sessions_active", "Sessions held hot in memory."))
+        self.queue_depth = self._add(Gauge("chatgate_writebehind_queue_depth", "Writes waiting in the queue."))
+        self.queue_drops = self._add(
+            Gauge("chatgate_writebehind_dropped", "Writes dropped because the queue was full, since start.")
+        )
 
+    def _add(self, family: F) -> F:
+        self.families[family.name] = family
+        return family
 
-def set_circuit(upstream: str, state: str) -> None:
-    CIRCUIT.set(CIRCUIT_STATES.get(state, 0), (upstream,))
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.inc((route, method, str(status)))
+        self.http_latency.observe(seconds, (route,))
+
+    def observe_call(
+        self,
+        upstream: str,
+        model: str | None,
+        retries: int,
+        seconds: float | None,
+        ttft: float | None,
+        usage: Mapping[str, Any] | None,
+    ) -> None:
+        key = (upstream,)
+        if retries:
+            self.upstream_retries.inc(key, retries)
+        if seconds is not None:
+            self.upstream_latency.observe(seconds, key)
+        if ttft is not None:
+            self.upstream_ttft.observe(ttft, key)
+        if usage and model:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(prompt, int) and prompt > 0:
+                self.tokens.inc((model, "in"), prompt)
+            if isinstance(completion, int) and completion > 0:
+                self.tokens.inc((model, "out"), completion)
+
+    def set_circuit(self, upstream: str, state: str) -> None:
+        self.circuit.set(CIRCUIT_STATES.get(state, 0), (upstream,))
+
+    # ---- reading: this process, and every worker ------------------------------------------------
+
+    def sample(self) -> None:
+        for sampler in self.samplers:
+            sampler()
+
+    def snapshot(self) -> bytes:
+        self.sample()
+        return orjson.dumps({name: family.dump() for name, family in self.families.items()})
+
+    def flush(self) -> None:
+        """Write this process's values for the others to add up (atomically: write, then rename)."""
+        if self.directory is not None:
+            _write(self.directory, self.snapshot())
+
+    async def run_flusher(self, interval: float = FLUSH_INTERVAL) -> None:
+        """Flush now (so every worker is known from its start), then every ``interval`` seconds until
+        cancelled, then once more. Values are read on the loop (samplers touch its state), written in a thread."""
+        directory = self.directory
+        assert directory is not None
+        try:
+            while True:
+                await asyncio.to_thread(_write, directory, self.snapshot())
+                await asyncio.sleep(interval)
+        finally:
+            self.flush()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of every worker's values."""
+        self.sample()
+        if self._registry is None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Merged(self.families, self.directory))
+            registry.register(ProcessCollector(self.directory))
+            self._registry = registry
+        return generate_latest(self._registry)
 
 
 # ---- across processes -----------------------------------------------------------------------------
@@ -211,44 +304,11 @@ def metrics_dir() -> Path | None:
     return Path(path) if path else None
 
 
-SAMPLERS: list[Callable[[], None]] = []
-"""Called before values are read: they set the gauges that describe state (circuits, sessions, the
-queue), so nothing on the request path has to."""
-
-
-def sample() -> None:
-    for sampler in SAMPLERS:
-        sampler()
-
-
-def snapshot() -> bytes:
-    sample()
-    return orjson.dumps({name: family.dump() for name, family in FAMILIES.items()})
-
-
 def _write(directory: Path, data: bytes) -> None:
     target = directory / f"{os.getpid()}.json"
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(data)
     tmp.replace(target)
-
-
-def flush(directory: Path) -> None:
-    """Write this process's values for the others to add up (atomically: write, then rename)."""
-    _write(directory, snapshot())
-
-
-async def run_flusher(directory: Path, interval: float = FLUSH_INTERVAL) -> None:
-    """Flush now (so every worker is known from its start), then every ``interval`` seconds until
-    cancelled, then once more."""
-    try:
-        while True:  # values are read on the loop (samplers touch its state), written in a thread
-            await asyncio.to_thread(_write, directory, snapshot())
-            await asyncio.sleep(interval)
-    finally:
-        flush(directory)
-
-    return True
 
 
 def _others(directory: Path | None) -> list[tuple[int, dict[str, list[list[Any]]]]]:
@@ -267,13 +327,14 @@ def _others(directory: Path | None) -> list[tuple[int, dict[str, list[list[Any]]
 class _Merged(Collector):
     """This process's live values plus the other workers' snapshots, as Prometheus families."""
 
-    def __init__(self, directory: Path | None) -> None:
+    def __init__(self, families: Mapping[str, Family], directory: Path | None) -> None:
+        self.families = families
         self.directory = directory
 
     def collect(self) -> Iterator[Metric]:
         others = _others(self.directory)
         running = {pid: alive(pid) for pid, _ in others}
-        for name, family in FAMILIES.items():
+        for name, family in self.families.items():
             rows: list[tuple[Labels, Any, bool]] = [(k, v, True) for k, v in family.values.items()]
             for pid, data in others:
                 rows += [(tuple(k), v, running[pid]) for k, v in data.get(name, ())]
@@ -354,17 +415,3 @@ class ProcessCollector(Collector):
             fds.add_metric(label, n_fds)
             start.add_metric(label, self._boot + int(fields[19]) / self._tick)
         yield from (cpu, rss, fds, start)
-
-
-def exposition() -> bytes:
-    """The Prometheus text of every worker's values."""
-    sample()
-    return generate_latest(_registry(metrics_dir()))
-
-
-@functools.cache
-def _registry(directory: Path | None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Merged(directory))
-    registry.register(ProcessCollector(directory))
-    return registry

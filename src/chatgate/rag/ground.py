@@ -1,6 +1,6 @@
-"""Grounding a chat request: the assistant's system prompt, the search query, and the sources injected
-within the token budget, and the sources on the answer (a JSON field, a stream's last chunk). Plain values
-in and out; the pipeline's ``ground`` step and its doors call these.
+"""Grounding a chat request (the pipeline's ``ground`` step, :class:`Grounder`): the assistant's collections
+as the caller may read them, the search query, the sources injected within the token budget; and the
+sources on the answer (a JSON field, a stream's last chunk). Plain values in and out.
 
 Everything the model is told goes into one system message at the head of the conversation (many chat
 templates accept a system message only there): the assistant's prompt, then the client's own system
@@ -10,17 +10,85 @@ when they do not all fit the budget, the lowest-ranked are dropped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from chatgate.cache.key import Scope
+from chatgate.context import Fitted, WindowResolver
+from chatgate.rag.assistants import Assistant
 from chatgate.rag.retrieve import Hit
 from chatgate.sessions.messages import text_of
+from chatgate.settings import GroundingSettings
+from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.answer import parse_answer
-from chatgate.upstream.sse import encode_data
+from chatgate.upstream.sse import choiceless_chunk
 
+if TYPE_CHECKING:
+    from chatgate.rag.service import Rag
+
+log = logging.getLogger("chatgate.rag")
 SLACK = 8  # tokens a text may gain where it is joined to the system message
+
+
+@dataclass(slots=True)
+class Grounded:
+    """What grounding made of a request: the scope its answer may be built from (part of its cache key);
+    and, when documents went in, the messages with the sources and the citations."""
+
+    scope: Scope
+    messages: list[dict[str, Any]] | None = None
+    sources: list[dict[str, Any]] | None = None
+
+
+class Grounder:
+    def __init__(self, rag: Rag, settings: GroundingSettings, counter: TokenCounter, windows: WindowResolver) -> None:
+        self.rag = rag
+        self.settings = settings
+        self.counter = counter
+        self.windows = windows
+
+    async def ground(
+        self,
+        assistant: Assistant,
+        user_id: str,
+        messages: list[dict[str, Any]],
+        fitted: Fitted | None,
+        *,
+        applied: bool,
+    ) -> Grounded:
+        """The assistant's documents into ``messages`` per its retrieval policy (``applied``: the conversation
+        was grounded before, which ``once_per_conversation`` heeds), within the room the window leaves."""
+        rag = self.rag
+        collections = await rag.for_assistant(assistant, user_id) if assistant.collections else []
+        private = any(c.visibility == "private" for c in collections)
+        scope = Scope(assistant.name, tuple(c.id for c in collections), user_id if private else None)
+        if not collections or assistant.retrieval == "off":
+            return Grounded(scope)
+        if assistant.retrieval == "once_per_conversation" and applied:
+            return Grounded(scope)
+        query = query_text(messages, self.settings.condense_turns)
+        if not query:
+            return Grounded(scope)
+        try:
+            hits, _ = await rag.search(collections, query, assistant.top_k, assistant.mode)
+        except Exception as exc:  # the answer goes on without documents rather than failing
+            log.warning("grounding search failed", extra={"assistant": assistant.name, "error": str(exc)})
+            return Grounded(scope)
+        budget = self.settings.max_context_tokens
+        if fitted is not None and fitted.window is not None:
+            budget = min(budget, fitted.window - fitted.max_tokens - fitted.prompt_tokens)
+        served = self.windows.served(assistant.model)
+        context, used = build_context(
+            hits, self.settings.template, lambda text: self.counter.count(text, served), budget
+        )
+        if context is None:
+            return Grounded(scope)
+        sources = [source_json(i + 1, hit) for i, hit in enumerate(used)]
+        return Grounded(scope, with_system(messages, context, before=False), sources)
 
 
 def with_system(messages: list[dict[str, Any]], text: str | None, *, before: bool = True) -> list[dict[str, Any]]:
@@ -103,12 +171,4 @@ def with_sources(body: bytes | None, sources: list[dict[str, Any]] | None) -> by
 
 def sources_event(head: Mapping[str, Any], sources: list[dict[str, Any]]) -> bytes:
     """The last chunk of a grounded stream, before ``[DONE]``: no choices, the sources."""
-    chunk = {
-        "id": head.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": head.get("created", 0),
-        "model": head.get("model", ""),
-        "choices": [],
-        "sources": sources,
-    }
-    return encode_data(orjson.dumps(chunk))
+    return choiceless_chunk(head, sources=sources)

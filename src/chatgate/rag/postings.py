@@ -187,6 +187,8 @@ class PostingsIndex:
         self._finish_compaction()
         version = conn.execute("PRAGMA data_version").fetchone()[0]
         if version == self._version and not force and not self._resync:
+            if compact:  # a compaction that just ended may have left work (chunks that went meanwhile)
+                self._maybe_compact()
             return
         conn.execute("BEGIN")
         try:

@@ -21,12 +21,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgate.errors import BadRequest, ChatgateError, Conflict, Forbidden, NotFound, PayloadTooLarge
-from chatgate.observe import metrics
+from chatgate.observe.metrics import Metrics
 from chatgate.rag.assistants import Assistant, AssistantRepo, Assistants
 from chatgate.rag.dense import DenseIndex
 from chatgate.rag.ingest import FileResult, Ingestor, IngestSummary, Parser, SourceFile
@@ -51,6 +52,10 @@ class IndexUnavailable(ChatgateError):
 class CountingIngestor(Ingestor):
     """The ingestor, counting each file's outcome in ``chatgate_rag_documents_ingested``."""
 
+    def __init__(self, metrics: Metrics, *args: Any) -> None:
+        super().__init__(*args)
+        self.metrics = metrics
+
     async def ingest(
         self,
         collection: CollectionRow,
@@ -58,7 +63,7 @@ class CountingIngestor(Ingestor):
         progress: Callable[[FileResult], None] | None = None,
     ) -> IngestSummary:
         def counted(result: FileResult) -> None:
-            metrics.RAG_INGESTED.inc((result.outcome,))
+            self.metrics.rag_ingested.inc((result.outcome,))
             if progress is not None:
                 progress(result)
 
@@ -72,8 +77,9 @@ def mismatch(exc: EmbeddingMismatch) -> Conflict:
 
 
 class Rag:
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    def __init__(self, settings: Settings, engine: AsyncEngine, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.retrieval = settings.rag.retrieval
         self.engine = engine
         self.repo = RagRepo(engine)
@@ -127,7 +133,7 @@ class Rag:
         parser = await asyncio.to_thread(Parser.from_settings, self.settings)
         self.dense, self.embedder = dense, embedder
         self.retriever.dense, self.retriever.embedder = dense, embedder
-        self.ingestor = CountingIngestor(self.repo, dense, embedder, parser, self.retrieval)
+        self.ingestor = CountingIngestor(self.metrics, self.repo, dense, embedder, parser, self.retrieval)
         if dense.writable:
             self.runner = JobRunner(self.jobs, self.ingestor, self.retrieval, self.upload_dir)
             self.runner.start()
@@ -304,8 +310,8 @@ class Rag:
             raise mismatch(exc) from None
         except RuntimeError as exc:  # no dense index or embedder (it failed to open)
             raise IndexUnavailable(f"Document search is unavailable: {exc}.") from None
-        metrics.RAG_RETRIEVALS.inc((used,))
-        metrics.RAG_RETRIEVAL_LATENCY.observe(time.perf_counter() - started, (used,))
+        self.metrics.rag_retrievals.inc((used,))
+        self.metrics.rag_retrieval_latency.observe(time.perf_counter() - started, (used,))
         return hits, used
 
     def _dense_ready(self) -> bool:

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from chatgate.errors import RateLimited
+from chatgate.errors import Rate, RateLimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,8 @@ class Connections:
             raise RateLimited(
                 f"Too many requests in flight for this user (at most {self.max_per_user} at once).",
                 details={"limit": self.max_per_user, "scope": "concurrent_requests"},
-                headers={"Retry-After": "1", "X-RateLimit-Limit": str(self.max_per_user), "X-RateLimit-Remaining": "0"},
+                retry_after=1.0,
+                blocked=Rate("requests", self.max_per_user, 0, 0.0),
             )
         conn = Connection(next(self._tokens), user_id, conversation_id, message_id, time.monotonic())
         self._open[conn.token] = conn

@@ -1,9 +1,16 @@
-"""Sessions: hot state in an LRU with a TTL, durable state in the store, writes behind.
+"""Sessions: durable state in the store, a hot copy in an LRU with a TTL, writes through one queue.
 
 A conversation's id is derived from (user, key), so every worker and instance that meets the
-same conversation names it the same way, and concurrent creators agree without a lock.
-Counters and recent turns live in the hot state and are updated synchronously; every durable
-change goes through the write-behind queue, so a request never waits on a database write.
+same conversation names it the same way, and concurrent creators agree without a lock. A new
+conversation is stored with its first turn (a request refused before it, say by a rate limit,
+leaves nothing behind).
+
+The store is the one source of truth for what a conversation holds. Where the client sends the
+history itself (the OpenAI door), the hot copy is only advisory (is this the first message, is there a
+brief) and every write goes behind, idempotently (rows are de-duplicated by key). Where chatgate keeps
+the history (the chat API, ChatKit), a conversation is read through the store on every turn
+(``find_for_user``) and a turn is committed before its answer completes (``keep(..., durable=True)``),
+so the next turn, on any worker or instance, sees it.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chatgate.identity.model import Identity
-from chatgate.sessions.messages import KINDS
-from chatgate.settings import SessionSettings
+from chatgate.sessions.messages import KINDS, Kept, compact, dedupe_key
+from chatgate.settings import SessionSettings, StoreSettings
 from chatgate.store.db import Store
 from chatgate.store.repos import ConversationRow, MessageRow
 from chatgate.store.writebehind import (
@@ -31,6 +38,7 @@ from chatgate.store.writebehind import (
     UpsertConversation,
     UpsertUser,
     WriteBehind,
+    WriteOp,
 )
 
 KNOWN_KEYS = 256  # dedupe keys remembered per hot session
@@ -64,6 +72,7 @@ class Session:
     brief: str | None = None
     brief_upto: int = 0
     brief_digest: str | None = None
+    stored: bool = True  # False: new here, stored with its first turn
 
     @property
     def ephemeral(self) -> bool:
@@ -95,11 +104,13 @@ class SessionManager:
         store: Store,
         writer: WriteBehind,
         settings: SessionSettings,
+        store_settings: StoreSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.writer = writer
         self.settings = settings
+        self.store_settings = store_settings or StoreSettings()
         self._clock = clock
         self._hot: OrderedDict[str, Session] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Session]] = {}
@@ -133,15 +144,8 @@ class SessionManager:
     # ---- get or create ----------------------------------------------------------------------
 
     def ephemeral(self, identity: Identity, source: str) -> Session:
-        return Session(
-            id=f"eph-{self._ephemeral_prefix}{next(self._ephemeral_ids):x}",  # never stored: unique is enough
-            user_id=identity.user_id,
-            key=None,
-            source=source,
-            is_first_message=True,
-            created_at=datetime.now(UTC),
-            variables=dict(identity.variables),
-        )
+        """A session that is never stored (no conversation key): unique is enough for its id."""
+        return _session(f"eph-{self._ephemeral_prefix}{next(self._ephemeral_ids):x}", identity, None, source)
 
     async def get_or_create(self, identity: Identity, key: str | None, source: str) -> Session:
         """The session for this conversation key; ``is_first_message`` tells a new one."""
@@ -178,35 +182,26 @@ class SessionManager:
             recent = await self.store.messages.last_turns(cid, self.settings.history_turns)
             session = _from_row(row, recent, is_first=row.message_count == 0)
         else:
-            session = Session(
-                id=cid,
-                user_id=identity.user_id,
-                key=key,
-                source=source,
-                is_first_message=True,
-                created_at=datetime.now(UTC),
-                variables=dict(identity.variables),
-            )
-            self.stats.created += 1
-            self.writer.put(
-                UpsertConversation(
-                    id=cid,
-                    user_id=identity.user_id,
-                    key=key,
-                    source=source,
-                    created_at=session.created_at,
-                    title=None,
-                    variables=session.variables,
-                )
-            )
+            session = self._new(cid, identity, key, source)
         self._put_hot(session)
         return session
 
+    def new(self, identity: Identity, key: str, source: str) -> Session:
+        """A new conversation under ``key`` (stored with its first turn)."""
+        self.saw(identity)
+        session = self._new(conversation_id(identity.user_id, key), identity, key, source)
+        self._put_hot(session)
+        return session
+
+    def _new(self, cid: str, identity: Identity, key: str, source: str) -> Session:
+        self.stats.created += 1
+        session = _session(cid, identity, key, source)
+        session.stored = False
+        return session
+
     async def find_for_user(self, user_id: str, session_id: str) -> Session | None:
-        """An existing session by id, only if it is this user's (the chat API's ``session_id``)."""
-        hot = self._get_hot(session_id)
-        if hot is not None:
-            return hot if hot.user_id == user_id else None
+        """An existing conversation by id, only if it is this user's, as the store has it now (the history
+        chatgate keeps: any worker or instance may have written its last turn)."""
         row = await self.store.conversations.get_for_user(user_id, session_id)
         if row is None:
             return None
@@ -221,22 +216,75 @@ class SessionManager:
 
     # ---- what a request did -------------------------------------------------------------------
 
-    def record(self, session: Session, kind: str, tokens_in: int, tokens_out: int, rag_applied: bool = False) -> None:
+    async def keep(
+        self,
+        session: Session,
+        kind: str,
+        usage: dict[str, Any] | None,
+        *,
+        rag_applied: bool,
+        messages: list[Kept],
+        reply: Any,
+        reply_at: int,
+        model: str | None,
+        durable: bool,
+    ) -> None:
+        """A turn into its conversation: its kind and tokens counted, its new messages and the reply added
+        (hot at once). ``durable``: returns once they are committed (raises ``StoreUnavailable`` if they
+        could not be), else they are queued behind."""
+        usage = usage or {}
+        ops: list[WriteOp | None] = []
+        if not session.ephemeral and not session.stored:
+            session.stored = True
+            ops.append(_creation(session))
+            if session.brief is not None:
+                ops.append(SetBrief(session.id, session.brief, session.brief_upto, session.brief_digest))
+        ops.append(
+            self.record(
+                session,
+                kind,
+                _int(usage.get("prompt_tokens")),
+                _int(usage.get("completion_tokens")),
+                rag_applied,
+            )
+        )
+        store = self.store_settings
+        for m in messages:
+            dedupe = dedupe_key(m.position, m.role, m.content, m.client_message_id)
+            content = compact(m.content, store.keep_inline_bytes, store.inline_bytes_limit)
+            ops.append(self.add_message(session, m.role, content, dedupe, client_message_id=m.client_message_id))
+        if reply is not None:
+            tokens = usage.get("completion_tokens")
+            dedupe = dedupe_key(reply_at, "assistant", reply)
+            ops.append(
+                self.add_message(
+                    session, "assistant", reply, dedupe, tokens=tokens if isinstance(tokens, int) else None, model=model
+                )
+            )
+        if session.ephemeral:
+            return
+        kept = [op for op in ops if op is not None]
+        if durable:
+            await self.writer.commit(kept)
+        else:
+            for op in kept:
+                self.writer.put(op)
+
+    def record(
+        self, session: Session, kind: str, tokens_in: int, tokens_out: int, rag_applied: bool = False
+    ) -> CountRequest:
+        """The request's kind and tokens on the session (hot), and the op that stores them."""
         session.request_counts[kind] = session.request_counts.get(kind, 0) + 1
         session.tokens_in += tokens_in
         session.tokens_out += tokens_out
         session.rag_applied = session.rag_applied or rag_applied
-        if session.ephemeral:
-            return
-        self.writer.put(
-            CountRequest(
-                conversation_id=session.id,
-                kind=kind,
-                tokens_in=tokens_in,
-                tokens_out=tokens_out,
-                rag_applied=rag_applied,
-                at=datetime.now(UTC),
-            )
+        return CountRequest(
+            conversation_id=session.id,
+            kind=kind,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            rag_applied=rag_applied,
+            at=datetime.now(UTC),
         )
 
     def add_message(
@@ -249,13 +297,13 @@ class SessionManager:
         tokens: int | None = None,
         model: str | None = None,
         client_message_id: str | None = None,
-    ) -> None:
-        """Queue a message row and keep it hot; a row this session already has is not queued again.
+    ) -> AddMessage | None:
+        """A message row kept hot, and the op that stores it; None when this session already has it.
 
         (The store drops duplicates too; knowing them here spares it the work when clients resend history.)
         """
         if dedupe in session.known:
-            return
+            return None
         session.known[dedupe] = None
         if len(session.known) > KNOWN_KEYS:
             del session.known[next(iter(session.known))]
@@ -263,25 +311,22 @@ class SessionManager:
         while len(session.recent) > 2 * max(self.settings.history_turns, 1):
             session.recent.popleft()
         session.message_count += 1
-        if session.ephemeral:
-            return
-        self.writer.put(
-            AddMessage(
-                conversation_id=session.id,
-                role=role,
-                content=content,
-                dedupe_key=dedupe,
-                tokens=tokens,
-                model=model,
-                client_message_id=client_message_id,
-                created_at=datetime.now(UTC),
-            )
+        return AddMessage(
+            conversation_id=session.id,
+            role=role,
+            content=content,
+            dedupe_key=dedupe,
+            tokens=tokens,
+            model=model,
+            client_message_id=client_message_id,
+            created_at=datetime.now(UTC),
         )
 
     def set_brief(self, session: Session, brief: str | None, upto: int, digest: str | None) -> None:
-        """Keep the conversation's running brief hot and queue it for the store (not for ephemeral sessions)."""
+        """Keep the conversation's running brief hot and queue it for the store (a conversation not stored yet
+        stores it with its first turn; an ephemeral one never)."""
         session.brief, session.brief_upto, session.brief_digest = brief, upto, digest
-        if not session.ephemeral:
+        if not session.ephemeral and session.stored:
             self.writer.put(SetBrief(conversation_id=session.id, brief=brief, upto=upto, digest=digest))
 
     def history(self, session: Session) -> list[dict[str, Any]]:
@@ -320,6 +365,35 @@ class SessionManager:
         while len(self._hot) > self.settings.cache_size:
             self._hot.popitem(last=False)
             self.stats.evicted += 1
+
+
+def _session(cid: str, identity: Identity, key: str | None, source: str) -> Session:
+    return Session(
+        id=cid,
+        user_id=identity.user_id,
+        key=key,
+        source=source,
+        is_first_message=True,
+        created_at=datetime.now(UTC),
+        variables=dict(identity.variables),
+    )
+
+
+def _creation(session: Session) -> UpsertConversation:
+    assert session.key is not None
+    return UpsertConversation(
+        id=session.id,
+        user_id=session.user_id,
+        key=session.key,
+        source=session.source,
+        created_at=session.created_at,
+        title=None,
+        variables=session.variables,
+    )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 def _from_row(row: ConversationRow, recent: list[MessageRow], *, is_first: bool) -> Session:

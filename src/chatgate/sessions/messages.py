@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 KINDS = ("standard", "rag", "research", "multimodal", "tool")
+
+
+@dataclass(slots=True)
+class Kept:
+    """A message a turn adds to its conversation."""
+
+    position: int  # in the conversation as the client sees it (part of the dedupe key)
+    role: str
+    content: Any
+    client_message_id: str | None = None
+
+
 _MEDIA_PARTS = {"image_url", "input_audio", "image", "audio", "file"}
 
 

@@ -1,6 +1,7 @@
 """Write ops and how one batch of them is applied, in one transaction, in a dependency-safe order.
 
-Order: users, conversations, (PostgreSQL: lock the touched conversation rows, in id order, so
+First the batch's id (``write_batches``): a batch already committed under it is skipped, whole. Then, in
+order: users, conversations, (PostgreSQL: lock the touched conversation rows, in id order, so
 concurrent instances serialise per conversation), messages, counters, briefs, key touches, analytics
 (raw request rows, then their hourly rollups, one upsert per (hour, user, model, kind) in key order).
 Each phase coalesces its ops and runs as one ``executemany``.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Boolean, Dialect, Integer, Table, bindparam, case, func, insert, or_, select, update
@@ -28,9 +29,12 @@ from chatgate.store.models import (
     ROLLUP_SUMS,
     USAGE_HOURLY,
     USERS,
+    WRITE_BATCHES,
     UTCDateTime,
     latency_bucket,
 )
+
+BATCHES_KEPT = timedelta(days=1)
 
 # The ops are treated as immutable; they are not frozen dataclasses, which cost on every construction.
 
@@ -158,7 +162,10 @@ def _latest(column: Any, param: str) -> Any:
     return case((column < value, value), else_=column)
 
 
-async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
+async def apply(conn: AsyncConnection, ops: Iterable[WriteOp], batch_id: str | None = None) -> bool:
+    """Apply ``ops`` in ``conn``'s transaction; False when the batch ``batch_id`` was applied already."""
+    if batch_id is not None and not await _claim(conn, batch_id):
+        return False
     users: dict[str, dict[str, Any]] = {}
     conversations: dict[str, dict[str, Any]] = {}
     messages: dict[tuple[str, str], dict[str, Any]] = {}
@@ -229,6 +236,17 @@ async def apply(conn: AsyncConnection, ops: Iterable[WriteOp]) -> None:
         await conn.execute(stmt, [{"b_id": key, "b_at": touches[key]} for key in sorted(touches)])
     if requests:
         await _record_requests(conn, requests)
+    return True
+
+
+async def _claim(conn: AsyncConnection, batch_id: str) -> bool:
+    """Record the batch's id; False if it is there already. Ids older than a day go now and then."""
+    now = datetime.now(UTC)
+    stmt = _insert(conn, WRITE_BATCHES).on_conflict_do_nothing().returning(WRITE_BATCHES.c.id)
+    claimed = (await conn.execute(stmt, {"id": batch_id, "at": now})).first() is not None
+    if claimed and batch_id.endswith("00"):  # one batch in 256 (ids end in a hex counter)
+        await conn.execute(WRITE_BATCHES.delete().where(WRITE_BATCHES.c.at < now - BATCHES_KEPT))
+    return claimed
 
 
 def _touch(activity: dict[str, _Activity], conversation_id: str, at: datetime) -> _Activity:

@@ -149,6 +149,16 @@ class Conversation(Base):
     brief_digest: Mapped[str | None] = mapped_column(String(64))
 
 
+class WriteBatch(Base):
+    """The write-behind batches committed lately (``store/writebehind.py``): a batch retried after a commit
+    whose outcome was lost finds its id here and is not applied twice. Kept a day."""
+
+    __tablename__ = "write_batches"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
@@ -230,6 +240,7 @@ API_KEYS = _table(ApiKey)
 CONVERSATIONS = _table(Conversation)
 MESSAGES = _table(Message)
 REQUEST_LOG = _table(RequestLog)
+WRITE_BATCHES = _table(WriteBatch)
 
 
 # RAG (rag/): collections of documents, their chunks, and ingestion jobs. Migration 0004 also creates the

@@ -7,19 +7,28 @@ A failing batch is rolled back and retried with backoff; a batch a constraint re
 one op per transaction so one bad op cannot sink its neighbours. ``close()`` drains the queue,
 so a clean shutdown loses nothing.
 
-A batch retried after a commit whose outcome was lost (the connection dropped mid-commit) can
-apply its counter increments twice; messages and rows are idempotent.
+``commit(ops)`` is the durable path (group commit): the ops join the queue, the flusher starts at
+once instead of after ``flush_interval``, and the call returns when the batch holding them has
+committed, so a reply that waits for it survives a crash. Whatever is queued meanwhile goes in the
+same transaction, so concurrent turns share one commit.
+
+Each batch carries an id, inserted in its own transaction (``batch.apply``): a batch retried after a
+commit whose outcome was lost (the connection dropped mid-commit) finds its id and is skipped, so
+counters are never added twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 from collections import deque
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from chatgate.errors import ChatgateError
 from chatgate.store.batch import (
     AddMessage,
     CountRequest,
@@ -49,6 +58,23 @@ __all__ = [
 
 log = logging.getLogger("chatgate.store")
 MAX_BACKOFF = 5.0
+
+
+class StoreUnavailable(ChatgateError):
+    """A write that had to be durable could not be committed."""
+
+    status = 503
+    code = "STORE_UNAVAILABLE"
+    type = "server_error"
+
+
+class _Waiter:
+    """A ``commit`` caller: its ops are sequence numbers ``first..last``."""
+
+    __slots__ = ("failed", "first", "future", "last")
+
+    def __init__(self, first: int, last: int, future: asyncio.Future[None]) -> None:
+        self.first, self.last, self.future, self.failed = first, last, future, False
 
 
 def _rejected_by_data(exc: BaseException) -> bool:
@@ -88,6 +114,10 @@ class WriteBehind:
         self._max_retries = max_retries
         self._retry_base = retry_base
         self._queue: deque[WriteOp] = deque()
+        self._queued = 0  # ops ever queued (a sequence number per op)
+        self._settled = 0  # ops ever taken off the queue and written (or given up), in order
+        self._waiters: deque[_Waiter] = deque()
+        self._urgent = False
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -98,6 +128,8 @@ class WriteBehind:
         self.failures = 0
         self.rejected = 0
         self.lost = 0
+        self._id_prefix = os.urandom(8).hex()  # batch ids: random per process, then a counter
+        self._batch_ids = itertools.count()
 
     @property
     def depth(self) -> int:
@@ -109,9 +141,46 @@ class WriteBehind:
             self.drops += 1
             return False
         self._queue.append(op)
+        self._queued += 1
         if not self._wake.is_set():
             self._wake.set()
         return True
+
+    async def commit(self, ops: list[WriteOp]) -> None:
+        """Queue ``ops`` and return once they are committed; ``StoreUnavailable`` if they could not be."""
+        if not ops:
+            return
+        if self._closed or len(self._queue) + len(ops) > self._max_size:
+            self.drops += len(ops)
+            raise StoreUnavailable("The conversation could not be saved; try again.", retry_after=1.0)
+        first = self._queued + 1
+        for op in ops:
+            self._queue.append(op)
+        self._queued += len(ops)
+        waiter = _Waiter(first, self._queued, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        self._urgent = True
+        self._wake.set()
+        await asyncio.shield(waiter.future)
+
+    def _settle(self, n: int, ok: bool) -> None:
+        """``n`` more ops (in queue order) were written (``ok``) or given up: answer the waiters they end."""
+        start, self._settled = self._settled + 1, self._settled + n
+        for waiter in self._waiters:
+            if waiter.first > self._settled:
+                break
+            if not ok and waiter.last >= start:
+                waiter.failed = True
+        while self._waiters and self._waiters[0].last <= self._settled:
+            waiter = self._waiters.popleft()
+            if waiter.future.done():
+                continue
+            if waiter.failed:
+                waiter.future.set_exception(
+                    StoreUnavailable("The conversation could not be saved; try again.", retry_after=1.0)
+                )
+            else:
+                waiter.future.set_result(None)
 
     async def start(self) -> None:
         if self._task is None and not self._closed:
@@ -136,17 +205,22 @@ class WriteBehind:
                 n = min(self._batch_size, remaining, len(self._queue))
                 remaining -= n
                 batch = [self._queue.popleft() for _ in range(n)]
-                if not await self._write(batch) and self._closing and self._queue:
+                rejected = self.rejected
+                ok = await self._write(batch)
+                self._settle(n, ok and self.rejected == rejected)
+                if not ok and self._closing and self._queue:
                     self.lost += len(self._queue)
                     log.error("store unavailable at shutdown: dropping %d queued writes", len(self._queue))
+                    self._settle(len(self._queue), False)
                     self._queue.clear()
 
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if not self._closing:
+            if not self._closing and not self._urgent:
                 await asyncio.sleep(self._flush_interval)
             self._wake.clear()
+            self._urgent = False
             try:
                 await self.flush()
             except Exception:
@@ -159,10 +233,11 @@ class WriteBehind:
         """Commit ``ops`` (retrying); False when they had to be given up."""
         delay = self._retry_base
         attempts = self._max_retries + 1
+        batch_id = f"{self._id_prefix}{next(self._batch_ids):x}"
         for attempt in range(1, attempts + 1):
             try:
                 async with self._store.engine.begin() as conn:
-                    await apply(conn, ops)
+                    await apply(conn, ops, batch_id)
             except Exception as exc:
                 self.failures += 1
                 if _rejected_by_data(exc):

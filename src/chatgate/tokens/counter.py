@@ -279,6 +279,17 @@ class TokenCounter:
             return self.count(orjson.dumps(reply).decode(), name)
         return None
 
+    def count_usage(self, prompt_tokens: int, reply: Any, model: Any) -> dict[str, int] | None:
+        """An OpenAI usage object for an answer whose upstream reported none: its reply counted here."""
+        completion = self.count_reply(reply, model)
+        if completion is None:
+            return None
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
+
     def count_input(self, given: Any, model: str) -> int:
         """Tokens of an embeddings ``input``: a string, strings, or token ids (one list or several)."""
         if isinstance(given, str):

@@ -226,7 +226,7 @@ class UpstreamClient:
                     "No server for this model is accepting requests right now.", details={"model": served}
                 )
                 wait = self.router.retry_in(served)
-                unavailable.headers["Retry-After"] = str(max(1, round(wait)))
+                unavailable.retry_after = wait
                 last = _Attempt(unavailable, wait)
             if loop.time() >= deadline:
                 break
@@ -340,9 +340,8 @@ def _status_failure(up: Upstream, status: int, retry_after: str | None, body: by
     if status == 429:
         up.breaker.release()
         wait = parse_retry_after(retry_after)
-        headers = {"Retry-After": str(max(1, round(wait)))} if wait is not None else {}
         return _Attempt(
-            RateLimited("The model's server is rate limiting requests.", details=details, headers=headers), wait
+            RateLimited("The model's server is rate limiting requests.", details=details, retry_after=wait), wait
         )
     if status in RETRYABLE_STATUSES or status >= 500:
         up.breaker.record_failure()

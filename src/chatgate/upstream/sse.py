@@ -7,7 +7,9 @@ a space after the colon is dropped; unknown fields are ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -134,3 +136,17 @@ DONE_EVENT = encode_data(DONE)
 def error_event(body: dict[str, object]) -> bytes:
     """The shape the openai SDK raises on mid-stream: ``data: {"error": {...}}``."""
     return encode_data(orjson.dumps(body))
+
+
+def choiceless_chunk(head: Mapping[str, Any], **fields: Any) -> bytes:
+    """A ``chat.completion.chunk`` event with no choices (a stream's usage, or its sources), named after the
+    stream's own chunks (``head``: their id, model and created)."""
+    chunk = {
+        "id": head.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": head.get("created", 0),
+        "model": head.get("model", ""),
+        "choices": [],
+        **fields,
+    }
+    return encode_data(orjson.dumps(chunk))

@@ -45,9 +45,14 @@ def _is_usage_only(data: bytes) -> tuple[bool, dict[str, Any] | None]:
 
 
 class ReplyBuffer:
-    """The assistant reply a stream carries (first choice): its text, and tool calls merged from their deltas."""
+    """The assistant reply a stream carries (first choice): its text, and tool calls merged from their deltas.
 
-    def __init__(self) -> None:
+    ``lazy``: chunks are kept as they came and parsed only when the reply is asked for (most streams are
+    relayed without anyone reading their text on the way).
+    """
+
+    def __init__(self, lazy: bool = False) -> None:
+        self._pending: list[bytes] | None = [] if lazy else None
         self.parts: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
@@ -56,7 +61,18 @@ class ReplyBuffer:
         self.whole = True  # False once a chunk carried what ``completion`` cannot rebuild (n > 1, logprobs)
 
     def feed(self, data: bytes) -> str:
-        """Take in one chunk; returns its content delta ('' when there is none)."""
+        """Take in one chunk; returns its content delta ('' when there is none, or when lazy)."""
+        if self._pending is not None:
+            self._pending.append(data)
+            return ""
+        return self._parse(data)
+
+    def _settle(self) -> None:
+        pending, self._pending = self._pending, None
+        for data in pending or ():
+            self._parse(data)
+
+    def _parse(self, data: bytes) -> str:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -98,12 +114,14 @@ class ReplyBuffer:
 
     @property
     def text(self) -> str:
+        self._settle()
         return "".join(self.parts)
 
     def completion(self, usage: dict[str, Any] | None) -> bytes | None:
         """The reply as the ``chat.completion`` body a non-streaming call would have returned (for the
         response cache), or None when the stream carried what it cannot rebuild (several choices, logprobs)
         or never finished."""
+        self._settle()
         if not self.whole or not self.head or self.finish_reason is None:
             return None
         message: dict[str, Any] = {
@@ -129,6 +147,7 @@ class ReplyBuffer:
 
     def content(self) -> Any:
         """As stored: the text, or content parts when the reply called tools (the non-streaming shape)."""
+        self._settle()
         if not self.tool_calls:
             return self.text
         calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
@@ -144,11 +163,10 @@ class Relay:
     (A plain async generator that is closed before its first step never runs its ``finally``:
     a client that leaves just as the stream opens would leak the upstream connection.)
 
-    Hooks: ``on_usage`` gets the usage chunk; ``reply`` collects the reply (chunks are parsed
-    only when it is set); ``transform`` re-encodes a data chunk for the client
-    (``b""`` drops it; default: passed on as it came); ``tail`` gives a last event before
-    ``[DONE]`` when the stream completed; ``on_end(completed)`` runs once, when it is closed (awaited
-    if it returns an awaitable).
+    Hooks: ``on_usage`` gets the usage chunk; ``reply`` collects the reply; ``transform`` re-encodes a
+    data chunk for the client (``b""`` drops it; default: passed on as it came); ``tail`` gives a last
+    event before ``[DONE]`` when the stream completed (awaited); ``on_end(completed)`` runs once, when
+    it is closed (awaited if it returns an awaitable).
     """
 
     def __init__(
@@ -159,7 +177,7 @@ class Relay:
         on_usage: UsageSink | None = None,
         reply: ReplyBuffer | None = None,
         transform: Callable[[bytes, str], bytes] | None = None,
-        tail: Callable[[], bytes] | None = None,
+        tail: Callable[[], Awaitable[bytes]] | None = None,
         on_end: Callable[[bool], Awaitable[None] | None] | None = None,
     ) -> None:
         self._opened = opened
@@ -238,5 +256,7 @@ class Relay:
         self.failed = failed
         self.completed = done and not failed
         if self.completed and self.tail is not None:
-            yield self.tail()
+            last = await self.tail()
+            if last:
+                yield last
         yield DONE_EVENT

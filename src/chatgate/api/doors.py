@@ -1,0 +1,149 @@
+"""The doors: what differs between the front ends the pipeline serves, as small objects (``turn.Door``).
+
+- ``OpenAIDoor`` (``/v1/chat/completions``): the client sends the history; the conversation (when a chat id
+  names one) stores what the request adds; answers are OpenAI's bodies and chunks, passed on as they came.
+- ``ChatAPIDoor`` (``/api/v1/chat``): one message in, the history from the stored conversation; the answer
+  is ``{response, session_id, cached, sources, usage}``, a stream is ``delta`` events then a ``done`` one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from chatgate.cache import Entry, replay_sse
+from chatgate.errors import NotFound
+from chatgate.rag.ground import sources_event
+from chatgate.sessions.manager import Session
+from chatgate.sessions.messages import Kept, new_messages
+from chatgate.turn import Answer, Framing, Services, Turn
+from chatgate.upstream.answer import parse_answer
+from chatgate.upstream.sse import DONE_EVENT, choiceless_chunk, encode_data
+
+
+class Replay:
+    """Prepared SSE events (a cached answer), read like a relayed stream."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            yield event
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _wants_usage(turn: Turn) -> bool:
+    options = turn.payload.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+class OpenAIDoor:
+    name = "openai"
+    stored_history = False
+
+    def __init__(self, replay_chunk_chars: int = 128) -> None:
+        self.replay_chunk_chars = replay_chunk_chars
+
+    async def open(self, services: Services, turn: Turn) -> Session:
+        assert turn.resolved is not None
+        resolved = turn.resolved
+        return await services.sessions.get_or_create(resolved.identity, resolved.conversation_key, resolved.channel)
+
+    def messages(self, services: Services, turn: Turn) -> list[dict[str, Any]]:
+        return turn.client_messages
+
+    def kept(self, turn: Turn) -> tuple[list[Kept], int]:
+        """What the client's history adds (all of it on a conversation's first sight), then the reply."""
+        assert turn.session is not None and turn.resolved is not None
+        messages, mid = turn.client_messages, turn.resolved.message_id
+        last = len(messages) - 1
+        kept = [
+            Kept(position, str(m.get("role")), m.get("content"), mid if position == last else None)
+            for position, m in new_messages(messages, first=turn.session.is_first_message)
+        ]
+        return kept, len(messages)
+
+    def answer(self, turn: Turn, body: bytes) -> bytes:
+        return body
+
+    def framing(self, turn: Turn) -> Framing:
+        return Framing(include_usage=_wants_usage(turn))
+
+    def tail(self, turn: Turn) -> bytes:
+        """A grounded stream's sources; the usage counted here when the upstream sent none and the client asked."""
+        out = sources_event(turn.reply_head, turn.sources) if turn.sources else b""
+        if turn.usage_counted and _wants_usage(turn):
+            out += choiceless_chunk(turn.reply_head, usage=turn.usage)
+        return out
+
+    def replay(self, turn: Turn, entry: Entry) -> Answer:
+        if not turn.stream:
+            return entry.body  # a grounded answer was stored with its sources
+        events = replay_sse(entry, include_usage=_wants_usage(turn), chunk_chars=self.replay_chunk_chars)
+        data = parse_answer(entry.body)
+        if isinstance(data.get("sources"), list) and data["sources"]:
+            events.insert(-1, sources_event(data, data["sources"]))  # before [DONE]
+        return Replay(events)
+
+
+class ChatAPIDoor:
+    name = "chat-api"
+    stored_history = True
+
+    async def open(self, services: Services, turn: Turn) -> Session:
+        assert turn.resolved is not None
+        identity = turn.resolved.identity
+        if turn.session_id is None:
+            return services.sessions.new(identity, "api-" + uuid.uuid4().hex, self.name)
+        session = await services.sessions.find_for_user(identity.user_id, turn.session_id)
+        if session is None:
+            raise NotFound("No such session.", details={"session_id": turn.session_id})
+        services.sessions.saw(identity)
+        return session
+
+    def messages(self, services: Services, turn: Turn) -> list[dict[str, Any]]:
+        assert turn.session is not None
+        return [*services.sessions.history(turn.session), {"role": "user", "content": turn.message}]
+
+    def kept(self, turn: Turn) -> tuple[list[Kept], int]:
+        assert turn.session is not None and turn.resolved is not None
+        position = turn.session.message_count
+        return [Kept(position, "user", turn.message, turn.resolved.message_id)], position + 1
+
+    def body(self, turn: Turn, sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        assert turn.session is not None
+        reply = turn.reply
+        return {
+            "response": reply if isinstance(reply, str) else "",
+            "session_id": turn.session.id,
+            "cached": turn.cache_status == "HIT",
+            "sources": sources if sources is not None else turn.sources or [],
+            "usage": turn.usage,
+        }
+
+    def answer(self, turn: Turn, body: bytes) -> bytes:
+        return orjson.dumps(self.body(turn))
+
+    def framing(self, turn: Turn) -> Framing:
+        return Framing(include_usage=False, transform=_delta, parse=True)
+
+    def tail(self, turn: Turn) -> bytes:
+        return encode_data(orjson.dumps({"type": "done", **self.body(turn)}))
+
+    def replay(self, turn: Turn, entry: Entry) -> Answer:
+        stored = parse_answer(entry.body).get("sources")  # a grounded answer was stored with its sources
+        answer = self.body(turn, stored if isinstance(stored, list) else None)
+        if not turn.stream:
+            return orjson.dumps(answer)
+        events = [{"type": "delta", "content": answer["response"]}, {"type": "done", **answer}]
+        return Replay([*(encode_data(orjson.dumps(e)) for e in events), DONE_EVENT])
+
+
+def _delta(_data: bytes, text: str) -> bytes:
+    return encode_data(orjson.dumps({"type": "delta", "content": text})) if text else b""
