@@ -84,7 +84,7 @@ def accepted(header: str) -> set[str]:
             allowed = float(q) > 0
         except ValueError:
             allowed = False
-        if allowed:
+        if allowed and coding.strip():
             out.add(coding.strip().lower())
     return out
 

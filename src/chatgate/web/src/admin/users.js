@@ -73,7 +73,7 @@ export async function renderUser(view, api, userId) {
   const sessions = user.sessions ?? {};
   view.append(
     h("p", {}, h("a", { href: "#users" }, "← All users")),
-    h("h2", {}, who?.name ? `${who.name} (${userId})` : userId),
+    h("h2", {}, who?.name && who.name !== userId ? `${who.name} (${userId})` : userId),
     tiles([
       ["E-mail", who?.email ?? "–"],
       ["Role", who?.role ?? "–"],
