@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
-from tests.integration.web_browser import launch
+from tests.conftest import Gateway
+from tests.integration.web_browser import Tab, launch, open_tab
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +17,13 @@ def chromium() -> Iterator[Browser]:
         browser = launch(pw)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def tab(chromium: Browser, gw: Gateway) -> Iterator[Tab]:
+    """A fresh tab on the module's gateway (``gw``); afterwards, nothing that must never happen did."""
+    with open_tab(chromium, gw.url) as t:
+        yield t
+        assert not t.errors, t.errors  # no script error, no CSP violation
+        assert not t.dialogs, t.dialogs
+        assert not t.foreign_requests(), t.foreign_requests()  # everything from chatgate: no CDN

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import expect
 
 from tests.conftest import Fake, Gateway, start_fake, start_gateway, stop
 from tests.integration.test_web_chat import config
-from tests.integration.web_browser import Tab, open_tab, sign_in
+from tests.integration.web_browser import Tab, sign_in
 from tests.limits.test_gateway import user_key
 from tests.rag.test_gateway_rag import POLICY, make_collection
 
@@ -49,15 +49,6 @@ def keys(gw: Gateway) -> dict[str, str]:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def tab(chromium: Browser, gw: Gateway) -> Iterator[Tab]:
-    with open_tab(chromium, gw.url) as t:
-        yield t
-        assert not t.errors, t.errors
-        assert not t.dialogs, t.dialogs
-        assert not t.foreign_requests(), t.foreign_requests()
 
 
 def admin(tab: Tab, gw: Gateway, section: str = "") -> None:

@@ -80,15 +80,6 @@ def ada(gw: Gateway) -> str:
     return user_key(gw, "ada")
 
 
-@pytest.fixture
-def tab(chromium: Browser, gw: Gateway) -> Iterator[Tab]:
-    with open_tab(chromium, gw.url) as t:
-        yield t
-        assert not t.errors, t.errors  # no script error, no CSP violation
-        assert not t.dialogs, t.dialogs
-        assert not t.foreign_requests(), t.foreign_requests()  # everything from chatgate: no CDN
-
-
 def done(answer: Any) -> None:
     expect(answer).to_have_attribute("data-state", "done")
 
