@@ -380,6 +380,7 @@ def test_the_deployers_jwt_cookie_signs_the_page_in(chromium: Browser, tmp_path:
         with open_tab(chromium, g.url) as tab:
             tab.context.add_cookies([{"name": "cg_jwt", "value": jwt_for(secret, "grace", -600), "url": g.url}])
             tab.goto("/ui/")
-            expect(tab.page.get_by_label("API key", exact=True)).to_be_visible()  # expired: the form
+            expect(tab.page.get_by_label("API key", exact=True)).to_be_visible()  # expired: the form, and why
+            expect(tab.page.get_by_role("alert")).to_contain_text("Your sign-in was refused: ")
     finally:
         stop(g.proc)

@@ -23,6 +23,8 @@ export async function signIn(root, { probe, title, hint, notice = "", askKey = f
       return { result: await probe(), how: "deployer" };
     } catch (err) {
       if (err.status !== 401) throw err;
+      // A deployer's JWT that was sent but refused (expired, bad signature) says why; no credential at all is silent.
+      if (err.details?.reason) notice = `Your sign-in was refused: ${err.message} Sign in again, or paste a key.`;
     }
   }
   return form(root, { probe, title, hint, notice });
