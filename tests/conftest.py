@@ -77,6 +77,7 @@ def start_fake(
     port: int | None = None,
     api_key: str | None = None,
     max_model_len: int | None = None,
+    answers: Path | None = None,
 ) -> Fake:
     port = port or free_port()
     cmd = [sys.executable, str(FAKE), "--port", str(port), "--name", name, "--models", models]
@@ -84,6 +85,8 @@ def start_fake(
         cmd += ["--api-key", api_key]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
+    if answers:
+        cmd += ["--answers", str(answers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_http(f"http://127.0.0.1:{port}/_stats/ping", proc=proc)
     return Fake(name, port, proc)

@@ -17,6 +17,12 @@ tests set them on the client request):
 - ``hang``: never answer (until the client goes away; counted as ``cancelled``).
 - ``style``: ``multiline`` (JSON split over several ``data:`` lines), ``crlf``, ``keepalive``.
 - ``no_done``: end the stream without ``data: [DONE]``.
+- ``answer``: the answer's text, instead of the echo.
+
+Knobs can also ride in the last user message, for doors that send the upstream only messages (the chat
+API, the web page): ``[fake:{"id": "x", "chunk_delay": 0.2}]`` anywhere in it is read as JSON knobs and
+removed from the text that is echoed. ``--answers FILE`` (JSON: question -> knobs) gives the knobs of a
+last user message that is exactly one of its questions (e.g. ``{"answer": "..."}``).
 
 The answer is ``"echo: <last user text>"``; usage counts words. With ``tools``, the answer
 calls the first tool. ``/v1/embeddings`` gives the model ``fake-word-hash`` hashed bag-of-words
@@ -137,12 +143,31 @@ async def _summary(body: dict[str, Any], text: str) -> web.Response:
     )
 
 
+MESSAGE_KNOBS = re.compile(r"\[fake:(\{.*?\})\]", re.DOTALL)
+
+
+def _message_knobs(request: web.Request, body: dict[str, Any]) -> str:
+    """Knobs from the last user message (``[fake:{...}]``) and from ``--answers`` merged into ``body["fake"]``;
+    the message's text without them."""
+    text = _last_user_text(body)
+    knobs: dict[str, Any] = {}
+    for match in MESSAGE_KNOBS.finditer(text):
+        knobs.update(json.loads(match.group(1)))
+    if knobs:
+        text = MESSAGE_KNOBS.sub("", text).strip()
+    knobs.update(request.app["answers"].get(text, {}))
+    if knobs:
+        body["fake"] = {**(body.get("fake") or {}), **knobs}
+    return text
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     if not isinstance(body.get("messages"), list):
         return web.json_response(
             {"error": {"message": "messages is required", "type": "invalid_request_error"}}, status=400
         )
+    asked = _message_knobs(request, body)
     last = _last_user_text(body)
     if "<brief>" in last and "<turns>" in last and not body.get("stream"):
         return await _summary(body, last)
@@ -159,7 +184,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return faulted
     knobs = body.get("fake") or {}
     name = request.app["name"]
-    text = "echo: " + _last_user_text(body)
+    text = str(knobs["answer"]) if "answer" in knobs else "echo: " + asked
     created = int(time.time())
     base = {"id": "chatcmpl-fake", "created": created, "model": body.get("model"), "system_fingerprint": name}
     tool_calls = None
@@ -329,7 +354,11 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def make_app(
-    name: str, model_names: list[str], api_key: str | None = None, max_model_len: int | None = None
+    name: str,
+    model_names: list[str],
+    api_key: str | None = None,
+    max_model_len: int | None = None,
+    answers: dict[str, dict[str, Any]] | None = None,
 ) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -345,6 +374,7 @@ def make_app(
     app["name"] = name
     app["models"] = model_names
     app["max_model_len"] = max_model_len
+    app["answers"] = answers or {}
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
@@ -359,9 +389,11 @@ def main() -> None:
     parser.add_argument("--models", default="fake-model")
     parser.add_argument("--api-key")
     parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--answers", help="JSON file: question -> knobs")
     args = parser.parse_args()
+    answers = json.loads(open(args.answers).read()) if args.answers else None
     web.run_app(
-        make_app(args.name, args.models.split(","), args.api_key, args.max_model_len),
+        make_app(args.name, args.models.split(","), args.api_key, args.max_model_len, answers),
         host="127.0.0.1",
         port=args.port,
         print=None,

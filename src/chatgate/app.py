@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from chatgate.api import admin, assistants, chat_api, docs, health, openai, rag
+from chatgate.api import admin, assistants, chat_api, docs, health, openai, rag, web
 from chatgate.api import metrics as metrics_api
 from chatgate.api.doors import OpenAIDoor
 from chatgate.api.errors import EXCEPTION_HANDLERS
@@ -268,6 +268,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             access_log.flush()
 
     scrape = metrics_api.MetricsEndpoint(settings.metrics, credentials, metrics) if settings.metrics.enabled else None
+    pages = web.WebPages(settings.web.content_security_policy) if settings.web.enabled else None
     app = GatewayApp(
         hot_paths=PIPELINE_PATHS,  # the fast lane (api/fastlane.py)
         routes=[
@@ -300,11 +301,14 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/admin/assistants/{name}", assistants.get_assistant, methods=["GET"]),
             Route("/admin/assistants/{name}", assistants.replace_assistant, methods=["PUT"]),
             Route("/admin/assistants/{name}", assistants.delete_assistant, methods=["DELETE"]),
+            Route("/admin/users", admin.list_users, methods=["GET"]),
             Route("/admin/users/{user_id:path}/limits", admin.get_user_limits, methods=["GET"]),
             Route("/admin/users/{user_id:path}/limits/reset", admin.reset_user_limits, methods=["POST"]),
             Route("/admin/users/{user_id:path}", admin.get_user, methods=["GET"]),
             Route("/admin/connections", admin.connections, methods=["GET"]),
             Route("/admin/metrics", admin.snapshot, methods=["GET"]),
+            Route("/admin/collections", admin.list_collections, methods=["GET"]),
+            Route("/admin/jobs", admin.list_jobs, methods=["GET"]),
             Route("/admin/cache/stats", admin.cache_stats, methods=["GET"]),
             Route("/admin/cache", admin.cache_clear, methods=["DELETE"]),
             Route("/admin/analytics/global", admin.analytics_global, methods=["GET"]),
@@ -315,16 +319,22 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             *docs.routes(),
+            *(pages.routes() if pages is not None else []),
         ],
         middleware=[
             *([Middleware(TraceRequests)] if settings.tracing.enabled else []),  # outermost: logs inside its span
             Middleware(RequestLog, access_log=access_log, metrics=metrics),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
+            *([Middleware(web.CookieSignIn, cookie=cookie)] if (cookie := settings.web.jwt_cookie) else []),
             Middleware(
                 Authenticate,
                 authenticator=credentials,
                 # /metrics checks its own credentials (a scraper's token is not an API key)
-                public_paths=[*settings.server.public_paths, metrics_api.PATH],
+                public_paths=[
+                    *settings.server.public_paths,
+                    metrics_api.PATH,
+                    *(web.PUBLIC_PATHS if pages is not None else ()),
+                ],
                 anonymous_paths=ANONYMOUS_PATHS if settings.identity.allow_anonymous else frozenset(),
             ),
             *(  # only when a route outside the pipeline is listed: no extra layer otherwise

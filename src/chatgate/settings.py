@@ -643,6 +643,30 @@ class LogSettings(_Section):
     )
 
 
+DEFAULT_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class WebSettings(_Section):
+    """The chat page (`/ui/`) and the admin dashboard (`/ui/admin`), static files served by chatgate."""
+
+    enabled: bool = Field(
+        True,
+        description="Serve the pages. Their files are public (no key to load them); every call they make carries "
+        "the user's key.",
+    )
+    jwt_cookie: str | None = Field(
+        None,
+        description="Name of a cookie, set by the deployer, holding the user's JWT (verified as `identity.jwt` "
+        "says): the page is then signed in without a key. It is read only from requests that carry the page's "
+        "`X-Chatgate-Web: 1` header and no key (a cross-site form, link or image cannot send that header). "
+        "Unset: no cookie is read.",
+    )
+    content_security_policy: str = Field(DEFAULT_CSP, description="The `Content-Security-Policy` of the pages.")
+
+
 class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address `chatgate serve` binds.")
     port: int = Field(8080, ge=0, le=65535, description="Port `chatgate serve` binds.")
@@ -705,6 +729,7 @@ class Settings(BaseSettings):
         description="Response cache for chat completions and the chat API (Redis when `redis_url` is set).",
     )
     tracing: TracingSettings = Field(default_factory=TracingSettings, description="OpenTelemetry tracing.")
+    web: WebSettings = Field(default_factory=WebSettings, description="The web page: chat and admin dashboard.")
     rag: RagSettings = Field(default_factory=RagSettings, description="Documents: ingestion, embeddings, retrieval.")
     grounding: GroundingSettings = Field(
         default_factory=GroundingSettings, description="Retrieved sources in chat requests (assistants)."

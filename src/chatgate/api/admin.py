@@ -18,10 +18,13 @@ from chatgate.api import state
 from chatgate.api.chat_api import session_json
 from chatgate.api.middleware import info
 from chatgate.api.query import int_param
+from chatgate.api.rag import collection_json, job_json
 from chatgate.api.responses import json_response, no_route
 from chatgate.errors import BadRequest, NotFound
 from chatgate.limits.policy import lines_for_user, subject_of
+from chatgate.rag.service import Rag
 from chatgate.store.analytics import EXPORT_COLUMNS
+from chatgate.store.repos import UserRow
 from chatgate.turn import Services
 
 
@@ -125,6 +128,59 @@ async def get_user(request: Request) -> Response:
             "analytics": analytics,
         }
     )
+
+
+def _user_json(user: UserRow) -> dict[str, Any]:
+    return {
+        "user_id": user.id,
+        "name": user.name,
+        "email": user.email,
+        "role": user.role,
+        "source": user.source,
+        "disabled": user.disabled,
+        "created_at": user.created_at.isoformat(),
+        "last_seen_at": user.last_seen_at.isoformat(),
+    }
+
+
+async def list_users(request: Request) -> Response:
+    """``GET /admin/users?query=&limit=&offset=``: users whose id, name or e-mail contains ``query``, last seen
+    first, and how many match."""
+    services = _admin(request)
+    query = request.query_params.get("query", "").strip()
+    if len(query) > 200:
+        raise BadRequest("'query' must be at most 200 characters.", details={"field": "query"})
+    limit = int_param(request, "limit", 50, 1, 500)
+    offset = int_param(request, "offset", 0, 0, 10**9)
+    await services.sessions.writer.flush()  # users seen so far are in
+    rows, total = await services.sessions.store.users.search(query, limit=limit, offset=offset)
+    return json_response(
+        {"object": "list", "data": [_user_json(u) for u in rows], "total": total, "limit": limit, "offset": offset}
+    )
+
+
+def _rag(request: Request) -> Rag:
+    services = _admin(request)
+    if services.rag is None:
+        raise no_route(request)
+    return services.rag
+
+
+async def list_collections(request: Request) -> Response:
+    """``GET /admin/collections``: every collection, whoever owns it, with its documents counted by status."""
+    rag = _rag(request)
+    rows = await rag.repo.list_collections()
+    descriptions = await rag.descriptions([r.id for r in rows])
+    counts = await rag.repo.document_counts()
+    data = [{**collection_json(r, descriptions.get(r.id)), "documents": counts.get(r.id, {})} for r in rows]
+    return json_response({"object": "list", "data": data})
+
+
+async def list_jobs(request: Request) -> Response:
+    """``GET /admin/jobs?limit=``: every collection's ingestion jobs, newest first."""
+    rag = _rag(request)
+    jobs = await rag.jobs.recent_jobs(int_param(request, "limit", 50, 1, 500))
+    return json_response({"object": "list", "data": [job_json(j) for j in jobs]})
 
 
 async def connections(request: Request) -> Response:

@@ -264,6 +264,33 @@ def _admin_metrics() -> None: ...
 
 
 @_doc.get(
+    "/admin/users",
+    tags=["admin"],
+    summary="Users whose id, name or e-mail contains ?query=, last seen first (?limit=&offset=) (admin key)",
+    responses=ERRORS,
+)
+def _admin_users(query: str = "", limit: int = 50, offset: int = 0) -> None: ...
+
+
+@_doc.get(
+    "/admin/collections",
+    tags=["admin"],
+    summary="Every collection, whoever owns it, with its documents by status (admin key)",
+    responses=ERRORS,
+)
+def _admin_collections() -> None: ...
+
+
+@_doc.get(
+    "/admin/jobs",
+    tags=["admin"],
+    summary="Recent ingestion jobs of every collection (?limit=) (admin key)",
+    responses=ERRORS,
+)
+def _admin_jobs(limit: int = 50) -> None: ...
+
+
+@_doc.get(
     "/admin/users/{user_id}",
     tags=["admin"],
     summary="A user: sessions, rate-limit status, requests in flight, analytics (admin key)",

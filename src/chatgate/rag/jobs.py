@@ -102,6 +102,12 @@ class JobRepo:
             stmt = select(RAG_JOBS).where(_J.collection_id == collection_id).order_by(_J.created_at.desc())
             return [_job(r) for r in (await conn.execute(stmt)).all()]
 
+    async def recent_jobs(self, limit: int = 50) -> list[JobRow]:
+        """Every collection's jobs, newest first."""
+        async with self.engine.connect() as conn:
+            stmt = select(RAG_JOBS).order_by(_J.created_at.desc(), _J.id).limit(limit)
+            return [_job(r) for r in (await conn.execute(stmt)).all()]
+
     async def claim_job(self, claim: str, collection_ids: Sequence[str] | None = None) -> JobRow | None:
         """Take the oldest queued job (in ``collection_ids`` when given); None when there is none."""
         while True:

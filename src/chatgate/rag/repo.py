@@ -273,6 +273,15 @@ class RagRepo:
         async with self.engine.connect() as conn:
             return [_document(r) for r in (await conn.execute(stmt)).all()]
 
+    async def document_counts(self) -> dict[str, dict[str, int]]:
+        """Collection id -> documents by status, for every collection."""
+        stmt = select(_D.collection_id, _D.status, func.count()).group_by(_D.collection_id, _D.status)
+        out: dict[str, dict[str, int]] = {}
+        async with self.engine.connect() as conn:
+            for collection_id, status, n in (await conn.execute(stmt)).all():
+                out.setdefault(collection_id, {})[status] = int(n)
+        return out
+
     async def begin_document(
         self,
         collection_id: str,

@@ -164,6 +164,20 @@ class UserRepo:
             rows = await conn.execute(select(USERS).order_by(USERS.c.created_at, USERS.c.id))
         return [_user(r) for r in rows]
 
+    async def search(self, query: str = "", limit: int = 50, offset: int = 0) -> tuple[builtins.list[UserRow], int]:
+        """Users whose id, name or e-mail contains ``query`` (any case), last seen first; and how many match."""
+        where = []
+        if query:
+            pattern = "%" + query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(
+                or_(*(func.lower(c).like(pattern, escape="\\") for c in (USERS.c.id, USERS.c.name, USERS.c.email)))
+            )
+        page = select(USERS).where(*where).order_by(USERS.c.last_seen_at.desc(), USERS.c.id).limit(limit).offset(offset)
+        async with self._engine.connect() as conn:
+            rows = [_user(r) for r in await conn.execute(page)]
+            total = (await conn.execute(select(func.count()).select_from(USERS).where(*where))).scalar_one()
+        return rows, int(total)
+
     async def set_disabled(self, user_id: str, disabled: bool) -> bool:
         """False when there is no such user."""
         async with self._engine.begin() as conn:

@@ -1,0 +1,29 @@
+"""Fixtures for the web page's browser tests (tests/integration/test_web_*.py): one Chromium for the run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from tests.conftest import Gateway
+from tests.integration.web_browser import Tab, launch, open_tab
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def tab(chromium: Browser, gw: Gateway) -> Iterator[Tab]:
+    """A fresh tab on the module's gateway (``gw``); afterwards, nothing that must never happen did."""
+    with open_tab(chromium, gw.url) as t:
+        yield t
+        assert not t.errors, t.errors  # no script error, no CSP violation
+        assert not t.dialogs, t.dialogs
+        assert not t.foreign_requests(), t.foreign_requests()  # everything from chatgate: no CDN
