@@ -92,6 +92,7 @@ def start(
             "OPENAI_API_BASE_URL": base_url,
             "OPENAI_API_KEY": api_key,
             "ENABLE_FORWARD_USER_INFO_HEADERS": "true",
+            "DEFAULT_MODELS": MODEL,  # a new chat on the web page starts with it selected
         }
     )
     if jwt_secret:
@@ -108,6 +109,18 @@ def start(
         stop(proc)
         raise RuntimeError("Open WebUI did not start:\n" + owui.logs()[-5000:]) from None
     return owui
+
+
+BROWSER_FLAGS = [  # as this machine's Chromium needs them: no sandbox as root, no GPU, no calls home
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CHROMIUM = "/usr/bin/chromium"  # Debian's (`make browser-deps`); Playwright never downloads a browser here
 
 
 @dataclass

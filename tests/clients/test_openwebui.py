@@ -283,3 +283,39 @@ def test_chatgate_knows_open_webuis_own_task_templates() -> None:
     }
     for name, template in OPENWEBUI_TEMPLATES.items():
         assert defaults[f"DEFAULT_{name.upper()}_PROMPT_TEMPLATE"] == template, name
+
+
+def test_the_web_page_in_headless_chromium(deployment: Deployment, tmp_path: Path) -> None:
+    """Open WebUI's own page in Debian's Chromium: Bob signs in, sends a message, sees the reply rendered; the
+    message reached chatgate as Bob's."""
+    from playwright.sync_api import expect, sync_playwright
+
+    bob, text = deployment.bob, f"Hello from the browser {deployment.mode}"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=ow.CHROMIUM, args=ow.BROWSER_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(deployment.owui.url + "/auth")
+            page.fill("#email", bob.email)
+            page.fill("#password", ow.PASSWORD)
+            page.click("button[type=submit]")
+            prompt = page.locator("#chat-input")
+            expect(prompt).to_be_visible(timeout=60_000)
+            page.keyboard.press("Escape")  # a first sign-in may open the release notes over the page
+            prompt.click()
+            page.keyboard.type(text)
+            page.keyboard.press("Enter")
+            try:
+                expect(page.get_by_text(f"echo: {text}")).to_be_visible(timeout=60_000)
+            finally:
+                page.screenshot(path=str(tmp_path / "openwebui.png"))
+        finally:
+            browser.close()
+    with deployment.chatgate(bob) as c:
+        listed = c.get("/api/v1/chat/sessions", params={"limit": 500}).json()["data"]
+        contents = [
+            m["content"]
+            for s in listed
+            for m in c.get(f"/api/v1/chat/sessions/{s['session_id']}", params={"limit": 500}).json()["messages"]
+        ]
+    assert text in contents
