@@ -43,7 +43,7 @@ $(OWUI_STAMP): tests/clients/constraints.txt
 	touch $@
 
 test-clients: install browser-deps $(OWUI_STAMP)
-	OPENWEBUI_VENV=$(abspath $(OWUI_VENV)) $(BIN)/pytest -p no:cacheprovider tests/clients
+	OPENWEBUI_VENV=$(abspath $(OWUI_VENV)) $(BIN)/pytest tests/clients
 
 lint: install
 	$(BIN)/ruff check src tests bench

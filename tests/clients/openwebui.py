@@ -7,6 +7,7 @@ it was started with into its database on first start, and would keep them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -311,8 +312,6 @@ class DirectChat:
         body = {"model": MODEL, "stream": self.stream, "messages": self.messages, "chat_id": self.chat_id}
         with self.user.http() as c:
             if self.stream:
-                import json
-
                 with c.stream("POST", "/api/chat/completions", json=body) as r:
                     assert r.status_code == 200, r.read()
                     chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
