@@ -34,6 +34,11 @@ first few words of each new transcript line. In the turns, ``[fake:fail]`` answe
 ``[fake:slow]`` waits 10 s, ``[fake:empty]`` answers an empty brief. Counted under
 ``GET /_stats/summarizer`` (its ``bodies`` are the summariser's user messages, ``models`` the models asked).
 
+``--openwebui`` plays a model behind Open WebUI: its task prompts (a user message starting ``### Task:``)
+get the JSON it parses (a title, tags, follow-ups, queries, an autocompletion), offered tools are never called
+(Open WebUI offers its built-in ones on every web-page request), and every chat request's body is kept under
+``GET /_stats/openwebui`` (``bodies``; ``tasks``: the task answers given, by kind).
+
 ``--max-model-len N`` adds vLLM's ``max_model_len`` to every ``/v1/models`` object and, like
 vLLM, answers 400 to a chat request whose prompt (counted in words, fewer than tokens) plus
 ``max_tokens`` exceeds it.
@@ -161,6 +166,28 @@ def _message_knobs(request: web.Request, body: dict[str, Any]) -> str:
     return text
 
 
+OPENWEBUI_ANSWERS = (  # the JSON key its template asks for -> (task, the answer Open WebUI parses)
+    ('"follow_ups"', "follow_ups", {"follow_ups": ["Tell me more", "Give an example"]}),
+    ('"tags"', "tags", {"tags": ["General", "Testing"]}),
+    ('"title"', "title", {"title": "Fake Title"}),
+    ('"queries"', "queries", {"queries": []}),
+    ('"text"', "autocomplete", {"text": " more"}),
+)
+
+
+def _openwebui_task(text: str) -> str | None:
+    """The answer to one of Open WebUI's task prompts, or None for a chat message."""
+    if not text.startswith("### Task:"):
+        return None
+    head = text.split("<chat_history>", 1)[0]  # the template's own text, not the chat inside it
+    for key, task, answer in OPENWEBUI_ANSWERS:
+        if key in head:
+            tasks = STATS["openwebui"].setdefault("tasks", {})
+            tasks[task] = tasks.get(task, 0) + 1
+            return json.dumps(answer)
+    return None
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     if not isinstance(body.get("messages"), list):
@@ -185,10 +212,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     knobs = body.get("fake") or {}
     name = request.app["name"]
     text = str(knobs["answer"]) if "answer" in knobs else "echo: " + asked
+    openwebui = request.app["openwebui"]
+    if openwebui:
+        STATS["openwebui"]["attempts"] += 1
+        STATS["openwebui"]["bodies"].append(body)
+        text = _openwebui_task(_last_user_text(body)) or text
     created = int(time.time())
     base = {"id": "chatcmpl-fake", "created": created, "model": body.get("model"), "system_fingerprint": name}
     tool_calls = None
-    if body.get("tools"):
+    if body.get("tools") and not openwebui:
         fn = body["tools"][0]["function"]["name"]
         tool_calls = [{"id": "call_1", "type": "function", "function": {"name": fn, "arguments": '{"x": 1}'}}]
     if STATS[knobs.get("id", "default")]["attempts"] <= int(knobs.get("truncate", 0)):
@@ -359,6 +391,7 @@ def make_app(
     api_key: str | None = None,
     max_model_len: int | None = None,
     answers: dict[str, dict[str, Any]] | None = None,
+    openwebui: bool = False,
 ) -> web.Application:
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -375,6 +408,7 @@ def make_app(
     app["models"] = model_names
     app["max_model_len"] = max_model_len
     app["answers"] = answers or {}
+    app["openwebui"] = openwebui
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
@@ -390,10 +424,11 @@ def main() -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--max-model-len", type=int)
     parser.add_argument("--answers", help="JSON file: question -> knobs")
+    parser.add_argument("--openwebui", action="store_true")
     args = parser.parse_args()
     answers = json.loads(open(args.answers).read()) if args.answers else None
     web.run_app(
-        make_app(args.name, args.models.split(","), args.api_key, args.max_model_len, answers),
+        make_app(args.name, args.models.split(","), args.api_key, args.max_model_len, answers, args.openwebui),
         host="127.0.0.1",
         port=args.port,
         print=None,

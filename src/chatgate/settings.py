@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,6 +187,62 @@ class SessionSettings(_Section):
         description="Personalisation system prompt, e.g. `You are talking to {name} at {datetime} ({timezone}).` "
         "Placeholders: name, email, datetime, date, time, timezone, language, location. Off when unset.",
     )
+
+
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+TEMPLATE_PLACEHOLDER = re.compile(r"\{\{[^{}]*\}\}")  # Open WebUI's {{MESSAGES:END:2}}, {{prompt}}, {{CURRENT_DATE}}...
+MIN_TEMPLATE_TEXT = 16  # characters a task template has outside its placeholders: less would match any message
+
+
+class TaskSettings(_Section):
+    enabled: bool = Field(
+        True,
+        description="Recognise front ends' background tasks (chat titles, tags, follow-up suggestions, search "
+        "queries, autocomplete, emoji): kind `task`, never stored as conversation messages nor counted as turns, "
+        "never grounded; still charged to limits and recorded in analytics.",
+    )
+    openwebui_templates: bool = Field(
+        True,
+        description="Recognise Open WebUI 0.12.4's default task prompts: title_generation, tags_generation, "
+        "follow_up_generation, query_generation, autocomplete_generation, emoji_generation, "
+        "image_prompt_generation.",
+    )
+    templates: dict[str, str] = Field(
+        default_factory=dict,
+        description="More task prompts, task name -> template as set in Open WebUI's admin settings (Interface, "
+        "Tasks), its `{{...}}` placeholders matching any text; one of the built-in names replaces that one. A "
+        "request is a task when its only message besides system messages is a user message that is the whole "
+        "template, rendered.",
+    )
+    marker_header: str | None = Field(
+        "X-Chatgate-Task",
+        description="Request header naming the task; any non-empty value makes a request a task (for Open WebUI, "
+        'the connection header `{"X-Chatgate-Task": "{{TASK}}"}`: empty on chat requests). Unset: not read.',
+    )
+    marker_field: str | None = Field(
+        "task",
+        description="`metadata` field naming the task (Open WebUI's `metadata.task`, from front ends that send "
+        "`metadata`; trusted forwarders only). Unset: not read.",
+    )
+    model: str | None = Field(
+        None,
+        description="Model (or alias) task requests go to instead of the one they name, e.g. a cheaper one. "
+        "Unset: the model named.",
+    )
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, template in value.items():
+            if not TASK_NAME.fullmatch(name):
+                raise ValueError(f"task name {name!r}: lower-case letters, digits and _, starting with a letter")
+            text = "".join(TEMPLATE_PLACEHOLDER.split(template)).strip()
+            if len(text) < MIN_TEMPLATE_TEXT:
+                raise ValueError(
+                    f"template {name!r} has {len(text)} characters outside its placeholders; at least "
+                    f"{MIN_TEMPLATE_TEXT} are needed to tell it from an ordinary message"
+                )
+        return value
 
 
 class TokenSettings(_Section):
@@ -717,6 +774,9 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings, description="Database writes.")
     identity: IdentitySettings = Field(default_factory=IdentitySettings, description="Who is calling.")
     sessions: SessionSettings = Field(default_factory=SessionSettings, description="Conversations.")
+    tasks: TaskSettings = Field(
+        default_factory=TaskSettings, description="Front ends' background tasks (titles, tags, follow-ups, ...)."
+    )
     tokens: TokenSettings = Field(default_factory=TokenSettings, description="Token counting.")
     limits: LimitSettings = Field(default_factory=LimitSettings, description="Rate limits and budgets.")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus metrics.")

@@ -12,7 +12,7 @@ def test_request_kinds():
         "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
     }
     assert request_kind(text, {}, frozenset()) == "standard"
-    assert request_kind({**text, "tools": [{}]}, {}, frozenset()) == "tool"
+    assert request_kind({**text, "tools": [{}]}, {}, frozenset()) == "standard"  # offered, not called (tests/sessions)
     assert request_kind(image, {}, frozenset()) == "multimodal" and is_multimodal(image["messages"])
     assert request_kind(text, {"web_search": True}, frozenset()) == "research"
     assert request_kind(text, {}, frozenset({"m"})) == "research"

@@ -25,7 +25,7 @@ async def test_get_or_create_through_write_behind(store: Store, wb: WriteBehind)
     row = await store.conversations.find("key:ab12", "chat-1")
     assert row is not None and row.id == cid and row.created_at == T0
     assert (row.message_count, row.tokens_in, row.tokens_out, row.rag_applied) == (0, 0, 0, False)
-    assert row.request_counts == dict.fromkeys(("standard", "rag", "research", "multimodal", "tool"), 0)
+    assert row.request_counts == dict.fromkeys(("standard", "rag", "research", "multimodal", "tool", "task"), 0)
     assert await store.conversations.get(cid) == row
     assert await store.conversations.find("key:ab12", "chat-2") is None
     assert await store.conversations.find("key:other", "chat-1") is None

@@ -36,7 +36,7 @@ async def test_concurrent_producers_exact_counts(store: Store, wb: WriteBehind) 
     assert row is not None
     assert await _rows(store) == 100 and row.message_count == 100
     assert (row.tokens_in, row.tokens_out, row.rag_applied) == (3000, 300, True)
-    assert row.request_counts == {"standard": 102, "rag": 99, "research": 0, "multimodal": 0, "tool": 99}
+    assert row.request_counts == {"standard": 102, "rag": 99, "research": 0, "multimodal": 0, "tool": 99, "task": 0}
     assert row.last_activity_at == at(99)
     assert wb.failures == 0 and wb.drops == 0 and wb.depth == 0
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-KINDS = ("standard", "rag", "research", "multimodal", "tool")
+KINDS = ("standard", "rag", "research", "multimodal", "tool", "task")  # as store/models.py REQUEST_KINDS
 
 
 @dataclass(slots=True)
@@ -35,17 +35,55 @@ def is_multimodal(messages: Iterable[Any]) -> bool:
     return False
 
 
-def request_kind(payload: dict[str, Any], features: dict[str, Any], research_models: frozenset[str]) -> str:
-    """One kind per request, the most specific first: research, multimodal, tool, standard."""
+def request_kind(
+    payload: dict[str, Any],
+    features: dict[str, Any],
+    research_models: frozenset[str],
+    *,
+    task: str | None = None,
+    called_tool: bool = False,
+) -> str:
+    """One kind per request, the most specific first: task, research, multimodal, tool, standard.
+
+    ``task``: the front-end background task the request is (``sessions/tasks.py``), if any. ``called_tool``: the
+    answer called a tool. Tools merely offered (Open WebUI offers its built-in ones on every web-page request)
+    do not make a request ``tool``: see ``uses_tools``."""
+    if task is not None:
+        return "task"
     if payload.get("research") is True or features.get("web_search") or features.get("research"):
         return "research"
     if payload.get("model") in research_models:
         return "research"
-    if is_multimodal(payload.get("messages") or ()):
+    messages = payload.get("messages") or ()
+    if is_multimodal(messages):
         return "multimodal"
-    if payload.get("tools") or payload.get("functions"):
+    if uses_tools(messages, called_tool):
         return "tool"
     return "standard"
+
+
+def uses_tools(messages: Iterable[Any], called_tool: bool = False) -> bool:
+    """A tool was called in this turn: the answer called one (``called_tool``), or, after the last user message,
+    the request carries a tool call (an assistant message's ``tool_calls`` / ``function_call``) or a tool's result
+    (role ``tool`` or ``function``). Tool calls in earlier turns of a resent history do not count."""
+    if called_tool:
+        return True
+    for msg in reversed(list(messages)):
+        if not isinstance(msg, dict):
+            continue
+        role = msg.get("role")
+        if role == "user":
+            return False
+        if role in ("tool", "function"):
+            return True
+        if role == "assistant" and (msg.get("tool_calls") or msg.get("function_call")):
+            return True
+    return False
+
+
+def calls_tool(reply: Any) -> bool:
+    """A reply as stored (``upstream/answer.py``, ``upstream/stream.py``) that called a tool: a ``tool_calls`` part."""
+    return isinstance(reply, list) and any(isinstance(p, dict) and p.get("type") == "tool_calls" for p in reply)
 
 
 def dedupe_key(position: int, role: str, content: Any, client_message_id: str | None = None) -> str:

@@ -40,7 +40,7 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-REQUEST_KINDS = ("standard", "rag", "research", "multimodal", "tool")
+REQUEST_KINDS = ("standard", "rag", "research", "multimodal", "tool", "task")
 
 # The hourly rollups' latency histogram: the upper bounds (ms) of its buckets, each counting the requests
 # slower than the previous bound and at most this one (not cumulative), then one bucket for the slower
@@ -141,6 +141,7 @@ class Conversation(Base):
     request_research: Mapped[int] = mapped_column(default=0, server_default="0")
     request_multimodal: Mapped[int] = mapped_column(default=0, server_default="0")
     request_tool: Mapped[int] = mapped_column(default=0, server_default="0")
+    request_task: Mapped[int] = mapped_column(default=0, server_default="0")
     variables: Mapped[dict[str, Any]]
     # The running brief (context/): a summary of the first ``brief_upto`` non-system messages, whose hash is
     # ``brief_digest`` (an edited history no longer matches it).
