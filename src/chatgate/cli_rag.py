@@ -13,13 +13,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from chatgate.identity.keys import ADMIN
 from chatgate.settings import Settings
 from chatgate.store.models import RAG_VISIBILITIES
 
 if TYPE_CHECKING:  # the RAG stack is imported by the commands that use it, not by every command
     from chatgate.rag.types import Embedder
 
-ADMIN_USER = "admin"
+ADMIN_USER = ADMIN.user_id  # the bootstrap admin key's user: assistants find its collections by name
 
 
 async def _ready(embedder: Embedder) -> None:
@@ -70,20 +71,17 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings, embedder: Embedder 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from chatgate.rag.ingest import OUTCOMES, FileResult, IngestSummary, SourceFile
-    from chatgate.rag.loaders import discover
+    from chatgate.rag.ingest import OUTCOMES, FileResult, IngestSummary, local_files
     from chatgate.rag.repo import AlreadyExists, EmbeddingMismatch
 
     try:
-        paths = discover(args.paths)
+        files = local_files(args.paths, tuple(args.tag or ()))
     except FileNotFoundError as exc:
         raise SystemExit(f"chatgate: {exc}") from None
     console = Console()
-    if not paths:
+    if not files:
         console.print("no supported files found (txt, md, html, pdf, docx)")
         return 1
-    tags = tuple(args.tag or ())
-    files = [SourceFile(source=str(p), path=p, tags=tags) for p in paths]
 
     async def work(repo: Any, ingestor: Any, emb: Embedder) -> int:
         collection = await repo.find_collection(args.owner, args.collection)

@@ -166,6 +166,11 @@ RAG_INGESTED = Counter(
     "Documents through ingestion, by outcome (added, unchanged, updated, failed).",
     ["outcome"],
 )
+RAG_UNRESOLVED = Counter(
+    "chatgate_rag_unresolved_collections",
+    "Requests for an assistant some of whose collections matched nothing the caller may read, by assistant.",
+    ["assistant"],
+)
 SESSIONS_ACTIVE = Gauge("chatgate_sessions_active", "Sessions held hot in memory.")
 QUEUE_DEPTH = Gauge("chatgate_writebehind_queue_depth", "Writes waiting in the queue.")
 QUEUE_DROPS = Gauge("chatgate_writebehind_dropped", "Writes dropped because the queue was full, since start.")
