@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JOBS   := $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install run test lint typecheck docs bench bench-deps clean
+.PHONY: install run test lint typecheck docs bench bench-deps browser-deps clean
 
 install: $(STAMP)
 
@@ -16,10 +16,13 @@ $(STAMP): pyproject.toml
 	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# `make run CONFIG=chatgate.yaml` serves with that config file (relative paths in it: from its folder).
+CONFIG ?=
 run: install
-	$(BIN)/chatgate serve
+	$(BIN)/chatgate serve $(if $(CONFIG),--config $(CONFIG))
 
-test: install
+# Every test, the API fuzz (tests/integration/test_fuzz.py, ~70 s) and the docs page in a real browser among them.
+test: install browser-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
@@ -38,6 +41,11 @@ docs: install
 bench-deps:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
+
+# Debian's chromium for the docs-page test (Playwright drives it; no browser is downloaded).
+browser-deps:
+	@command -v /usr/bin/chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 bench: install bench-deps
 	$(BIN)/python bench/overhead.py

@@ -298,7 +298,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             *([Route(metrics_api.PATH, scrape.handle, methods=["GET"])] if scrape is not None else []),
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
-            *docs.routes(),
+            *docs.routes(credentials, settings.server.public_paths),
         ],
         middleware=[
             *([Middleware(TraceRequests)] if settings.tracing.enabled else []),  # outermost: logs inside its span
@@ -307,8 +307,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Middleware(
                 Authenticate,
                 authenticator=credentials,
-                # /metrics checks its own credentials (a scraper's token is not an API key)
-                public_paths=[*settings.server.public_paths, metrics_api.PATH],
+                # /metrics checks its own credentials (a scraper's token is not an API key); the docs page asks
+                public_paths=[*settings.server.public_paths, metrics_api.PATH, *docs.PUBLIC_PATHS],
                 anonymous_paths=ANONYMOUS_PATHS if settings.identity.allow_anonymous else frozenset(),
             ),
             *(  # only when a route outside the pipeline is listed: no extra layer otherwise

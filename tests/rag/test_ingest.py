@@ -244,6 +244,18 @@ def test_safe_name() -> None:
     assert safe_name("ä;rm -rf.txt") == "ä_rm -rf.txt"
 
 
+def test_files_of_one_upload_with_the_same_name_are_all_kept() -> None:
+    from chatgate.rag.jobs import distinct
+
+    assert distinct(["a.md", "b.md", "a.md", "a.md", "a (2).md"]) == [
+        "a.md",
+        "b.md",
+        "a (2).md",
+        "a (3).md",
+        "a (2) (2).md",
+    ]
+
+
 async def test_ingest_and_replace_against_a_chroma_server(
     sqlite_url: str, tmp_path: Path, chroma_server: ChromaServer
 ) -> None:
