@@ -37,20 +37,23 @@ def _run(
     settings: Settings,
     embedder: Embedder | None,
     work: Callable[[Any, Any, Embedder], Awaitable[int]],
+    create: bool = False,
 ) -> int:
-    """Open the store, the dense index (as its writer) and the embedder; run ``work``; close them."""
+    """Open the store (only an existing one unless ``create``), the dense index (as its writer) and the
+    embedder; run ``work``; close them."""
+    from chatgate.cli_store import open_store
     from chatgate.rag.dense import DenseIndex, IndexBusy
     from chatgate.rag.embedders import build_embedder
     from chatgate.rag.ingest import Ingestor, Parser
     from chatgate.rag.repo import RagRepo
-    from chatgate.store.db import Store, database_url
 
     async def main() -> int:
+        store = await open_store(settings, create)
         try:
             dense = DenseIndex.open(settings.rag.retrieval, settings.data_dir, write="require")
         except IndexBusy as exc:
+            await store.close()
             raise SystemExit(f"chatgate: {exc}") from None
-        store = await Store.open(database_url(settings))
         emb = embedder or build_embedder(settings.rag.embeddings)
         try:
             await _ready(emb)
@@ -116,7 +119,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings, embedder: Embedder 
             console.print(f"[red]failed[/] {r.source}: {r.reason}", highlight=False, soft_wrap=True)
         return 0
 
-    return _run(settings, embedder, work)
+    return _run(settings, embedder, work, create=True)
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings, embedder: Embedder | None = None) -> int:
