@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from chatgate import __version__
 from chatgate.settings import CONFIG_ENV, Settings, data_dir_origin, load_settings, masked
@@ -86,26 +88,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # (status 0) that still runs the ``finally`` below, instead of dying on the default handler.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
+    config = uvicorn.Config(
+        "chatgate.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
+        proxy_headers=False,
+        timeout_graceful_shutdown=30,
+    )
     try:
-        uvicorn.run(
-            "chatgate.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
-            proxy_headers=False,
-            timeout_graceful_shutdown=30,
-        )
+        if workers > 1:
+            _run_workers(config)  # uvicorn's own would restart every worker on SIGHUP: here each reloads
+        else:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's lifespan reloads on it
+            server = uvicorn.Server(config)
+            server.run()
+            if not server.started:  # as uvicorn.run: the app did not start
+                raise SystemExit(3)
     finally:
         if local is not None:
             local.stop()
     return 0
+
+
+def _run_workers(config: Any) -> None:
+    """uvicorn's worker supervisor (``config``: a ``uvicorn.Config``), except that SIGHUP reaches every worker
+    (each reloads the configuration: ``app.reload_config``) instead of replacing them all."""
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            log.info("SIGHUP: every worker reloads the configuration")
+            for process in self.processes:
+                if process.pid is not None and process.process.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+
+    Supervisor(config, sockets=[config.bind_socket()]).run()
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
