@@ -208,7 +208,9 @@ async def test_upload_jobs_run_in_the_background(rag: Rag, tmp_path: Path) -> No
     with pytest.raises(UploadTooLarge):
         await submit(rag.jobs, uploads, c, [("big.txt", b"x" * 2000)], max_bytes=1024)
     with pytest.raises(ValueError):
-        await submit(rag.jobs, uploads, c, [("a.txt", b"1"), ("a.txt", b"2")], max_bytes=1024)
+        await submit(rag.jobs, uploads, c, [], max_bytes=1024)
+    twice = await submit(rag.jobs, uploads, c, [("a.txt", b"1"), ("a.txt", b"2")], max_bytes=1024)
+    assert twice.files == ("a.txt", "a (2).txt")  # one name twice: both kept
     job = await submit(
         rag.jobs, uploads, c, [("../../etc/notes.md", b"# Notes\n\nRemember the milk."), ("bad.pdf", b"%PDF-")], 1024
     )
