@@ -36,9 +36,12 @@ browser-deps:
 	@test -x /usr/bin/chromium || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+# `make run CONFIG=chatgate.yaml` serves with that config file (relative paths in it: from its folder).
+CONFIG ?=
 run: install
-	$(BIN)/chatgate serve
+	$(BIN)/chatgate serve $(if $(CONFIG),--config $(CONFIG))
 
+# Every test, the API fuzz (tests/integration/test_fuzz.py, ~70 s) and the docs page in a real browser among them.
 test: install browser-deps
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
@@ -78,6 +81,11 @@ docs: install
 bench-deps:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
+
+# Debian's chromium for the docs-page test (Playwright drives it; no browser is downloaded).
+browser-deps:
+	@command -v /usr/bin/chromium >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 bench: install bench-deps
 	$(BIN)/python bench/overhead.py

@@ -41,7 +41,7 @@ def test_defaults():
     s = Settings()
     assert s.server.port == 8080 and s.server.max_body_bytes == 10 * 1024 * 1024
     assert (s.retry.base, s.retry.cap, s.retry.max_retries) == (0.5, 8.0, 3)
-    assert s.data_dir == Path("data") and s.wants_local_model()
+    assert s.data_dir == Path.cwd() / "data" and s.wants_local_model()  # ./data, absolute
 
 
 def test_yaml_then_dotenv_then_env_win_in_that_order(tmp_path, monkeypatch):

@@ -8,13 +8,16 @@ import functools
 import gc
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -193,6 +196,45 @@ def build_services(
     )
 
 
+def reload_config(services: Services) -> None:
+    """SIGHUP: read the configuration again and apply what applies while serving: the config file's
+    assistants and the limit lines (``limits.*`` but the backend's). Everything else needs a restart.
+    A file that does not load leaves everything as it was."""
+    try:
+        fresh = load_settings()
+        if services.rag is not None:
+            services.rag.assistants.reload(fresh.assistants)
+    except Exception as exc:  # a missing file, invalid YAML or settings, a duplicate name: never the worker's end
+        fields = [".".join(map(str, e["loc"])) for e in exc.errors()] if isinstance(exc, ValidationError) else []
+        log.error(
+            "configuration not reloaded: the running one stays",
+            extra={"error": type(exc).__name__, "fields": fields or None, "pid": os.getpid()},
+        )
+        return
+    services.admission.reload(fresh.limits)
+    log.info(
+        "configuration reloaded",
+        extra={"assistants": len(fresh.assistants), "limits": "reloaded", "pid": os.getpid()},
+    )
+
+
+@contextlib.contextmanager
+def reload_on_sighup(services: Services) -> Iterator[None]:
+    """``reload_config`` on SIGHUP, in the process's main thread (not under an in-process test client)."""
+    loop = asyncio.get_running_loop()
+    installed = False
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, reload_config, services)
+            installed = True
+    try:
+        yield
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGHUP)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # still ignored while shutting down
+
+
 def create_app(settings: Settings | None = None, access_stream: BinaryIO | None = None) -> Starlette:
     """The gateway. ``access_stream`` receives the JSON access log instead of standard error (tests)."""
     settings = settings or load_settings()
@@ -244,7 +286,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         flusher = asyncio.create_task(metrics.run_flusher()) if metrics.directory is not None else None
         purger = asyncio.create_task(purge_analytics(store, settings)) if settings.analytics.enabled else None
         try:
-            yield
+            with reload_on_sighup(services):
+                yield
         finally:
             if purger is not None:
                 purger.cancel()
@@ -318,7 +361,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             *([Route(metrics_api.PATH, scrape.handle, methods=["GET"])] if scrape is not None else []),
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
-            *docs.routes(),
+            *docs.routes(credentials, settings.server.public_paths),
             *(pages.routes() if pages is not None else []),
         ],
         middleware=[
@@ -329,10 +372,11 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Middleware(
                 Authenticate,
                 authenticator=credentials,
-                # /metrics checks its own credentials (a scraper's token is not an API key)
+                # /metrics checks its own credentials (a scraper's token is not an API key); the docs page asks
                 public_paths=[
                     *settings.server.public_paths,
                     metrics_api.PATH,
+                    *docs.PUBLIC_PATHS,
                     *(web.PUBLIC_PATHS if pages is not None else ()),
                 ],
                 anonymous_paths=ANONYMOUS_PATHS if settings.identity.allow_anonymous else frozenset(),
@@ -345,6 +389,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     app.state.access_log = access_log
     app.state.tracing = None  # the lifespan starts it when enabled
     app.state.started = time.monotonic()
@@ -362,4 +407,6 @@ def print_new_admin_key(key: str, settings: Settings) -> None:
 
 def create_app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and for ``chatgate serve`` workers."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the lifespan reloads on it: never a dead worker
     return create_app(load_settings())

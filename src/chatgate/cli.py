@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from chatgate import __version__
-from chatgate.settings import Settings, load_settings, masked
+from chatgate.settings import CONFIG_ENV, Settings, data_dir_origin, load_settings, masked
 
 log = logging.getLogger("chatgate")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, announce: bool = True) -> Settings:
+    """The settings, by the one rule every command shares (``load_settings``); the data directory used is
+    said on standard error (``serve`` logs it instead)."""
     try:
-        return load_settings(getattr(args, "config", None))
+        settings = load_settings(getattr(args, "config", None))
     except FileNotFoundError as exc:
         raise SystemExit(f"chatgate: {exc}") from None
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise SystemExit(f"chatgate: invalid configuration:\n{exc}") from None
+    if announce:
+        print(f"chatgate: data directory {settings.data_dir} (from {data_dir_origin(settings)})", file=sys.stderr)
+    return settings
 
 
 def prepare_metrics_dir(directory: Path) -> None:
@@ -43,11 +50,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from chatgate.observe.logging import configure
     from chatgate.upstream.local import LocalModel
 
-    settings = _settings(args)
+    settings = _settings(args, announce=False)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
     configure(settings.log)
+    log.info(
+        "data directory",
+        extra={
+            "data_dir": str(settings.data_dir),
+            "from": data_dir_origin(settings),
+            "config": os.environ.get(CONFIG_ENV),
+        },
+    )
+    # The workers read the same settings: the data directory as resolved here, whatever their folder.
+    os.environ["CHATGATE_DATA_DIR"] = str(settings.data_dir)
     # Before the workers start, so they all share one key and none prints it again.
     admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
     _, new_key = bootstrap_admin_digest(settings.data_dir, admin_key)
@@ -71,26 +88,50 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # (status 0) that still runs the ``finally`` below, instead of dying on the default handler.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
+    config = uvicorn.Config(
+        "chatgate.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
+        proxy_headers=False,
+        timeout_graceful_shutdown=30,
+    )
     try:
-        uvicorn.run(
-            "chatgate.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
-            proxy_headers=False,
-            timeout_graceful_shutdown=30,
-        )
+        if workers > 1:
+            _run_workers(config)  # uvicorn's own would restart every worker on SIGHUP: here each reloads
+        else:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's lifespan reloads on it
+            server = uvicorn.Server(config)
+            server.run()
+            if not server.started:  # as uvicorn.run: the app did not start
+                raise SystemExit(3)
     finally:
         if local is not None:
             local.stop()
     return 0
+
+
+def _run_workers(config: Any) -> None:
+    """uvicorn's worker supervisor (``config``: a ``uvicorn.Config``), except that SIGHUP reaches every worker
+    (each reloads the configuration: ``app.reload_config``) instead of replacing them all."""
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            log.info("SIGHUP: every worker reloads the configuration")
+            for process in self.processes:
+                if process.pid is not None and process.process.is_alive():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+
+    Supervisor(config, sockets=[config.bind_socket()]).run()
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:
@@ -103,7 +144,13 @@ def cmd_version(_: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    data = masked(_settings(args))
+    from chatgate.cli_store import sqlite_file
+
+    settings = _settings(args)
+    store = sqlite_file(settings)
+    if store is not None and not store.is_file():  # said, not created: this command only reads
+        print(f"chatgate: no store at {store} yet (`chatgate serve` creates it)", file=sys.stderr)
+    data = masked(settings)
     if args.format == "json":
         print(json.dumps(data, indent=2))
     else:

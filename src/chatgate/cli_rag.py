@@ -13,13 +13,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from chatgate.identity.keys import ADMIN
 from chatgate.settings import Settings
 from chatgate.store.models import RAG_VISIBILITIES
 
 if TYPE_CHECKING:  # the RAG stack is imported by the commands that use it, not by every command
     from chatgate.rag.types import Embedder
 
-ADMIN_USER = "admin"
+ADMIN_USER = ADMIN.user_id  # the bootstrap admin key's user: assistants find its collections by name
 
 
 async def _ready(embedder: Embedder) -> None:
@@ -36,20 +37,23 @@ def _run(
     settings: Settings,
     embedder: Embedder | None,
     work: Callable[[Any, Any, Embedder], Awaitable[int]],
+    create: bool = False,
 ) -> int:
-    """Open the store, the dense index (as its writer) and the embedder; run ``work``; close them."""
+    """Open the store (only an existing one unless ``create``), the dense index (as its writer) and the
+    embedder; run ``work``; close them."""
+    from chatgate.cli_store import open_store
     from chatgate.rag.dense import DenseIndex, IndexBusy
     from chatgate.rag.embedders import build_embedder
     from chatgate.rag.ingest import Ingestor, Parser
     from chatgate.rag.repo import RagRepo
-    from chatgate.store.db import Store, database_url
 
     async def main() -> int:
+        store = await open_store(settings, create)
         try:
             dense = DenseIndex.open(settings.rag.retrieval, settings.data_dir, write="require")
         except IndexBusy as exc:
+            await store.close()
             raise SystemExit(f"chatgate: {exc}") from None
-        store = await Store.open(database_url(settings))
         emb = embedder or build_embedder(settings.rag.embeddings)
         try:
             await _ready(emb)
@@ -70,20 +74,17 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings, embedder: Embedder 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from chatgate.rag.ingest import OUTCOMES, FileResult, IngestSummary, SourceFile
-    from chatgate.rag.loaders import discover
+    from chatgate.rag.ingest import OUTCOMES, FileResult, IngestSummary, local_files
     from chatgate.rag.repo import AlreadyExists, EmbeddingMismatch
 
     try:
-        paths = discover(args.paths)
+        files = local_files(args.paths, tuple(args.tag or ()))
     except FileNotFoundError as exc:
         raise SystemExit(f"chatgate: {exc}") from None
     console = Console()
-    if not paths:
+    if not files:
         console.print("no supported files found (txt, md, html, pdf, docx)")
         return 1
-    tags = tuple(args.tag or ())
-    files = [SourceFile(source=str(p), path=p, tags=tags) for p in paths]
 
     async def work(repo: Any, ingestor: Any, emb: Embedder) -> int:
         collection = await repo.find_collection(args.owner, args.collection)
@@ -118,7 +119,7 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings, embedder: Embedder 
             console.print(f"[red]failed[/] {r.source}: {r.reason}", highlight=False, soft_wrap=True)
         return 0
 
-    return _run(settings, embedder, work)
+    return _run(settings, embedder, work, create=True)
 
 
 def cmd_reindex(args: argparse.Namespace, settings: Settings, embedder: Embedder | None = None) -> int:

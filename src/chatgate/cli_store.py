@@ -7,17 +7,63 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from chatgate.settings import Settings
-from chatgate.store.db import Store, database_url
+from sqlalchemy import inspect, make_url
+
+from chatgate.settings import Settings, data_dir_origin, masked
+from chatgate.store.db import Store, async_url, database_url, migrate_engine
 
 SCOPES = ("user", "admin", "trusted_forwarder")
 
 
-def _run(settings: Settings, work: Callable[[Store], Awaitable[int]]) -> int:
+def sqlite_file(settings: Settings) -> Path | None:
+    """The SQLite file the store is in (``None``: a server database such as PostgreSQL)."""
+    if not settings.database_url:
+        return settings.data_dir.resolve() / "chatgate.db"
+    url = make_url(async_url(settings.database_url))
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database).resolve()
+    return None
+
+
+def _where(settings: Settings) -> str:
+    file = sqlite_file(settings)
+    return str(file) if file is not None else masked(settings)["database_url"]
+
+
+def no_store(settings: Settings) -> SystemExit:
+    return SystemExit(
+        f"chatgate: no store at {_where(settings)} (data directory {settings.data_dir}, from "
+        f"{data_dir_origin(settings)}): `chatgate serve` creates it there; or give the server's own with "
+        "--config or CHATGATE_DATA_DIR"
+    )
+
+
+async def open_store(settings: Settings, create: bool = False) -> Store:
+    """The store; unless ``create``, only one that exists (a read never leaves an empty store behind)."""
+    file = sqlite_file(settings)
+    if not create and file is not None and not file.is_file():
+        raise no_store(settings)
+    if create or file is not None:
+        return await Store.open(database_url(settings))
+    store = await Store.open(database_url(settings), migrate=False)
+    try:
+        async with store.engine.connect() as conn:
+            exists = await conn.run_sync(lambda c: inspect(c).has_table("alembic_version"))
+        if not exists:
+            raise no_store(settings)
+        await migrate_engine(store.engine)  # an existing store is brought up to date, as `serve` does
+    except BaseException:
+        await store.close()
+        raise
+    return store
+
+
+def _run(settings: Settings, work: Callable[[Store], Awaitable[int]], create: bool = False) -> int:
     async def main() -> int:
-        store = await Store.open(database_url(settings))
+        store = await open_store(settings, create)
         try:
             return await work(store)
         finally:
@@ -114,7 +160,8 @@ def users(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{'enabled' if args.enable else 'disabled'} {args.user}")
         return 0
 
-    return _run(settings, {"create": create, "list": list_, "disable": disable}[args.users_command])
+    command = args.users_command
+    return _run(settings, {"create": create, "list": list_, "disable": disable}[command], create=command == "create")
 
 
 def add_parsers(sub: Any, settings_cmd: Callable[[argparse.Namespace], Settings]) -> None:

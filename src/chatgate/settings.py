@@ -736,6 +736,18 @@ class ServerSettings(_Section):
     models_cache_ttl: float = Field(60.0, gt=0, description="Seconds model lists discovered from upstreams are cached.")
 
 
+class ConfigFile(YamlConfigSettingsSource):
+    """The YAML config file; a relative ``data_dir`` in it is relative to the file's folder (not to the folder
+    a command runs in), so that ``serve`` and every CLI command given the file find the same data."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        raw = data.get("data_dir") if isinstance(data, dict) else None
+        if isinstance(raw, str) and raw and not Path(raw).expanduser().is_absolute():
+            data["data_dir"] = str(Path(file_path).resolve().parent / raw)
+        return data
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CHATGATE_",
@@ -745,7 +757,12 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    data_dir: Path = Field(Path("./data"), description="Every file the server writes lives under this directory.")
+    data_dir: Path = Field(
+        Path("./data"),
+        description="Every file the server writes lives under this directory. Relative: in the config file, to "
+        "the file's folder; in `CHATGATE_DATA_DIR` or by default (`./data`), to the current folder. `serve` and "
+        "every CLI command print the one they use.",
+    )
     admin_key: SecretStr | None = Field(
         None, description="Bootstrap admin API key. Unset: generated on first start, printed once, stored hashed."
     )
@@ -798,6 +815,12 @@ class Settings(BaseSettings):
         default_factory=list, description="Assistants: model ids with a system prompt and collections (see below)."
     )
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        """Absolute, so that every process and every log line names the same folder."""
+        return Path(os.path.abspath(v.expanduser()))
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -810,7 +833,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
         config_file = os.environ.get(CONFIG_ENV)
         if config_file:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            sources.append(ConfigFile(settings_cls, yaml_file=config_file))
         sources.append(file_secret_settings)
         return tuple(sources)
 
@@ -844,7 +867,10 @@ class Settings(BaseSettings):
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Read settings from every source. ``config_file`` wins over ``CHATGATE_CONFIG``."""
+    """Read settings from every source. ``config_file`` wins over ``CHATGATE_CONFIG`` (and is put there,
+    absolute, so that the server's workers and a reload read the same file). The data directory comes out
+    absolute: ``CHATGATE_DATA_DIR`` (relative to the current folder), else the config file's ``data_dir``
+    (relative to the file's folder), else ``./data`` in the current folder (``data_dir_origin`` says which)."""
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -853,6 +879,25 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     elif (env_path := os.environ.get(CONFIG_ENV)) and not Path(env_path).is_file():
         raise FileNotFoundError(f"config file not found: {env_path}")
     return Settings(**overrides)
+
+
+def data_dir_origin(settings: Settings) -> str:
+    """Where ``settings.data_dir`` came from, for the line every command prints."""
+    if os.environ.get("CHATGATE_DATA_DIR"):
+        return "CHATGATE_DATA_DIR"
+    config = os.environ.get(CONFIG_ENV)
+    if config:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(config).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}
+        if isinstance(data, dict) and data.get("data_dir"):
+            return f"data_dir in {config}"
+    if "data_dir" in settings.model_fields_set:
+        return "settings"  # .env, or given in code
+    return "the default, ./data in the current folder"
 
 
 SECRET_MASK = "**********"

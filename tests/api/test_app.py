@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,9 +54,7 @@ def test_health_is_public_and_reports_version(client):
     assert body["status"] == "ok" and body["version"] and body["uptime_s"] >= 0
 
 
-@pytest.mark.parametrize(
-    "path", ["/v1/models", "/ready", "/docs", "/openapi.json", "/docs/static/swagger-ui.css", "/nope"]
-)
+@pytest.mark.parametrize("path", ["/v1/models", "/ready", "/openapi.json", "/nope"])
 def test_everything_else_needs_a_key(client, path):
     err = assert_error(client.get(path), 401, "UNAUTHORIZED")
     assert err["type"] == "authentication_error"
@@ -205,17 +204,83 @@ def test_openapi_documents_every_route(client):
     assert documented == served
 
 
-def test_docs_page_works_offline(client):
-    page = client.get("/docs", headers=AUTH)
-    assert page.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in page.text
-    asset = client.get("/docs/static/swagger-ui-bundle.js", headers=AUTH)
+def test_docs_page_is_public_and_works_offline(client):
+    page = client.get("/docs")  # no key: the page asks for one, then fetches /openapi.json with it
+    assert page.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in page.text and "/openapi.json" in page.text
+    asset = client.get("/docs/static/swagger-ui-bundle.js")
     assert asset.status_code == 200 and len(asset.content) > 100_000
+    assert re.search(rb'PACKAGE_VERSION:"5\.\d+\.\d+"', asset.content)  # Swagger UI 5: renders OpenAPI 3.1
+    assert client.get("/docs/static/swagger-ui.css").status_code == 200
+
+
+def test_openapi_lists_admin_routes_to_admin_keys_only(client):
+    admin_doc = client.get("/openapi.json", headers=AUTH).json()
+    assert admin_doc["openapi"].startswith("3.1")
+    admin_paths = [p for p in admin_doc["paths"] if p.startswith("/admin/") or p == "/metrics"]
+    assert len(admin_paths) == 17 and "AssistantDefinition" in admin_doc["components"]["schemas"]
+    user_doc = user_client_doc(client)
+    assert user_doc["paths"] and not [p for p in user_doc["paths"] if p.startswith("/admin/") or p == "/metrics"]
+    assert set(user_doc["paths"]) == set(admin_doc["paths"]) - set(admin_paths)
+    assert "AssistantDefinition" not in user_doc["components"]["schemas"]  # the schemas only admin routes use
+    refs = set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(user_doc)))
+    assert refs == set(user_doc["components"]["schemas"])
+
+
+def user_client_doc(client) -> dict:
+    import asyncio
+
+    from chatgate.store.db import Store, database_url
+
+    settings = client.app.state.settings
+
+    async def make_key() -> str:
+        store = await Store.open(database_url(settings))
+        try:
+            await store.users.create("Uma", user_id="u-uma")
+            _, plain = await store.keys.create("u-uma", scopes=("user",))
+            return plain
+        finally:
+            await store.close()
+
+    key = asyncio.run(make_key())
+    resp = client.get("/openapi.json", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 200
+    assert client.get("/admin/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 404
+    return resp.json()
+
+
+def test_every_operation_documents_its_errors_with_the_error_body(client):
+    spec = client.get("/openapi.json", headers=AUTH).json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            codes = set(op["responses"])
+            assert "422" not in codes, (method, path)  # chatgate answers a bad request with 400
+            if path == "/health":
+                assert op["security"] == [] and "401" not in codes
+                continue
+            assert {"401", "429", "503"} <= codes, (method, path)
+            if "{" in path:
+                assert "404" in codes, (method, path)
+            if method in ("post", "put") and path != "/admin/users/{user_id}/limits/reset":
+                assert {"400", "413"} <= codes, (method, path)
+            for code in codes - {"200", "201", "202"}:
+                if code not in ("503",) or path != "/ready":
+                    schema = op["responses"][code]["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
+    chat = spec["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "404", "4XX", "502", "504"} <= set(chat)
 
 
 def test_public_paths_with_prefix(tmp_path, fake_b):
-    app = create_app(settings(tmp_path, fake_b.base_url, server={"public_paths": ["/health", "/docs*"]}))
+    app = create_app(
+        settings(tmp_path, fake_b.base_url, server={"public_paths": ["/health", "/ready", "/openapi.json"]})
+    )
     with TestClient(app) as c:
-        assert c.get("/docs").status_code == 200
-        assert c.get("/docs/static/swagger-ui.css").status_code == 200
-        assert c.get("/openapi.json").status_code == 401
+        assert c.get("/ready").status_code == 200
+        doc = c.get("/openapi.json")  # opened: no key needed, the public document
+        assert doc.status_code == 200 and "/admin/metrics" not in doc.json()["paths"]
+        assert doc.json()["paths"]["/ready"]["get"]["security"] == []
+        with_key = c.get("/openapi.json", headers=AUTH).json()  # an admin key still counts there
+        assert "/admin/metrics" in with_key["paths"]
         assert c.get("/v1/models").status_code == 401

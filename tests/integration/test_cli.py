@@ -14,7 +14,7 @@ import httpx
 import yaml
 
 from chatgate import __version__
-from tests.conftest import start_gateway, stop
+from tests.conftest import free_port, start_gateway, stop, wait_http
 
 CHATGATE = str(Path(sys.executable).with_name("chatgate"))
 
@@ -118,3 +118,61 @@ def test_users_and_keys_commands(tmp_path):
     ]
     missing = run("keys", "create", "--user", "nobody", env=env)
     assert missing.returncode != 0 and "no user" in missing.stderr
+
+
+def test_a_read_only_command_without_a_store_says_so_and_creates_nothing(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for args in (("users", "list"), ("keys", "list"), ("keys", "revoke", "cg-x"), ("users", "disable", "u")):
+        out = run(*args, cwd=elsewhere)
+        assert out.returncode != 0, args
+        assert f"no store at {elsewhere / 'data' / 'chatgate.db'}" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and "(none)" not in out.stdout
+    shown = run("config", "show", cwd=elsewhere)  # only reads the configuration: says so, still shows it
+    assert shown.returncode == 0 and "no store at" in shown.stderr and yaml.safe_load(shown.stdout)["server"]
+    assert f"data directory {elsewhere / 'data'} (from the default" in shown.stderr
+    assert list(elsewhere.iterdir()) == []  # no ./data left behind
+
+
+def test_one_rule_for_the_data_directory_for_serve_and_every_command(tmp_path, fake_b):
+    site = tmp_path / "site"
+    site.mkdir()
+    cfg = site / "chatgate.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": "state", "upstream_base_url": fake_b.base_url}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # data_dir in the config file: relative to the file's folder, wherever the command runs
+    made = run("users", "create", "Ada", "--id", "u-ada", "--config", str(cfg), cwd=elsewhere)
+    assert made.returncode == 0, made.stderr
+    assert f"data directory {site / 'state'} (from data_dir in {cfg})" in made.stderr
+    assert (site / "state" / "chatgate.db").is_file() and list(elsewhere.iterdir()) == []
+    listed = run("users", "list", "--json", env={"CHATGATE_CONFIG": str(cfg)}, cwd=tmp_path)
+    assert [u["id"] for u in json.loads(listed.stdout)] == ["u-ada"]
+    key = next(
+        w for w in run("keys", "create", "--user", "u-ada", "--config", str(cfg)).stdout.split() if w.startswith("cg-")
+    )
+    # CHATGATE_DATA_DIR wins over the file
+    other = run("users", "list", "--config", str(cfg), env={"CHATGATE_DATA_DIR": str(tmp_path / "other")})
+    assert other.returncode != 0 and "(from CHATGATE_DATA_DIR)" in other.stderr
+    # serve, started from yet another folder with the same file, uses the same store: the CLI's key works
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")} | {"CHATGATE_LOG__FORMAT": "json"}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [CHATGATE, "serve", "--port", str(port), "--config", str(cfg)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        resp = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert resp.status_code == 200, resp.text
+    finally:
+        stop(proc)
+    said = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    (line,) = [entry for entry in said if entry.get("msg") == "data directory"]
+    assert line["data_dir"] == str(site / "state") and line["from"] == f"data_dir in {cfg}"
+    assert not (tmp_path / "data").exists()

@@ -166,3 +166,65 @@ def test_sigkill_mid_ingestion_leaves_nothing_half_searchable_and_a_rerun_comple
     statuses, ready = asyncio.run(_check(data))
     assert statuses == {"ready": 6}
     assert ready == [f"doc{i}.md" for i in range(6)]
+
+
+async def _sources(data: Path) -> dict[str, str]:
+    store = await Store.open(f"sqlite+aiosqlite:///{data}/chatgate.db")
+    try:
+        repo = RagRepo(store.engine)
+        (c,) = await repo.list_collections()
+        return {d.source: d.status for d in await repo.list_documents(c.id)}
+    finally:
+        await store.close()
+
+
+def test_documents_are_named_relative_to_the_ingest_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs(tmp_path / "handbook", 2)
+    (tmp_path / "handbook" / "sub").mkdir()
+    (tmp_path / "handbook" / "sub" / "leave.md").write_text("# Leave\n\nSixteen weeks of parental leave.")
+    settings = Settings(data_dir=tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    assert ingest(settings, "./handbook", "--collection", "hr", embedder=HashEmbedder()) == 0
+    names = {"handbook/doc0.md", "handbook/doc1.md", "handbook/sub/leave.md"}
+    assert asyncio.run(_sources(settings.data_dir)) == dict.fromkeys(names, "ready")
+    # The same files named another way keep their names: nothing is added or embedded again.
+    monkeypatch.chdir(tmp_path / "handbook")
+    counting = CountingEmbedder(HashEmbedder())
+    for root in ("../handbook", str(tmp_path / "handbook" / "**" / "*.md")):
+        assert ingest(settings, root, "--collection", "hr", embedder=counting) == 0
+    assert counting.calls == 0 and set(asyncio.run(_sources(settings.data_dir))) == names
+    assert ingest(settings, "sub/leave.md", "--collection", "hr", embedder=HashEmbedder()) == 0  # a file: its name
+    assert "leave.md" in asyncio.run(_sources(settings.data_dir))
+    assert str(tmp_path) not in capsys.readouterr().out.replace("\n", "")
+
+
+def test_a_document_stored_under_its_absolute_path_is_renamed_not_indexed_again(tmp_path: Path) -> None:
+    from chatgate.rag.ingest import SourceFile
+
+    docs(tmp_path / "handbook", 2)
+    settings = Settings(data_dir=tmp_path / "data")
+    paths = sorted((tmp_path / "handbook").glob("*.md"))
+
+    async def old_style_ingest() -> None:  # how chatgate ingest named documents before: the absolute path
+        from chatgate.rag.ingest import Ingestor, Parser
+
+        store = await Store.open(f"sqlite+aiosqlite:///{settings.data_dir}/chatgate.db")
+        dense = DenseIndex.open(settings.rag.retrieval, settings.data_dir, write="require")
+        try:
+            repo = RagRepo(store.engine)
+            emb = HashEmbedder()
+            row = await repo.create_collection("hr", "admin", "admin", emb.name, emb.dimension)
+            ingestor = Ingestor(repo, dense, emb, Parser.from_settings(settings), settings.rag.retrieval)
+            await ingestor.ingest(row, [SourceFile(source=str(p), path=p) for p in paths])
+        finally:
+            dense.close()
+            await store.close()
+
+    asyncio.run(old_style_ingest())
+    assert set(asyncio.run(_sources(settings.data_dir))) == {str(p) for p in paths}
+    counting = CountingEmbedder(HashEmbedder())
+    assert ingest(settings, str(tmp_path / "handbook"), "--collection", "hr", embedder=counting) == 0
+    assert counting.calls == 0  # renamed, content unchanged: nothing embedded
+    assert asyncio.run(_sources(settings.data_dir)) == {"handbook/doc0.md": "ready", "handbook/doc1.md": "ready"}

@@ -208,7 +208,9 @@ async def test_upload_jobs_run_in_the_background(rag: Rag, tmp_path: Path) -> No
     with pytest.raises(UploadTooLarge):
         await submit(rag.jobs, uploads, c, [("big.txt", b"x" * 2000)], max_bytes=1024)
     with pytest.raises(ValueError):
-        await submit(rag.jobs, uploads, c, [("a.txt", b"1"), ("a.txt", b"2")], max_bytes=1024)
+        await submit(rag.jobs, uploads, c, [], max_bytes=1024)
+    twice = await submit(rag.jobs, uploads, c, [("a.txt", b"1"), ("a.txt", b"2")], max_bytes=1024)
+    assert twice.files == ("a.txt", "a (2).txt")  # one name twice: both kept
     job = await submit(
         rag.jobs, uploads, c, [("../../etc/notes.md", b"# Notes\n\nRemember the milk."), ("bad.pdf", b"%PDF-")], 1024
     )
@@ -242,6 +244,18 @@ def test_safe_name() -> None:
     assert safe_name("C:\\Users\\me\\a b.pdf") == "a b.pdf"
     assert safe_name("..") == "upload" and safe_name(".hidden") == "hidden"
     assert safe_name("ä;rm -rf.txt") == "ä_rm -rf.txt"
+
+
+def test_files_of_one_upload_with_the_same_name_are_all_kept() -> None:
+    from chatgate.rag.jobs import distinct
+
+    assert distinct(["a.md", "b.md", "a.md", "a.md", "a (2).md"]) == [
+        "a.md",
+        "b.md",
+        "a (2).md",
+        "a (3).md",
+        "a (2) (2).md",
+    ]
 
 
 async def test_ingest_and_replace_against_a_chroma_server(

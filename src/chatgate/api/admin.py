@@ -234,8 +234,12 @@ _HEADLINE = (
 # ---- analytics ------------------------------------------------------------------------------------
 
 
+EARLIEST, LATEST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+
+
 def _window(request: Request) -> tuple[datetime, datetime]:
-    """``?from=&to=`` (ISO 8601; without a zone: UTC); default: the last 24 hours."""
+    """``?from=&to=`` (ISO 8601; without a zone: UTC); default: the last 24 hours. ``from`` not before ``to``
+    is an empty window (not an error: every pair of times is a window)."""
 
     def parse(name: str) -> datetime | None:
         raw = request.query_params.get(name)
@@ -245,13 +249,16 @@ def _window(request: Request) -> tuple[datetime, datetime]:
             value = datetime.fromisoformat(raw)
         except ValueError:
             raise BadRequest(f"'{name}' must be an ISO 8601 time.", details={"field": name}) from None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # within a day of year 1 or 9999: the earliest or latest time there is
+            return EARLIEST if value.year == 1 else LATEST
 
     to = parse("to") or datetime.now(UTC)
-    from_ = parse("from") or to - timedelta(hours=24)
-    if from_ >= to:
-        raise BadRequest("'from' must be before 'to'.", details={"field": "from"})
-    return from_, to
+    from_ = parse("from") or (to - timedelta(hours=24) if to - EARLIEST > timedelta(hours=24) else EARLIEST)
+    return from_, to  # from_ not before to: an empty window
 
 
 async def _analytics(request: Request) -> tuple[Services, datetime, datetime]:

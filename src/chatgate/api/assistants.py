@@ -25,8 +25,11 @@ def _registry(request: Request) -> Assistants:
 
 
 def _parse(data: dict[str, Any]) -> Assistant:
-    try:
-        settings = AssistantSettings(**data)
+    top_k = data.get("top_k")
+    if isinstance(top_k, float) and top_k.is_integer():  # JSON Schema's integer: 5.0 is 5
+        data = {**data, "top_k": int(top_k)}
+    try:  # strict: `research: 0` is not a boolean, `top_k: "5"` not an integer
+        settings = AssistantSettings.model_validate(data, strict=True)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "body"

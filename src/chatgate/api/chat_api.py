@@ -17,7 +17,7 @@ from chatgate import pipeline
 from chatgate.api.doors import ChatAPIDoor
 from chatgate.api.endpoint import PipelineEndpoint, new_turn, services_of
 from chatgate.api.middleware import info
-from chatgate.api.protocol import CHAT_FIELDS, check_fields, parse_object
+from chatgate.api.protocol import CHAT_FIELDS, check_fields, check_sampling, parse_object
 from chatgate.api.query import int_param
 from chatgate.api.responses import caller, json_response
 from chatgate.errors import BadRequest, ModelNotFound, NotFound
@@ -60,12 +60,19 @@ def parse_chat(scope: Scope, raw: bytes) -> Turn:
             details={"field": unknown[0]},
         )
     message = data.get("message")
-    if not (isinstance(message, str) and message.strip()) and not (isinstance(message, list) and message):
+    parts = (
+        isinstance(message, list)
+        and message
+        and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in message)
+    )
+    if not (isinstance(message, str) and message.strip()) and not parts:
         raise BadRequest(
-            "'message' must be a non-empty string or array of content parts.", details={"field": "message"}
+            "'message' must be a non-empty string or array of content parts (objects with a 'type').",
+            details={"field": "message"},
         )
     sampling = {k: data[k] for k in SAMPLING_FIELDS if data.get(k) is not None}
     check_fields(sampling, CHAT_FIELDS)
+    check_sampling(sampling)
     services = services_of(scope)
     model = _field(data, "model", (str,), "a string") or default_model(services, scope["app"].state.settings)
     if not model:

@@ -9,6 +9,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 from starlette.types import Send
 
 from chatgate.api.responses import no_route, rate_headers, retry_after
@@ -69,12 +70,25 @@ async def _http(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(no_route(request))
     if exc.status_code == 405:
+        headers = dict(exc.headers or {})
+        if allowed := _allowed(request):
+            headers["Allow"] = ", ".join(allowed)
         return error_response(
-            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.", headers=dict(exc.headers or {}))
+            MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.", headers=headers)
         )
     error = ChatgateError(str(exc.detail), status=exc.status_code)
     error.code, error.type = "HTTP_ERROR", "invalid_request_error" if exc.status_code < 500 else "server_error"
     return error_response(error)
+
+
+def _allowed(request: Request) -> list[str]:
+    """Every method of the route template the path matches first (its methods may be spread over several
+    routes of the same template)."""
+    routes = [r for r in getattr(request.app, "routes", ()) if isinstance(r, Route) and r.methods]
+    first = next((r for r in routes if r.matches(request.scope)[0] is not Match.NONE), None)
+    if first is None:
+        return []
+    return sorted({m for r in routes if r.path == first.path for m in r.methods or ()})
 
 
 EXCEPTION_HANDLERS = {ChatgateError: _chatgate, HTTPException: _http}

@@ -12,6 +12,7 @@ import re
 import time
 from typing import Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatgate.api.errors import send_error
@@ -56,6 +57,17 @@ class RequestInfo:
 
 def info(scope: Scope) -> RequestInfo:
     return scope["chatgate"]  # type: ignore[no-any-return]
+
+
+def route_of(scope: Scope) -> BaseRoute | None:
+    """The route whose template matches the path (any method), for a request answered before routing ran
+    (a 401, a 413): Starlette sets ``scope["route"]`` only once it routes."""
+    app = scope.get("app")
+    for route in getattr(app, "routes", ()):
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return route  # type: ignore[no-any-return]
+    return None
 
 
 class RequestLog:
@@ -108,7 +120,7 @@ class RequestLog:
                 )
         finally:
             metrics.in_flight.inc(-1)
-            route = scope.get("route")
+            route = scope.get("route") or route_of(scope)
             seconds = time.perf_counter() - start
             # Metrics are labelled by route template only: an unmatched path would be a label per URL.
             metrics.observe_http(getattr(route, "path", "unmatched"), scope["method"], req.status, seconds)

@@ -7,7 +7,7 @@ well-known ones, naming the field that is wrong.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,10 +47,10 @@ def _fail(field: str, expected: str, got: Any = None) -> BadRequest:
 
 
 def _check_type(field: str, value: Any, types: tuple[type, ...]) -> None:
-    # bool is an int in Python; JSON keeps them apart
+    # bool is an int in Python; JSON keeps them apart. An integer may be written 2.0 (JSON Schema's integer).
     if isinstance(value, bool) and bool not in types:
         raise _fail(field, " or ".join(_TYPE_NAMES[t] for t in types), value)
-    if not isinstance(value, types):
+    if not isinstance(value, types) and not (int in types and isinstance(value, float) and value.is_integer()):
         raise _fail(field, " or ".join(_TYPE_NAMES[t] for t in types), value)
 
 
@@ -91,10 +91,50 @@ def check_chat(data: dict[str, Any]) -> None:
             raise _fail(f"messages[{i}]", "an object", msg)
         if not isinstance(msg.get("role"), str):
             raise _fail(f"messages[{i}].role", "a string", msg.get("role"))
+        content = msg.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _fail(f"messages[{i}].content", "a string, an array of content parts or null", content)
     check_fields(data, CHAT_FIELDS)
+    check_sampling(data)
     n = data.get("n")
     if n is not None and n < 1:
         raise BadRequest("'n' must be at least 1.", details={"field": "n"})
+
+
+# field -> the range OpenAI gives it (inclusive)
+RANGES: dict[str, tuple[float, float]] = {
+    "max_tokens": (0, float("inf")),
+    "max_completion_tokens": (0, float("inf")),
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+    "top_logprobs": (0, 20),
+}
+
+
+def check_sampling(data: dict[str, Any]) -> None:
+    """OpenAI's generation settings, in range and of the right shape (types: ``check_fields``)."""
+    for name, (low, high) in RANGES.items():
+        value = data.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and not low <= value <= high:
+            bounds = f"at least {low:g}" if high == float("inf") else f"between {low:g} and {high:g}"
+            raise BadRequest(f"'{name}' must be {bounds}.", details={"field": name, "minimum": low, "maximum": high})
+    stop = data.get("stop")
+    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+        raise _fail("stop", "a string or an array of strings", stop)
+    bias = data.get("logit_bias")
+    if isinstance(bias, dict) and not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in bias.values()
+    ):
+        raise _fail("logit_bias", "an object of numbers", bias)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer in JSON Schema's sense: ``5`` or ``5.0``, never ``true``."""
+    if isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_embeddings(data: dict[str, Any]) -> None:
@@ -102,10 +142,21 @@ def check_embeddings(data: dict[str, Any]) -> None:
     value = data.get("input")
     if not isinstance(value, str | list) or (isinstance(value, list) and not value):
         raise _fail("input", "a string or a non-empty array", value)
+    if isinstance(value, list) and not (
+        all(isinstance(v, str) for v in value)
+        or all(_is_int(v) for v in value)
+        or all(isinstance(v, list) and all(_is_int(t) for t in v) for v in value)
+    ):
+        raise _fail("input", "an array of strings, of token ids, or of arrays of token ids", value)
     check_fields(data, EMBEDDING_FIELDS)
 
 
 # ---- models for the OpenAPI docs -------------------------------------------------------------
+
+# "Not blank" as the routes judge it (``str.strip()``): a character that is not Python whitespace. Spelled out
+# (not ``\\S``): JSON Schema's regular expressions (ECMA 262) count other characters as whitespace.
+PYTHON_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK = f"[^{PYTHON_WHITESPACE}]"
 
 
 class _Open(BaseModel):
@@ -113,26 +164,37 @@ class _Open(BaseModel):
 
 
 class ChatMessage(_Open):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    role: str = Field(description="`system`, `developer`, `user`, `assistant`, `tool` (the upstream judges).")
+    content: str | list[Any] | None = Field(None, description="Text, or content parts (the upstream checks them).")
 
 
 class ChatCompletionRequest(_Open):
-    """The OpenAI chat request. Every field, known or not, is passed to the upstream."""
+    """The OpenAI chat request. Every field, known or not, is passed to the upstream; chatgate checks the
+    types below, the upstream the rest."""
 
-    model: str = Field(description="A served model, an alias, or `local` for the bundled model.")
-    messages: list[ChatMessage]
+    model: str = Field(min_length=1, description="A served model, an alias, or `local` for the bundled model.")
+    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
-    n: int | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    tools: list[dict[str, Any]] | None = None
+    n: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    metadata: dict[str, Any] | None = Field(
+        None, description="A trusted forwarder's end user and conversation; removed before the upstream."
+    )
 
 
 class ChatCompletion(_Open):
@@ -145,14 +207,30 @@ class ChatCompletion(_Open):
 
 
 class EmbeddingRequest(_Open):
-    model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    model: str = Field(min_length=1)
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | Annotated[list[int], Field(min_length=1)]
+        | Annotated[list[list[int]], Field(min_length=1)]
+    )
+    encoding_format: str | None = None
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class ContentPart(_Open):
+    type: str = Field(description="`text`, `image_url`, `input_audio`, `file`, ...")
 
 
 class ChatAPIRequest(BaseModel):
-    """`POST /api/v1/chat`: one new message; the session holds the history."""
+    """`POST /api/v1/chat`: one new message; the session holds the history. Any other field is a 400."""
 
-    message: str | list[dict[str, Any]] = Field(description="Text, or OpenAI content parts (images, audio).")
+    model_config = ConfigDict(extra="forbid")
+
+    message: Annotated[str, Field(pattern=NOT_BLANK)] | Annotated[list[ContentPart], Field(min_length=1)] = Field(
+        description="Text (not blank), or OpenAI content parts (images, audio)."
+    )
     session_id: str | None = Field(None, description="Continue this session; omitted: a new one is created.")
     model: str | None = Field(None, description="Default: `sessions.default_model`, else `local`, else the first.")
     use_cache: bool | None = Field(None, description="Whether a cached answer may be used.")
@@ -161,6 +239,18 @@ class ChatAPIRequest(BaseModel):
         description='SSE: `{"type": "delta", "content"}` events, then `{"type": "done", ...}` '
         "(the non-streaming body), then `[DONE]`.",
     )
+    # OpenAI's generation settings, passed on to the model as they are
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
 
 
 class ChatAPIResponse(BaseModel):
@@ -207,24 +297,6 @@ class Ready(BaseModel):
     limits: dict[str, Any] = Field(description="Admission counters of this process: admitted, limited (by scope), ...")
     context: dict[str, Any] = Field(description="Fit counters: overflows, truncated, summarized, ...")
     tokens: dict[str, Any] = Field(description="Token counter cache statistics.")
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        400: "Malformed JSON or a field of the wrong type (`details.field` names it), or the prompt cannot "
-        "fit the model's window (`CONTEXT_LENGTH`).",
-        401: "Missing or invalid API key.",
-        404: "Unknown model or route.",
-        413: "Body over `server.max_body_bytes`.",
-        429: "Rate limited: `code: RATE_LIMIT` with `details.scope`, `limit`, `remaining`, `reset_in_seconds` "
-        "(ours), or the upstream's 429 after retries; `Retry-After` says when to come back.",
-        502: "The upstream failed after retries.",
-        503: "Every upstream for the model has its circuit open, or the shared rate limiter is down "
-        "and configured to fail closed (`LIMITER_UNAVAILABLE`).",
-        504: "The upstream timed out.",
-    }.items()
-}
 
 
 def request_body(model: type[BaseModel]) -> dict[str, Any]:

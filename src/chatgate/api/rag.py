@@ -230,6 +230,8 @@ async def search(request: Request) -> Response:
     query = _string(data, "query", required=True, limit=10_000)
     assert query is not None
     top_k = data.get("top_k")
+    if isinstance(top_k, float) and top_k.is_integer():  # JSON Schema's integer: 5.0 is 5
+        top_k = int(top_k)
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 200):
         raise BadRequest("'top_k' must be an integer from 1 to 200.", details={"field": "top_k"})
     mode = data.get("mode")

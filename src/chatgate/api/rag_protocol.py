@@ -7,14 +7,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from chatgate.api.protocol import NOT_BLANK
+
 
 class CollectionCreate(BaseModel):
-    name: str = Field(description="Unique per owner.")
+    name: str = Field(min_length=1, max_length=255, pattern=NOT_BLANK, description="Unique per owner (not blank).")
     visibility: Literal["private", "shared", "admin"] = Field(
         "private",
         description="`private`: the owner only; `shared`: every user reads it; `admin`: admins only write it.",
     )
-    description: str | None = None
+    description: str | None = Field(None, min_length=1, max_length=4000, pattern=NOT_BLANK)
 
 
 class Collection(BaseModel):
@@ -54,7 +56,7 @@ class SearchFilters(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    query: str
+    query: str = Field(min_length=1, max_length=10_000, pattern=NOT_BLANK)
     top_k: int | None = Field(None, ge=1, le=200)
     mode: Literal["hybrid", "dense", "lexical"] | None = None
     filters: SearchFilters | None = None

@@ -7,19 +7,22 @@ FastAPI and the schema generation cost nothing at start.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.openapi.utils import get_openapi
+from pydantic import ConfigDict, create_model
 
 from chatgate import __version__
 from chatgate.api.protocol import (
-    ERRORS,
     ChatAPIRequest,
     ChatAPIResponse,
     ChatCompletion,
     ChatCompletionRequest,
     EmbeddingRequest,
+    ErrorBody,
     Health,
     ModelList,
     ModelObject,
@@ -35,10 +38,56 @@ from chatgate.api.rag_protocol import (
     SearchResult,
     UploadAccepted,
 )
+from chatgate.settings import AssistantSettings
 
-DESCRIPTION = "A self-hosted, OpenAI-compatible chat gateway. Every route but `/health` needs an API key."
+DESCRIPTION = (
+    "A self-hosted, OpenAI-compatible chat gateway. Every route but `/health` (and the paths the operator opens "
+    "with `server.public_paths`) needs an API key. An admin key also sees the admin routes here."
+)
+
+# Every status a route can answer with the unified error body, and when. 405 (a wrong method) is every
+# path's; 500 is a bug. Not listed: 499 (written in the access log for a client that left: nobody receives
+# it) and what the HTTP server answers itself before chatgate sees a request (an unparsable request, or
+# headers over its limit: 400 or 431 in plain text).
+_WHEN: dict[int | str, str] = {
+    400: "Malformed JSON, or a field or query parameter that is missing or wrong (`details.field` names it).",
+    401: "Missing or invalid API key (or a JWT that fails verification: `details.reason`).",
+    403: "The caller may read this but not change it.",
+    404: "No such model, route or resource for this caller (another user's is a 404, never a 403).",
+    409: "A name that is taken, a config-defined assistant, or a collection embedded by another model "
+    "(`EMBEDDING_MISMATCH`).",
+    413: "The body is over `server.max_body_bytes` (an uploaded file over `rag.retrieval.upload_max_bytes`).",
+    429: "Rate limited (`RATE_LIMIT`, `details.scope`), by a limit line (`limits.*`) or by the upstream after "
+    "retries; `Retry-After` says when to come back.",
+    "4XX": "The upstream refused the request itself (`UPSTREAM_REJECTED`): its status and message.",
+    502: "The upstream failed after retries (`UPSTREAM_ERROR`).",
+    503: "Every upstream for the model has its circuit open (`UPSTREAM_UNAVAILABLE`), the shared rate limiter "
+    "is down and configured to fail closed (`LIMITER_UNAVAILABLE`), or the document index is unavailable.",
+    504: "The upstream did not answer in time (`UPSTREAM_TIMEOUT`).",
+}
+# Any authenticated route: the key, a route limit (`limits.routes` may list any path) and its limiter.
+_ANY = (401, 429, 503)
+_UPSTREAM = (400, 404, 413, "4XX", 502, 504)  # a chat or embeddings call
+
+
+def errors(*codes: int | str) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a route: ``codes`` and those of any authenticated route."""
+    return {code: {"model": ErrorBody, "description": _WHEN[code]} for code in sorted({*_ANY, *codes}, key=str)}
+
 
 _doc = APIRouter()
+# PUT /admin/assistants/{name}: the definition without its name (the path's; a different one is a 400).
+AssistantReplace = create_model(
+    "AssistantReplace",
+    __config__=ConfigDict(extra="forbid"),
+    **{n: (f.annotation, f) for n, f in AssistantSettings.model_fields.items() if n != "name"},  # type: ignore[call-overload]
+)
+AssistantCreate = AssistantSettings
+_LIMIT = Query(50, ge=1, le=500, description="At most this many.")
+_OFFSET = Query(0, ge=0, le=10**9, description="Skip this many.")
+_FROM = Query(None, alias="from", description="ISO 8601 (no zone: UTC); default: `to` - 24 h.")
+_TO = Query(None, description="ISO 8601 (no zone: UTC); default: now. A window with `from` not before `to` is empty.")
+Time = datetime | None
 
 
 @_doc.post(
@@ -47,7 +96,10 @@ _doc = APIRouter()
     summary="Create a chat completion (streaming or not)",
     openapi_extra=request_body(ChatCompletionRequest),
     response_model=ChatCompletion,
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when `stream`"}},
+    responses={
+        **errors(*_UPSTREAM),
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when `stream`"},
+    },
 )
 def _chat() -> None: ...
 
@@ -57,16 +109,28 @@ def _chat() -> None: ...
     tags=["openai"],
     summary="Create embeddings (passed through to the upstream serving the model)",
     openapi_extra=request_body(EmbeddingRequest),
-    responses=ERRORS,
+    responses=errors(*_UPSTREAM),
 )
 def _embeddings() -> None: ...
 
 
-@_doc.get("/v1/models", tags=["openai"], summary="List models: upstream models and aliases", response_model=ModelList)
+@_doc.get(
+    "/v1/models",
+    tags=["openai"],
+    summary="List models: upstream models, aliases, assistants",
+    response_model=ModelList,
+    responses=errors(),
+)
 def _models() -> None: ...
 
 
-@_doc.get("/v1/models/{model_id}", tags=["openai"], summary="One model", response_model=ModelObject, responses=ERRORS)
+@_doc.get(
+    "/v1/models/{model_id}",
+    tags=["openai"],
+    summary="One model",
+    response_model=ModelObject,
+    responses=errors(404),
+)
 def _model(model_id: str) -> None: ...
 
 
@@ -79,7 +143,7 @@ def _health() -> None: ...
     tags=["health"],
     summary="Readiness: at least one upstream answers",
     response_model=Ready,
-    responses={503: {"model": Ready, "description": "No upstream is reachable"}},
+    responses={**errors(), 503: {"model": Ready, "description": "No upstream is reachable, or the store is not"}},
 )
 def _ready() -> None: ...
 
@@ -90,16 +154,24 @@ def _ready() -> None: ...
     summary="Send a message; the history is kept server-side (SSE events when `stream`)",
     openapi_extra=request_body(ChatAPIRequest),
     response_model=ChatAPIResponse,
-    responses=ERRORS,
+    responses={
+        **errors(*_UPSTREAM),
+        200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when `stream`"},
+    },
 )
 def _chat_api() -> None: ...
 
 
-@_doc.get("/api/v1/chat/sessions", tags=["chat"], summary="The caller's sessions, newest first")
-def _sessions(limit: int = 50, offset: int = 0) -> None: ...
+@_doc.get("/api/v1/chat/sessions", tags=["chat"], summary="The caller's sessions, newest first", responses=errors(400))
+def _sessions(limit: int = _LIMIT, offset: int = _OFFSET) -> None: ...
 
 
-@_doc.get("/api/v1/chat/sessions/stats", tags=["chat"], summary="The caller's stats (an admin also sees global ones)")
+@_doc.get(
+    "/api/v1/chat/sessions/stats",
+    tags=["chat"],
+    summary="The caller's stats (an admin also sees global ones)",
+    responses=errors(),
+)
 def _session_stats() -> None: ...
 
 
@@ -107,13 +179,16 @@ def _session_stats() -> None: ...
     "/api/v1/chat/sessions/{session_id}",
     tags=["chat"],
     summary="A session and its messages (paginated)",
-    responses=ERRORS,
+    responses=errors(400, 404),
 )
-def _session(session_id: str, limit: int = 50, offset: int = 0) -> None: ...
+def _session(session_id: str, limit: int = _LIMIT, offset: int = _OFFSET) -> None: ...
 
 
 @_doc.delete(
-    "/api/v1/chat/sessions/{session_id}", tags=["chat"], summary="Delete a session and its messages", responses=ERRORS
+    "/api/v1/chat/sessions/{session_id}",
+    tags=["chat"],
+    summary="Delete a session and its messages",
+    responses=errors(404),
 )
 def _delete_session(session_id: str) -> None: ...
 
@@ -124,12 +199,12 @@ def _delete_session(session_id: str) -> None: ...
     summary="Create a collection (`admin` visibility: admin keys only)",
     status_code=201,
     response_model=Collection,
-    responses=ERRORS,
+    responses=errors(400, 403, 409, 413),
 )
 def _create_collection(body: CollectionCreate) -> None: ...
 
 
-@_doc.get("/api/v1/collections", tags=["documents"], summary="The collections the caller may read")
+@_doc.get("/api/v1/collections", tags=["documents"], summary="The collections the caller may read", responses=errors())
 def _collections() -> None: ...
 
 
@@ -138,7 +213,7 @@ def _collections() -> None: ...
     tags=["documents"],
     summary="A collection, with its documents counted by status (another user's private one: 404)",
     response_model=Collection,
-    responses=ERRORS,
+    responses=errors(404),
 )
 def _collection(collection_id: str) -> None: ...
 
@@ -147,7 +222,7 @@ def _collection(collection_id: str) -> None: ...
     "/api/v1/collections/{collection_id}",
     tags=["documents"],
     summary="Delete a collection, its documents and vectors (owner or admin)",
-    responses=ERRORS,
+    responses=errors(403, 404),
 )
 def _delete_collection(collection_id: str) -> None: ...
 
@@ -158,7 +233,7 @@ def _delete_collection(collection_id: str) -> None: ...
     summary="Upload documents (multipart `files`: txt, md, html, pdf, docx), indexed by a background job",
     status_code=202,
     response_model=UploadAccepted,
-    responses=ERRORS,
+    responses=errors(400, 403, 404, 409, 413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -166,7 +241,9 @@ def _delete_collection(collection_id: str) -> None: ...
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                        "properties": {
+                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}
+                        },
                         "required": ["files"],
                     }
                 }
@@ -181,7 +258,7 @@ def _upload(collection_id: str) -> None: ...
     "/api/v1/collections/{collection_id}/documents",
     tags=["documents"],
     summary="The collection's documents (status, chunks, why a file failed)",
-    responses=ERRORS,
+    responses=errors(404),
 )
 def _documents(collection_id: str) -> None: ...
 
@@ -190,7 +267,7 @@ def _documents(collection_id: str) -> None: ...
     "/api/v1/collections/{collection_id}/documents/{document_id}",
     tags=["documents"],
     summary="Delete a document (out of search at once)",
-    responses=ERRORS,
+    responses=errors(403, 404),
 )
 def _delete_document(collection_id: str, document_id: str) -> None: ...
 
@@ -200,7 +277,7 @@ def _delete_document(collection_id: str, document_id: str) -> None: ...
     tags=["documents"],
     summary="Search a collection: chunks with scores and sources",
     response_model=SearchResult,
-    responses=ERRORS,
+    responses=errors(400, 404, 409, 413),
 )
 def _search(collection_id: str, body: SearchRequest) -> None: ...
 
@@ -210,12 +287,17 @@ def _search(collection_id: str, body: SearchRequest) -> None: ...
     tags=["documents"],
     summary="An upload job: queued, processing, done or failed; counts; per-file reasons",
     response_model=Job,
-    responses=ERRORS,
+    responses=errors(404),
 )
 def _job(job_id: str) -> None: ...
 
 
-@_doc.get("/admin/assistants", tags=["admin"], summary="Assistants: from the config file and stored (admin key)")
+@_doc.get(
+    "/admin/assistants",
+    tags=["admin"],
+    summary="Assistants: from the config file and stored (admin key)",
+    responses=errors(),
+)
 def _assistants() -> None: ...
 
 
@@ -225,9 +307,9 @@ def _assistants() -> None: ...
     summary="Store an assistant (admin key)",
     status_code=201,
     response_model=AssistantDefinition,
-    responses=ERRORS,
+    responses=errors(400, 409, 413),
 )
-def _create_assistant(body: AssistantDefinition) -> None: ...
+def _create_assistant(body: AssistantCreate) -> None: ...
 
 
 @_doc.get(
@@ -235,7 +317,7 @@ def _create_assistant(body: AssistantDefinition) -> None: ...
     tags=["admin"],
     summary="One assistant (admin key)",
     response_model=AssistantDefinition,
-    responses=ERRORS,
+    responses=errors(404),
 )
 def _assistant(name: str) -> None: ...
 
@@ -243,23 +325,25 @@ def _assistant(name: str) -> None: ...
 @_doc.put(
     "/admin/assistants/{name}",
     tags=["admin"],
-    summary="Replace a stored assistant (config-defined ones: 409) (admin key)",
+    summary="Replace a stored assistant (config-defined ones: 409) (admin key); its name is the path's",
     response_model=AssistantDefinition,
-    responses=ERRORS,
+    responses=errors(400, 404, 409, 413),
 )
-def _replace_assistant(name: str, body: AssistantDefinition) -> None: ...
+def _replace_assistant(name: str, body: AssistantReplace) -> None: ...
 
 
 @_doc.delete(
     "/admin/assistants/{name}",
     tags=["admin"],
     summary="Delete a stored assistant (config-defined ones: 409) (admin key)",
-    responses=ERRORS,
+    responses=errors(404, 409),
 )
 def _delete_assistant(name: str) -> None: ...
 
 
-@_doc.get("/admin/metrics", tags=["admin"], summary="A JSON snapshot of every subsystem (admin key)", responses=ERRORS)
+@_doc.get(
+    "/admin/metrics", tags=["admin"], summary="A JSON snapshot of every subsystem (admin key)", responses=errors()
+)
 def _admin_metrics() -> None: ...
 
 
@@ -267,16 +351,16 @@ def _admin_metrics() -> None: ...
     "/admin/users",
     tags=["admin"],
     summary="Users whose id, name or e-mail contains ?query=, last seen first (?limit=&offset=) (admin key)",
-    responses=ERRORS,
+    responses=errors(400),
 )
-def _admin_users(query: str = "", limit: int = 50, offset: int = 0) -> None: ...
+def _admin_users(query: str = "", limit: int = _LIMIT, offset: int = _OFFSET) -> None: ...
 
 
 @_doc.get(
     "/admin/collections",
     tags=["admin"],
     summary="Every collection, whoever owns it, with its documents by status (admin key)",
-    responses=ERRORS,
+    responses=errors(404),
 )
 def _admin_collections() -> None: ...
 
@@ -285,34 +369,39 @@ def _admin_collections() -> None: ...
     "/admin/jobs",
     tags=["admin"],
     summary="Recent ingestion jobs of every collection (?limit=) (admin key)",
-    responses=ERRORS,
+    responses=errors(400, 404),
 )
-def _admin_jobs(limit: int = 50) -> None: ...
+def _admin_jobs(limit: int = _LIMIT) -> None: ...
 
 
 @_doc.get(
     "/admin/users/{user_id}",
     tags=["admin"],
     summary="A user: sessions, rate-limit status, requests in flight, analytics (admin key)",
-    responses=ERRORS,
+    responses=errors(400, 404),
 )
-def _admin_user(user_id: str) -> None: ...
+def _admin_user(
+    user_id: str,
+    limit: int = Query(20, ge=1, le=500, description="Newest sessions listed."),
+    from_: Time = _FROM,
+    to: Time = _TO,
+) -> None: ...
 
 
 @_doc.get(
     "/admin/connections",
     tags=["admin"],
     summary="Requests in flight by user and conversation (admin key)",
-    responses=ERRORS,
+    responses=errors(400),
 )
-def _admin_connections() -> None: ...
+def _admin_connections(limit: int = Query(1000, ge=1, le=100_000, description="At most this many listed.")) -> None: ...
 
 
 @_doc.get(
     "/admin/users/{user_id}/limits",
     tags=["admin"],
     summary="A user's limit lines with current usage, remaining and reset (admin key)",
-    responses=ERRORS,
+    responses=errors(),
 )
 def _user_limits(user_id: str) -> None: ...
 
@@ -321,58 +410,132 @@ def _user_limits(user_id: str) -> None: ...
     "/admin/users/{user_id}/limits/reset",
     tags=["admin"],
     summary="Forget a user's usage in every limit window (admin key)",
-    responses=ERRORS,
+    responses=errors(),
 )
 def _reset_user_limits(user_id: str) -> None: ...
 
 
-@_doc.get("/admin/cache/stats", tags=["admin"], summary="Response cache statistics (admin key)", responses=ERRORS)
+@_doc.get("/admin/cache/stats", tags=["admin"], summary="Response cache statistics (admin key)", responses=errors())
 def _cache_stats() -> None: ...
 
 
-@_doc.delete("/admin/cache", tags=["admin"], summary="Drop every cached answer (admin key)", responses=ERRORS)
+@_doc.delete("/admin/cache", tags=["admin"], summary="Drop every cached answer (admin key)", responses=errors())
 def _cache_clear() -> None: ...
 
 
-@_doc.get("/admin/analytics/global", tags=["admin"], summary="Everyone's request analytics (?from=&to=)")
-def _analytics_global() -> None: ...
+@_doc.get(
+    "/admin/analytics/global",
+    tags=["admin"],
+    summary="Everyone's request analytics (admin key)",
+    responses=errors(400),
+)
+def _analytics_global(from_: Time = _FROM, to: Time = _TO) -> None: ...
 
 
-@_doc.get("/admin/analytics/users/{user_id}", tags=["admin"], summary="One user's request analytics")
-def _analytics_user(user_id: str) -> None: ...
+@_doc.get(
+    "/admin/analytics/users/{user_id}",
+    tags=["admin"],
+    summary="One user's request analytics (admin key)",
+    responses=errors(400),
+)
+def _analytics_user(user_id: str, from_: Time = _FROM, to: Time = _TO) -> None: ...
 
 
-@_doc.get("/admin/analytics/chats/{chat_id}", tags=["admin"], summary="One conversation's request analytics")
-def _analytics_chat(chat_id: str) -> None: ...
+@_doc.get(
+    "/admin/analytics/chats/{chat_id}",
+    tags=["admin"],
+    summary="One conversation's request analytics (admin key)",
+    responses=errors(400),
+)
+def _analytics_chat(chat_id: str, from_: Time = _FROM, to: Time = _TO) -> None: ...
 
 
 @_doc.get(
     "/admin/analytics/export",
     tags=["admin"],
-    summary="The raw request rows as JSON or CSV (?from=&to=&user_id=&chat_id=&format=json|csv)",
+    summary="The raw request rows as JSON or CSV (admin key)",
+    responses={**errors(400), 200: {"content": {"text/csv": {}}, "description": "JSON rows, or CSV"}},
 )
-def _analytics_export() -> None: ...
+def _analytics_export(
+    from_: Time = _FROM,
+    to: Time = _TO,
+    user_id: str | None = None,
+    chat_id: str | None = None,
+    format: Literal["json", "csv"] = "json",
+) -> None: ...
 
 
 @_doc.get(
     "/metrics",
-    tags=["health"],
+    tags=["admin"],
     summary="Prometheus metrics (admin key, the metrics token, or an allowed network)",
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}, **ERRORS},
+    responses={**errors(404), 200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
 def _metrics() -> None: ...
 
 
 DOCUMENTED = _doc.routes
+ADMIN_PATHS = ("/admin/", "/metrics")  # served to admin keys only: to any other key they do not exist (404)
+_NOT_OURS = ("HTTPValidationError", "ValidationError")  # FastAPI's 422: chatgate answers a bad request with 400
 
 
-def openapi_schema() -> dict[str, Any]:
+def is_admin_path(path: str) -> bool:
+    return path.startswith(ADMIN_PATHS)
+
+
+def openapi_schema(admin: bool = True, public_paths: Sequence[str] = ("/health",)) -> dict[str, Any]:
+    """The OpenAPI document: every route for an admin key; without the admin routes (and the schemas only they
+    use) for any other caller. Operations on ``public_paths`` (``server.public_paths``) need no key."""
     schema = get_openapi(title="chatgate", version=__version__, description=DESCRIPTION, routes=DOCUMENTED)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in (ChatCompletionRequest, EmbeddingRequest, ChatAPIRequest):
         js = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(js.pop("$defs", {}))
         components[model.__name__] = js
+    for name in _NOT_OURS:
+        components.pop(name, None)
+    exact = {p for p in public_paths if not p.endswith("*")}
+    prefixes = tuple(p[:-1] for p in public_paths if p.endswith("*"))
+    paths: dict[str, Any] = {}
+    for path, operations in schema["paths"].items():
+        if is_admin_path(path) and not admin:
+            continue
+        for operation in operations.values():
+            operation["responses"].pop("422", None)
+            if "{" in path:  # a value the route cannot take (a line break, a slash) matches no route
+                operation["responses"].setdefault("404", _response(404))
+            if path in exact or (prefixes and path.startswith(prefixes)):
+                operation["security"] = []
+                for code in ("401", "403"):
+                    operation["responses"].pop(code, None)
+        paths[path] = operations
+    schema["paths"] = paths
+    schema["components"]["schemas"] = {name: components[name] for name in sorted(_referenced(paths, components))}
     schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     schema["security"] = [{"bearer": []}]
     return schema
+
+
+def _response(code: int) -> dict[str, Any]:
+    return {
+        "description": _WHEN[code],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+
+
+def _referenced(paths: dict[str, Any], components: dict[str, Any]) -> set[str]:
+    """The component schemas that ``paths`` use, directly or through other components."""
+    prefix = "#/components/schemas/"
+    found: set[str] = set()
+    todo: list[Any] = [paths]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(prefix) and (name := ref[len(prefix) :]) not in found:
+                found.add(name)
+                todo.append(components.get(name))
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found

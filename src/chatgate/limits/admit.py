@@ -106,6 +106,12 @@ class Admission:
         self.stats = AdmissionStats()
         self._lines: dict[tuple[str, str | None, str, str | None], list[Limit]] = {}  # limit lines by caller
 
+    def reload(self, settings: LimitSettings) -> None:
+        """New limit lines (SIGHUP): usage so far is kept; the backend (memory or Redis, its prefix, fail-open)
+        stays as it started."""
+        self.settings = settings
+        self._lines = {}
+
     def limits(
         self, principal: Principal, resolved: Resolved, client_ip: str | None, route: str, model: str | None
     ) -> list[Limit]:

@@ -218,6 +218,14 @@ class Metrics:
                 ["outcome"],
             )
         )
+        self.rag_unresolved = self._add(
+            Counter(
+                "chatgate_rag_unresolved_collections",
+                "Requests for an assistant some of whose collections matched nothing the caller may read, by "
+                "assistant.",
+                ["assistant"],
+            )
+        )
         self.sessions_active = self._add(Gauge("chatgate_sessions_active", "Sessions held hot in memory."))
         self.queue_depth = self._add(Gauge("chatgate_writebehind_queue_depth", "Writes waiting in the queue."))
         self.queue_drops = self._add(

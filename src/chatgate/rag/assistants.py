@@ -151,20 +151,30 @@ def _assistant(m: Any) -> Assistant:
     )
 
 
+def _by_name(configured: Sequence[AssistantSettings]) -> dict[str, Assistant]:
+    out: dict[str, Assistant] = {}
+    for s in configured:
+        if s.name in out:
+            raise ValueError(f"assistants: the name {s.name!r} is defined twice")
+        out[s.name] = Assistant.from_settings(s)
+    return out
+
+
 class Assistants:
     """Config-defined assistants and stored ones, looked up by name."""
 
     def __init__(self, configured: Sequence[AssistantSettings], repo: AssistantRepo, ttl: float = 5.0) -> None:
-        self.configured: dict[str, Assistant] = {}
-        for s in configured:
-            if s.name in self.configured:
-                raise ValueError(f"assistants: the name {s.name!r} is defined twice")
-            self.configured[s.name] = Assistant.from_settings(s)
+        self.configured = _by_name(configured)
         self.repo = repo
         self.ttl = ttl
         self._stored: dict[str, Assistant] = {}
         self._read_at = -1e18
         self._reading: asyncio.Task[None] | None = None
+
+    def reload(self, configured: Sequence[AssistantSettings]) -> None:
+        """The config file's assistants, read again (SIGHUP); a name defined twice raises ``ValueError`` and
+        leaves the current ones."""
+        self.configured = _by_name(configured)
 
     async def refresh(self) -> None:
         """Read the stored assistants now: at start, and where a change is made or must be seen at once (admin)."""

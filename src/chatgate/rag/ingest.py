@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,13 +70,56 @@ class Parser:
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
-    """A file to ingest: ``source`` names the document in its collection (a path, an upload's name);
-    ``path`` holds its bytes; ``filename`` (default: the path's name) tells its format."""
+    """A file to ingest: ``source`` names the document in its collection (a path relative to the ingest
+    root, an upload's name); ``path`` holds its bytes; ``filename`` (default: the path's name) tells its
+    format. ``legacy_source``: the name an earlier version may have been stored under (the absolute path
+    that ``chatgate ingest`` used before): such a document is renamed to ``source``, not indexed twice."""
 
     source: str
     path: Path
     filename: str | None = None
     tags: tuple[str, ...] = ()
+    legacy_source: str | None = None
+
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+def local_files(paths: Sequence[str | Path], tags: tuple[str, ...] = ()) -> list[SourceFile]:
+    """The files ``chatgate ingest PATH...`` indexes, each named by its path relative to the folder that holds
+    the path given: ``./handbook`` -> ``handbook/leave.md``, ``./handbook/leave.md`` -> ``leave.md``,
+    ``docs/**/*.md`` -> ``docs/a/b.md`` (a glob from its fixed part). Never a server's absolute path; a name
+    two roots share falls back to the path relative to the current folder."""
+    from chatgate.rag.loaders import discover
+
+    out: list[SourceFile] = []
+    seen: set[Path] = set()
+    names: set[str] = set()
+    cwd = Path.cwd()
+    for raw in paths:
+        given = Path(raw).expanduser()
+        if given.exists():
+            base = given.resolve().parent
+        else:  # a glob: from its fixed part
+            fixed = list(itertools.takewhile(lambda part: not _GLOB.search(part), given.parts))
+            base = Path(*fixed).resolve().parent if fixed else cwd.resolve()
+        for path in discover([raw]):
+            if path in seen:
+                continue
+            seen.add(path)
+            name = _relative(path, base)
+            if name in names:
+                name = _relative(path, cwd.resolve())
+            names.add(name)
+            out.append(SourceFile(source=name, path=path, tags=tags, legacy_source=str(path)))
+    return out
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(path, base)).as_posix()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +257,11 @@ class Ingestor:
             return None
         digest = sha256(data)
         current = await self.repo.ready_document(collection.id, f.source)
+        if current is None and f.legacy_source is not None and f.legacy_source != f.source:
+            legacy = await self.repo.ready_document(collection.id, f.legacy_source)
+            if legacy is not None:  # stored under its old name: renamed, then compared as usual
+                await self.repo.rename(legacy.id, f.source)
+                current = await self.repo.ready_document(collection.id, f.source)
         if current is not None and current.sha256 == digest:
             report(FileResult(f.source, "unchanged", current.id, current.chunk_count))
             return None

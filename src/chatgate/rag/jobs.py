@@ -173,6 +173,21 @@ def safe_name(filename: str) -> str:
     return name[:200]
 
 
+def distinct(names: Sequence[str]) -> list[str]:
+    """``names``, a repeated one numbered from its second time on: ``a.md``, ``a (2).md``."""
+    taken: set[str] = set()
+    out: list[str] = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in taken:
+            n += 1
+            path = Path(name)
+            candidate = f"{path.stem} ({n}){path.suffix}"
+        taken.add(candidate)
+        out.append(candidate)
+    return out
+
+
 async def submit(
     jobs: JobRepo,
     upload_dir: Path,
@@ -181,12 +196,11 @@ async def submit(
     max_bytes: int,
 ) -> JobRow:
     """Save (filename, content) uploads and queue a job for them. Raises ``UploadTooLarge`` or
-    ``ValueError`` (no files, or two with the same name)."""
+    ``ValueError`` (no files). Two files of one upload with the same name are both kept: the second is
+    ``name (2).ext``, and so on."""
     if not files:
         raise ValueError("no files uploaded")
-    names = [safe_name(name) for name, _ in files]
-    if len(set(names)) != len(names):
-        raise ValueError("two uploaded files have the same name")
+    names = distinct([safe_name(name) for name, _ in files])
     for name, data in zip(names, (d for _, d in files), strict=True):
         if len(data) > max_bytes:
             raise UploadTooLarge(f"{name} is larger than {max_bytes} bytes")

@@ -266,6 +266,12 @@ class RagRepo:
             row = (await conn.execute(stmt)).first()
         return _document(row) if row else None
 
+    async def rename(self, document_id: str, source: str) -> None:
+        """Give a document another source name (ingestion moving a document to its name relative to the
+        ingest root)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(update(RAG_DOCUMENTS).where(_D.id == document_id).values(source=source))
+
     async def list_documents(self, collection_id: str, status: str | None = None) -> list[DocumentRow]:
         stmt = select(RAG_DOCUMENTS).where(_D.collection_id == collection_id).order_by(_D.source, _D.created_at)
         if status is not None:

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgate.errors import BadRequest, ChatgateError, Conflict, Forbidden, NotFound, PayloadTooLarge
+from chatgate.identity.keys import ADMIN
 from chatgate.observe.metrics import Metrics
 from chatgate.rag.assistants import Assistant, AssistantRepo, Assistants
 from chatgate.rag.dense import DenseIndex
@@ -41,6 +43,17 @@ from chatgate.store.models import RAG_COLLECTIONS
 
 log = logging.getLogger("chatgate.rag")
 _C = RAG_COLLECTIONS.c
+
+
+OPERATOR = ADMIN.user_id  # the bootstrap admin key's user, and the owner ``chatgate ingest`` gives collections
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantCollections:
+    """An assistant's collections as one caller may read them, and the references that matched none."""
+
+    collections: list[CollectionRow]
+    unresolved: tuple[str, ...] = ()
 
 
 class IndexUnavailable(ChatgateError):
@@ -93,6 +106,7 @@ class Rag:
         self.ingestor: Ingestor | None = None
         self.runner: JobRunner | None = None
         self._opening: asyncio.Future[None] | None = None
+        self._unresolved_logged: set[tuple[str, str]] = set()  # (assistant, reference), logged once each
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -228,22 +242,48 @@ class Rag:
             await self.repo.delete_collection(row.id)
 
     async def for_assistant(self, assistant: Assistant, user_id: str) -> list[CollectionRow]:
-        """The assistant's collections that ``user_id`` may read, never another user's private one.
+        """The assistant's collections that ``user_id`` may read (``resolve_collections`` without what was
+        left unresolved)."""
+        return (await self.resolve_collections(assistant, user_id)).collections
 
-        A reference is a collection id, or a name. A name matches admin-managed collections (only admins
-        make those) and the caller's own: not another user's shared collection, or anyone could slip
-        documents into everyone's assistant by naming a collection like its own (name those by id)."""
+    async def resolve_collections(self, assistant: Assistant, user_id: str) -> AssistantCollections:
+        """The assistant's collections that ``user_id`` may read, never another user's private one, and the
+        references that matched nothing (logged once per assistant and reference, counted per request in
+        ``chatgate_rag_unresolved_collections``).
+
+        A reference is a collection id, or a name. A name matches the operator's collections first (admin-managed
+        ones, which only admin keys make, and those the operator owns: ``chatgate ingest`` makes them as the
+        ``admin`` user, whatever their visibility), then the caller's own. Never another user's shared collection,
+        or anyone could slip documents into everyone's assistant by naming a collection like its own (name
+        those by id)."""
         found: dict[str, CollectionRow] = {}
+        unresolved: list[str] = []
         for ref in assistant.collections:
             by_id = await self.repo.get_collection(ref)
             if by_id is not None:
                 if by_id.readable_by(user_id):
                     found[by_id.id] = by_id
+                else:
+                    unresolved.append(ref)
                 continue
-            for row in await self.repo.find_collections_named(ref):
-                if row.visibility == "admin" or row.owner_id == user_id:
-                    found[row.id] = row
-        return list(found.values())
+            named = await self.repo.find_collections_named(ref)
+            matches = [r for r in named if r.visibility == "admin" or r.owner_id == OPERATOR]
+            if not matches:
+                matches = [r for r in named if r.owner_id == user_id]
+            if not matches:
+                unresolved.append(ref)
+            for row in matches:
+                found[row.id] = row
+        if unresolved:
+            self.metrics.rag_unresolved.inc((assistant.name,))
+            for ref in unresolved:
+                if (assistant.name, ref) not in self._unresolved_logged:
+                    self._unresolved_logged.add((assistant.name, ref))
+                    log.warning(
+                        "an assistant's collection matches nothing the caller may read",
+                        extra={"assistant": assistant.name, "collection": ref},
+                    )
+        return AssistantCollections(list(found.values()), tuple(unresolved))
 
     # -- documents and jobs ------------------------------------------------------------------------------
 
