@@ -84,6 +84,25 @@ def test_streaming_answer_under_its_own_name(gw):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 
+def test_a_second_request_waits_its_turn_and_cuts_off_no_stream(gw):
+    """llama-cpp-python's server would end the stream being written when another request comes in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(question: str) -> tuple[str, str | None]:
+        stream = client(gw).chat.completions.create(
+            model="local", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0, stream=True
+        )
+        chunks = [c for c in stream if c.choices]
+        return "".join(c.choices[0].delta.content or "" for c in chunks), chunks[-1].choices[0].finish_reason
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(ask, "Count from one to twenty in words.")
+        second = pool.submit(ask, "What is 7 times 8?")
+        (text_1, finish_1), (text_2, finish_2) = first.result(), second.result()
+    assert finish_1 in {"stop", "length"} and text_1.strip()  # ended by the model or max_tokens, not cut off
+    assert finish_2 == "stop" and has_word(text_2, "56")
+
+
 def test_a_grounded_question_is_answered_from_its_source(gw):
     """The system message as chatgate's ground step writes it: the grounding template, numbered sources."""
     hits = [
