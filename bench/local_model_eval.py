@@ -4,6 +4,8 @@
     nice -n 0 .venv/bin/python bench/local_model_eval.py [--models a,b,...] [--max-tokens 128] \\
         [--threads N] [--data-dir DIR] [--out answers.json]
 
+``--models qwen2.5-coder-0.5b-instruct@1,qwen2.5-coder-0.5b-instruct@2`` compares thread counts the same way.
+
 Each model runs as chatgate runs it: ``LocalModel`` from ``chatgate.upstream.local`` starts llama.cpp's
 server with the production command line (chat template, threads, context), one server per model, all
 started before the first prompt. The prompts then go round the models in turn (prompt 1 to every model,
@@ -216,8 +218,13 @@ class Answer:
 
 class Candidate:
     def __init__(self, name: str, data_dir: Path, threads: int | None) -> None:
+        """``name``: a ``local.model`` name, or ``name@N`` for that model with N threads."""
         self.name = name
-        self.server = LocalModel(LocalModelSettings(model=name, n_threads=threads, startup_timeout=600), data_dir)
+        model, _, count = name.partition("@")
+        self.model = model
+        threads = int(count) if count else threads
+        settings = LocalModelSettings(model=model, n_threads=threads, startup_timeout=600)  # type: ignore[arg-type]
+        self.server = LocalModel(settings, data_dir)
         self.answers: list[Answer] = []
         self.vocab: LlamaVocabTokenizer | None = None
 
@@ -289,7 +296,7 @@ def fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
 
 
 def report(c: Candidate, max_tokens: int) -> dict[str, Any]:
-    model = PACKAGED[c.name]
+    model = PACKAGED[c.model]
     print(f"\n== {c.name}: {model.title}, {model.size / 1e6:.0f} MB, {model.licence}")
     print(f"{'category':16} {'passed':>7}")
     for cat in CATEGORIES:
@@ -326,7 +333,9 @@ def report(c: Candidate, max_tokens: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(PACKAGED), help="comma-separated `local.model` names")
+    parser.add_argument(
+        "--models", default=",".join(PACKAGED), help="comma-separated `local.model` names (`name@N`: with N threads)"
+    )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None, help="local.n_threads (default: chatgate's)")
     parser.add_argument("--data-dir", type=Path, default=None, help="where chunked models are joined (default: temp)")
@@ -362,7 +371,8 @@ def main() -> None:
 
     print(f"load average (1 min) during the rounds: min {min(loads):.2f}, median {statistics.median(loads):.2f}, "
           f"max {max(loads):.2f}; at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
-    print(f"threads per server (prompt and generation): {args.threads or default_threads()}")
+    threads = {c.name: c.server.settings.n_threads or default_threads() for c in candidates}
+    print(f"threads per server (prompt and generation): {threads}")
     rows = [report(c, args.max_tokens) for c in candidates]
 
     base = rows[0]

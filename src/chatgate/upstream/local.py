@@ -48,7 +48,8 @@ def model_file(settings: LocalModelSettings, data_dir: Path) -> tuple[Path, str 
 
 def default_threads() -> int:
     """Half the CPUs this process may run on, at least 1: llama.cpp's threads spin while they wait, so
-    threads beyond the idle cores slow it down (on 2 busy cores, 2 threads generated 3x slower than 1)."""
+    threads beyond the idle cores slow it down (on 2 busy cores, 2 threads generated 10x slower than 1:
+    docs/benchmarks.md, "Bundled local model")."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
