@@ -145,9 +145,10 @@ def main() -> None:
 
     if args.local:
         from chatgate.upstream.local import bundled_model_path
+        from chatgate.upstream.models import DEFAULT
 
         path = bundled_model_path(args.local)
-        counter = TokenCounter(TokenSettings(), local_model_path=path, local_model_name="gemma-3-270m")
+        counter = TokenCounter(TokenSettings(), local_model_path=path, local_model_name=DEFAULT)
         started = time.perf_counter()
         counter.tokenizer_for("local")
         print(f"\nlocal tokenizer ({path.name}): vocabulary loaded in {time.perf_counter() - started:.2f} s")

@@ -55,7 +55,7 @@ from chatgate.turn import Services
 from chatgate.upstream.breaker import CircuitBreaker
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import UpstreamClient
-from chatgate.upstream.local import bundled_model_path
+from chatgate.upstream.local import model_file
 from chatgate.upstream.routing import Router, Upstream
 
 log = logging.getLogger("chatgate")
@@ -73,6 +73,7 @@ def build_upstream(settings: Settings, tracing: Tracing | None = None) -> Upstre
             api_key=u.api_key.get_secret_value() if u.api_key else None,
             weight=u.weight,
             timeout=u.timeout,
+            first_byte=u.first_byte_timeout,
             max_retries=u.max_retries,
             configured_models=tuple(u.models),
             chat_defaults=dict(u.chat_defaults),
@@ -90,7 +91,7 @@ def build_counter(settings: Settings) -> TokenCounter:
     local = settings.local
     if not local.base_url:
         return TokenCounter(settings.tokens)
-    path = local.gguf_path or local.model_path or bundled_model_path(settings.data_dir)
+    path = local.gguf_path or model_file(local, settings.data_dir)[0]
     return TokenCounter(settings.tokens, local_model_path=Path(path), local_model_name=local.served_name)
 
 

@@ -38,6 +38,9 @@ class UpstreamSettings(_Section):
         description="Models this upstream serves. Empty: discovered from its `GET /models`.",
     )
     timeout: float | None = Field(None, description="Total timeout in seconds; overrides `timeouts.total`.")
+    first_byte_timeout: float | None = Field(
+        None, gt=0, description="Seconds to the response headers; overrides `timeouts.first_byte`."
+    )
     max_retries: int | None = Field(None, ge=0, description="Retries for this upstream; overrides `retry.max_retries`.")
     weight: float = Field(1.0, gt=0, description="Share of traffic relative to other upstreams serving a model.")
     chat_defaults: dict[str, Any] = Field(
@@ -76,12 +79,29 @@ class BreakerSettings(_Section):
     )
 
 
+PackagedModelName = Literal[
+    "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m"
+]  # the names in chatgate.upstream.models.PACKAGED (a test keeps the two in step)
+
+
 class LocalModelSettings(_Section):
     enabled: Literal["auto", "always", "never"] = Field(
         "auto", description="Start the bundled local model: `auto` only when no upstream is configured."
     )
-    model_path: Path | None = Field(None, description="GGUF file to serve instead of the bundled Gemma 3 270M.")
-    served_name: str = Field("gemma-3-270m", description="The local model's own name; it is also routed as `local`.")
+    model: PackagedModelName = Field(
+        "qwen2.5-coder-0.5b-instruct",
+        description="The packaged model to serve: `qwen2.5-coder-0.5b-instruct` (installed with chatgate), or, "
+        "each installed by its extra (docs/operations.md), `qwen2.5-coder-1.5b-instruct`, `smollm2-135m-instruct`, "
+        "`gemma-3-270m` (pretrained, not a chat model).",
+    )
+    model_path: Path | None = Field(
+        None, description="Any GGUF file to serve instead of a packaged model (with the chat template it carries)."
+    )
+    served_name: str = Field(
+        "",
+        description="The local model's own name (it is also routed as `local`); empty: `local.model`, or the "
+        "file name without `.gguf` with `local.model_path`.",
+    )
     default_max_tokens: int = Field(
         512,
         ge=1,
@@ -89,7 +109,10 @@ class LocalModelSettings(_Section):
     )
     n_ctx: int = Field(8192, ge=512, description="Context window the local model is started with.")
     n_threads: int | None = Field(
-        None, ge=1, description="CPU threads for the local model (default: llama.cpp's choice)."
+        None,
+        ge=1,
+        description="CPU threads for the local model, prompt and generation (default: half the CPUs chatgate may "
+        "use, at least 1; llama.cpp's threads spin, so more threads than idle cores make it slower).",
     )
     startup_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the local model to become healthy.")
     base_url: str | None = Field(
@@ -104,6 +127,12 @@ class LocalModelSettings(_Section):
         description="The GGUF file the running local model serves (its vocabulary counts tokens); "
         "set by `chatgate serve` for its workers.",
     )
+
+    @model_validator(mode="after")
+    def _default_name(self) -> LocalModelSettings:
+        if not self.served_name:
+            self.served_name = Path(self.model_path).stem if self.model_path else self.model
+        return self
 
 
 class StoreSettings(_Section):
@@ -850,6 +879,10 @@ class Settings(BaseSettings):
                     api_key=self.local.api_key,
                     models=[self.local.served_name],
                     chat_defaults={"max_tokens": self.local.default_max_tokens},
+                    # llama.cpp's server sends a whole answer's headers once the answer is written: a first-byte
+                    # timeout would cut off (and retry, i.e. generate again) any answer slower than it. Only the
+                    # total timeout applies, and past it no retry is left.
+                    first_byte_timeout=self.timeouts.total,
                 )
             )
         return ups

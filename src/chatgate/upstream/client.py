@@ -245,7 +245,9 @@ class UpstreamClient:
     ) -> Opened | bytes:
         loop = asyncio.get_running_loop()
         attempt_deadline = deadline if up.timeout is None else min(deadline, loop.time() + up.timeout)
-        first_byte = min(attempt_deadline, loop.time() + self.timeouts.first_byte)
+        first_byte = min(
+            attempt_deadline, loop.time() + (self.timeouts.first_byte if up.first_byte is None else up.first_byte)
+        )
         up.in_flight += 1
         opened = False
         headers_in = False

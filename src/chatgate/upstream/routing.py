@@ -23,6 +23,7 @@ class Upstream:
     api_key: str | None = None
     weight: float = 1.0
     timeout: float | None = None
+    first_byte: float | None = None  # None: the client's timeouts.first_byte
     max_retries: int | None = None
     configured_models: tuple[str, ...] = ()
     chat_defaults: dict[str, Any] = field(default_factory=dict)
