@@ -47,6 +47,7 @@ from chatgate.rag.service import Rag
 from chatgate.sessions.connections import Connections
 from chatgate.sessions.manager import SessionManager
 from chatgate.sessions.personalise import Personaliser
+from chatgate.sessions.tasks import TaskRecogniser
 from chatgate.settings import Settings, load_settings
 from chatgate.store.db import Store, database_url
 from chatgate.store.writebehind import WriteBehind
@@ -191,6 +192,7 @@ def build_services(
         answers=CachedAnswers(cache, settings.cache, metrics) if cache is not None else None,
         research_models=frozenset(settings.sessions.research_models),
         personaliser=personaliser,
+        tasks=TaskRecogniser(settings.tasks),
         rag=rag,
         grounder=Grounder(rag, settings.grounding, counter, windows),
         tracing=tracing,

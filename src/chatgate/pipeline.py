@@ -36,7 +36,7 @@ from chatgate.errors import ChatgateError
 from chatgate.limits.admit import completion_budget, used_tokens
 from chatgate.observe.tracing import step
 from chatgate.rag.ground import with_sources, with_system
-from chatgate.sessions.messages import request_kind
+from chatgate.sessions.messages import calls_tool, request_kind
 from chatgate.turn import Answer, Door, Services, Turn
 from chatgate.upstream.answer import parse_answer, reply_content, usage_of
 from chatgate.upstream.sse import error_event
@@ -65,7 +65,7 @@ async def run(services: Services, door: Door, turn: Turn) -> Answer:
 async def embed(services: Services, turn: Turn) -> bytes:
     """An embeddings request: identify, admit, call, account."""
     try:
-        await identify(services, turn, assistants=False)
+        await identify(services, turn, chat=False)
         model: str = turn.payload["model"]
         await admit(services, turn, services.counter.count_input(turn.payload.get("input"), model), 0)
         with step(services.tracing, "call"):
@@ -82,19 +82,28 @@ async def embed(services: Services, turn: Turn) -> bytes:
 # ---- the steps --------------------------------------------------------------------------------------------
 
 
-async def identify(services: Services, turn: Turn, assistants: bool = True) -> None:
+async def identify(services: Services, turn: Turn, chat: bool = True) -> None:
+    """Who is calling and for which conversation; for a chat request, what it is: an assistant's, a task."""
     with step(services.tracing, "identify"):
-        had_metadata = "metadata" in turn.payload
+        metadata = turn.payload.get("metadata")
         turn.resolved = services.resolver.resolve(
             turn.principal, turn.headers, turn.payload, turn.client_ip, turn.forwarded_for
         )
-        if had_metadata:
+        if metadata is not None:
             _rewrite(turn, turn.payload)  # metadata was taken out: the upstream gets the payload re-serialised
         turn.client_messages = turn.payload.get("messages") or []
-        found = await services.rag.assistants.get(turn.payload["model"]) if assistants and services.rag else None
+        if chat and services.tasks is not None:
+            asked = turn.client_messages or [{"role": "user", "content": turn.message}]
+            trusted = isinstance(metadata, dict) and "trusted_forwarder" in turn.principal.scopes
+            turn.task = services.tasks.recognise(asked, turn.headers, metadata if trusted else None)
+        found = await services.rag.assistants.get(turn.payload["model"]) if chat and services.rag else None
         if found is not None:  # an assistant's name: its base model
             turn.assistant, turn.kind = found, "research" if found.research else None
             _rewrite(turn, {**turn.payload, "model": found.model})
+        if turn.task is not None:
+            turn.kind = "task"
+            if services.tasks is not None and services.tasks.model:  # tasks may go to a cheaper model
+                _rewrite(turn, {**turn.payload, "model": services.tasks.model})
         await services.catalog.ensure_known(turn.payload["model"])
 
 
@@ -103,9 +112,9 @@ async def session(services: Services, door: Door, turn: Turn) -> None:
         assert turn.resolved is not None
         conversation = turn.session = await door.open(services, turn)
         messages = door.messages(services, turn)
-        if turn.assistant is not None:
+        if turn.assistant is not None and turn.task is None:
             messages = with_system(messages, turn.assistant.system_prompt)
-        if services.personaliser is not None:
+        if services.personaliser is not None and turn.task is None:
             identity = turn.resolved.identity
             messages = services.personaliser.apply(
                 messages, services.personaliser.prompt(identity.variables, identity.email)
@@ -157,7 +166,7 @@ async def fit(services: Services, turn: Turn) -> None:
 
 async def ground(services: Services, turn: Turn) -> None:
     grounder, resolved = services.grounder, turn.resolved
-    if turn.assistant is None or grounder is None or resolved is None:
+    if turn.assistant is None or grounder is None or resolved is None or turn.task is not None:
         return
     with step(services.tracing, "ground"):
         session = turn.session
@@ -198,6 +207,7 @@ async def call(services: Services, door: Door, turn: Turn) -> Answer:
         body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
     data = parse_answer(body)
     turn.usage, turn.reply, turn.completed = usage_of(data), reply_content(data), True
+    turn.called_tool = calls_tool(turn.reply)
     body = with_sources(body, turn.sources) or body
     if services.answers is not None:
         await services.answers.put(turn.cache_key, body)
@@ -214,7 +224,7 @@ async def _stream(services: Services, door: Door, turn: Turn) -> Relay:
     reply = ReplyBuffer(lazy=not framing.parse)
 
     async def tail() -> bytes:  # the stream completed: keep the turn, then the door's last event
-        turn.completed = True
+        turn.completed, turn.called_tool = True, reply.called_tool
         assert turn.session is not None  # the reply is read only when something needs it
         if turn.usage is None or turn.sources or turn.cache_key is not None or not turn.session.ephemeral:
             turn.reply, turn.reply_head = reply.content(), reply.head
@@ -248,19 +258,21 @@ async def _stream(services: Services, door: Door, turn: Turn) -> Relay:
 
 
 async def keep(services: Services, door: Door, turn: Turn) -> None:
-    """The turn into its conversation: the request's kind and tokens, its new messages and the reply."""
-    if turn.kept_turn or turn.session is None:
+    """The turn into its conversation: the request's kind and tokens, its new messages and the reply. A task
+    (a title, tags...) is counted on a conversation that exists, and adds nothing to it."""
+    session = turn.session
+    if turn.kept_turn or session is None or (turn.task is not None and not session.stored):
         return
     turn.kept_turn = True
     with step(services.tracing, "account"):
-        messages, reply_at = door.kept(turn)
+        messages, reply_at = ([], 0) if turn.task is not None else door.kept(turn)
         await services.sessions.keep(
-            turn.session,
+            session,
             kind_of(services, turn),
             turn.usage,
             rag_applied=bool(turn.sources),
             messages=messages,
-            reply=turn.reply,
+            reply=turn.reply if turn.task is None else None,
             reply_at=reply_at,
             model=turn.trace.model,
             durable=door.stored_history,
@@ -290,7 +302,7 @@ def kind_of(services: Services, turn: Turn) -> str:
     """The request's kind: as a step decided it (rag, research), else by its payload (decided once)."""
     if turn.kind is None:
         features = turn.resolved.features if turn.resolved is not None else {}
-        turn.kind = request_kind(turn.payload, features, services.research_models)
+        turn.kind = request_kind(turn.payload, features, services.research_models, called_tool=turn.called_tool)
     return turn.kind
 
 

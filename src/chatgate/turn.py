@@ -24,6 +24,7 @@ from chatgate.sessions.connections import Connection, Connections
 from chatgate.sessions.manager import Session, SessionManager
 from chatgate.sessions.messages import Kept
 from chatgate.sessions.personalise import Personaliser
+from chatgate.sessions.tasks import TaskRecogniser
 from chatgate.tokens.counter import TokenCounter
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import CallTrace, UpstreamClient
@@ -49,6 +50,7 @@ class Services:
     answers: CachedAnswers | None = None  # None: the response cache is off
     research_models: frozenset[str] = frozenset()
     personaliser: Personaliser | None = None
+    tasks: TaskRecogniser | None = None  # front ends' background tasks (sessions/tasks.py)
     rag: Rag | None = None  # collections, search, assistants (rag/service.py)
     grounder: Grounder | None = None  # the ground step (rag/ground.py), with ``rag``
     tracing: Tracing | None = None  # None: tracing off, no spans
@@ -113,6 +115,7 @@ class Turn:
     resolved: Resolved | None = None
     assistant: Assistant | None = None  # the model asked for was this assistant
     kind: str | None = None  # the request's kind once decided (rag, research, ...)
+    task: str | None = None  # a front end's background task (a title, tags...): never a conversation turn
     client_messages: list[dict[str, Any]] = field(default_factory=list)  # the request's own messages
     # session
     session: Session | None = None
@@ -129,6 +132,7 @@ class Turn:
     trace: CallTrace = field(default_factory=CallTrace)
     usage: dict[str, Any] | None = None
     usage_counted: bool = False  # the usage was counted here: the upstream reported none
+    called_tool: bool = False  # the answer called a tool
     reply: Any = None  # the assistant's reply, as stored
     reply_head: dict[str, Any] = field(default_factory=dict)  # a streamed reply's id, model and created
     streaming: bool = False  # the answer is a stream: it is accounted when it ends

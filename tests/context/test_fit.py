@@ -22,9 +22,7 @@ from .helpers import RecordingSummariser, fitter, history, turn, word_counter, w
 
 
 def session(key: str | None = "chat-1") -> Session:
-    return Session(
-        id="c1", user_id="u1", key=key, source="openai", is_first_message=False, created_at=datetime.now(UTC)
-    )
+    return Session(id="c1", user_id="u1", key=key, source="openai", created_at=datetime.now(UTC))
 
 
 async def test_a_request_that_fits_is_sent_as_it_is():

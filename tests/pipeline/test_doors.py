@@ -28,6 +28,7 @@ from chatgate.turn import Answer, Door, Services, Turn
 from tests.conftest import Fake
 
 ALICE = Principal(key_id="k-alice", scopes=frozenset({"user"}), user_id="alice")
+FORWARDER = Principal(key_id="k-owui", scopes=frozenset({"user", "trusted_forwarder"}), user_id="owui")
 
 
 @dataclass
@@ -73,15 +74,26 @@ class Asker:
     door: Door
     history: list[dict[str, Any]] = field(default_factory=list)
     session_id: str | None = None
+    chat_id: str | None = None  # the OpenAI door's conversation, named by a trusted forwarder's header
 
-    def turn(self, text: str, *, stream: bool = False, **payload: Any) -> Turn:
+    def turn(self, text: str, *, stream: bool = False, headers: dict[str, str] | None = None, **payload: Any) -> Turn:
         body = {"model": "fake-model", "temperature": 0, "stream": stream, **payload}
+        headers = dict(headers or {})
+        principal = ALICE
+        if self.chat_id is not None:
+            principal = FORWARDER
+            headers |= {"x-openwebui-user-id": "ann", "x-openwebui-chat-id": self.chat_id}
         if isinstance(self.door, OpenAIDoor):
             self.history.append({"role": "user", "content": text})
             body["messages"] = list(self.history)
-            return Turn(payload=body, raw=orjson.dumps(body), principal=ALICE)
+            return Turn(payload=body, raw=orjson.dumps(body), principal=principal, headers=headers)
         return Turn(
-            payload={**body, "messages": []}, raw=None, principal=ALICE, message=text, session_id=self.session_id
+            payload={**body, "messages": []},
+            raw=None,
+            principal=principal,
+            headers=headers,
+            message=text,
+            session_id=self.session_id,
         )
 
     def answered(self, turn: Turn, text: str) -> None:
@@ -237,3 +249,27 @@ async def test_a_grounded_answer_carries_its_sources(make_world: Callable[..., A
     )
     cited = [e for e in events if e.get("sources")]
     assert cited and cited[-1]["sources"][0]["title"] == "Leave" and streamed.cache_status == "HIT"
+
+
+async def test_a_background_task_is_typed_task_and_adds_no_turn(make_world: Callable[..., Any], asker: Asker) -> None:
+    world = await make_world(assistants=[{"name": "hr", "model": "fake-model", "collections": ["hr"]}])
+    world.services.grounder = FixedSources()  # type: ignore[assignment]
+    asker.chat_id = "chat-" + secrets.token_hex(4)
+    first, _, _ = await ask(world, asker, "hello there", model="hr")
+    assert first.kind == "rag" and await stored(world, first) == [
+        ("user", "hello there"),
+        ("assistant", "echo: hello there"),
+    ]
+    tag = "task-" + secrets.token_hex(4)
+    title = Asker(asker.door, session_id=asker.session_id, chat_id=asker.chat_id)  # what a front end sends for a title
+    task, answer, _ = await ask(
+        world, title, "Generate a title", model="hr", headers={"x-chatgate-task": "title_generation"}, fake={"id": tag}
+    )
+    assert answer == "echo: Generate a title" and task.task == "title_generation" and task.kind == "task"
+    assert task.session is not None and task.session.id == first.session.id  # type: ignore[union-attr]
+    sent = world.fake.stats(tag)["bodies"][-1]["messages"]
+    assert all("sixteen weeks" not in str(m.get("content")) for m in sent)  # never grounded
+    assert await stored(world, task) == [("user", "hello there"), ("assistant", "echo: hello there")]  # no turn
+    row = await world.store.conversations.get(task.session.id)  # type: ignore[union-attr]
+    assert row is not None and row.message_count == 2 and row.request_counts["task"] == 1
+    assert world.services.admission.stats.admitted >= 2  # charged like any request

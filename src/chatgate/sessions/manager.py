@@ -55,7 +55,6 @@ class Session:
     user_id: str
     key: str | None  # None: ephemeral, never stored
     source: str
-    is_first_message: bool
     created_at: datetime
     title: str | None = None
     message_count: int = 0
@@ -77,6 +76,11 @@ class Session:
     @property
     def ephemeral(self) -> bool:
         return self.key is None
+
+    @property
+    def is_first_message(self) -> bool:
+        """No turn of this conversation has been kept yet (whatever requests were refused before)."""
+        return self.message_count == 0
 
 
 @dataclass(slots=True)
@@ -148,20 +152,17 @@ class SessionManager:
         return _session(f"eph-{self._ephemeral_prefix}{next(self._ephemeral_ids):x}", identity, None, source)
 
     async def get_or_create(self, identity: Identity, key: str | None, source: str) -> Session:
-        """The session for this conversation key; ``is_first_message`` tells a new one."""
+        """The session for this conversation key (``is_first_message``: none of its turns kept yet)."""
         self.saw(identity)
         if key is None:
             return self.ephemeral(identity, source)
         cid = conversation_id(identity.user_id, key)
         hot = self._get_hot(cid)
         if hot is not None:
-            hot.is_first_message = False
             return hot
         pending = self._loading.get(cid)
         if pending is not None:  # another request is loading it: share its result
-            session = await asyncio.shield(pending)
-            session.is_first_message = False
-            return session
+            return await asyncio.shield(pending)
         future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self._loading[cid] = future
         try:
@@ -180,7 +181,7 @@ class SessionManager:
         row = await self.store.conversations.get(cid)
         if row is not None:
             recent = await self.store.messages.last_turns(cid, self.settings.history_turns)
-            session = _from_row(row, recent, is_first=row.message_count == 0)
+            session = _from_row(row, recent)
         else:
             session = self._new(cid, identity, key, source)
         self._put_hot(session)
@@ -207,7 +208,7 @@ class SessionManager:
             return None
         self.stats.misses += 1
         recent = await self.store.messages.last_turns(row.id, self.settings.history_turns)
-        session = _from_row(row, recent, is_first=row.message_count == 0)
+        session = _from_row(row, recent)
         self._put_hot(session)
         return session
 
@@ -373,7 +374,6 @@ def _session(cid: str, identity: Identity, key: str | None, source: str) -> Sess
         user_id=identity.user_id,
         key=key,
         source=source,
-        is_first_message=True,
         created_at=datetime.now(UTC),
         variables=dict(identity.variables),
     )
@@ -396,13 +396,12 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-def _from_row(row: ConversationRow, recent: list[MessageRow], *, is_first: bool) -> Session:
+def _from_row(row: ConversationRow, recent: list[MessageRow]) -> Session:
     return Session(
         id=row.id,
         user_id=row.user_id,
         key=row.key,
         source=row.source,
-        is_first_message=is_first,
         created_at=row.created_at,
         title=row.title,
         message_count=row.message_count,

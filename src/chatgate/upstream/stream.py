@@ -53,6 +53,7 @@ class ReplyBuffer:
 
     def __init__(self, lazy: bool = False) -> None:
         self._pending: list[bytes] | None = [] if lazy else None
+        self.called_tool = False  # a chunk carried tool calls (known without parsing)
         self.parts: list[str] = []
         self.reasoning: list[str] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
@@ -62,6 +63,8 @@ class ReplyBuffer:
 
     def feed(self, data: bytes) -> str:
         """Take in one chunk; returns its content delta ('' when there is none, or when lazy)."""
+        if b'"tool_calls"' in data:
+            self.called_tool = True
         if self._pending is not None:
             self._pending.append(data)
             return ""
