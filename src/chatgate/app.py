@@ -70,7 +70,7 @@ def build_upstream(settings: Settings, tracing: Tracing | None = None) -> Upstre
             max_retries=u.max_retries,
             configured_models=tuple(u.models),
             chat_defaults=dict(u.chat_defaults),
-            breaker=CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_timeout),
+            breaker=CircuitBreaker.from_settings(settings.breaker),
         )
         for u in settings.all_upstreams()
     ]

@@ -1,8 +1,8 @@
 """Wire formats: the OpenAI request checks we make, and pydantic models for the OpenAPI docs.
 
 Requests are not parsed into these models (the whole OpenAI schema, unknown fields included,
-passes through untouched); ``parse_object`` checks the fields we rely on and the types of the
-well-known ones, naming the field that is wrong.
+passes through untouched); ``check_chat`` and ``check_embeddings`` check the fields we rely on
+and the shape and range of the well-known ones (``api/checks.py``), naming the field that is wrong.
 """
 
 from __future__ import annotations
@@ -12,46 +12,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatgate.errors import BadRequest, InvalidJSON
-
-_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
-
-# field -> accepted JSON types (None always allowed for optional fields, as OpenAI does)
-CHAT_FIELDS: dict[str, tuple[type, ...]] = {
-    "stream": (bool,),
-    "stream_options": (dict,),
-    "n": (int,),
-    "max_tokens": (int,),
-    "max_completion_tokens": (int,),
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "presence_penalty": (int, float),
-    "frequency_penalty": (int, float),
-    "seed": (int,),
-    "stop": (str, list),
-    "tools": (list,),
-    "tool_choice": (str, dict),
-    "response_format": (dict,),
-    "logprobs": (bool,),
-    "top_logprobs": (int,),
-    "logit_bias": (dict,),
-    "user": (str,),
-    "metadata": (dict,),
-}
-EMBEDDING_FIELDS: dict[str, tuple[type, ...]] = {"encoding_format": (str,), "dimensions": (int,), "user": (str,)}
-
-
-def _fail(field: str, expected: str, got: Any = None) -> BadRequest:
-    got_name = type(got).__name__ if got is not None else "nothing"
-    return BadRequest(f"'{field}' must be {expected}.", details={"field": field, "expected": expected, "got": got_name})
-
-
-def _check_type(field: str, value: Any, types: tuple[type, ...]) -> None:
-    # bool is an int in Python; JSON keeps them apart
-    if isinstance(value, bool) and bool not in types:
-        raise _fail(field, " or ".join(_TYPE_NAMES[t] for t in types), value)
-    if not isinstance(value, types):
-        raise _fail(field, " or ".join(_TYPE_NAMES[t] for t in types), value)
+from chatgate.api.checks import CHAT_FIELDS, EMBEDDING_FIELDS, Check, check_input, check_message, fail
+from chatgate.errors import InvalidJSON
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
@@ -71,37 +33,30 @@ def parse_object(raw: bytes) -> dict[str, Any]:
 def _check_model(data: dict[str, Any]) -> None:
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise _fail("model", "a non-empty string", model)
+        raise fail("model", "a non-empty string", model)
 
 
-def _check_fields(data: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
-    for name, types in fields.items():
-        value = data.get(name)
-        if value is not None:
-            _check_type(name, value, types)
+def _check_fields(data: dict[str, Any], fields: dict[str, Check]) -> None:
+    # Over the body's own fields (usually a handful), not over every field we know.
+    for name, value in data.items():
+        check = fields.get(name)
+        if check is not None and value is not None:
+            check(name, value)
 
 
 def check_chat(data: dict[str, Any]) -> None:
     _check_model(data)
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _fail("messages", "a non-empty array", messages)
+        raise fail("messages", "a non-empty array", messages)
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise _fail(f"messages[{i}]", "an object", msg)
-        if not isinstance(msg.get("role"), str):
-            raise _fail(f"messages[{i}].role", "a string", msg.get("role"))
+        check_message(i, msg)
     _check_fields(data, CHAT_FIELDS)
-    n = data.get("n")
-    if n is not None and n < 1:
-        raise BadRequest("'n' must be at least 1.", details={"field": "n"})
 
 
 def check_embeddings(data: dict[str, Any]) -> None:
     _check_model(data)
-    value = data.get("input")
-    if not isinstance(value, str | list) or (isinstance(value, list) and not value):
-        raise _fail("input", "a string or a non-empty array", value)
+    check_input("input", data.get("input"))
     _check_fields(data, EMBEDDING_FIELDS)
 
 
