@@ -11,18 +11,22 @@ import sys
 from pathlib import Path
 
 from chatgate import __version__
+from chatgate.datadir import make_private
 from chatgate.settings import Settings, load_settings, masked
 
 log = logging.getLogger("chatgate")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The settings, for every command that has any: files it creates are private from here on (umask 077)."""
     try:
-        return load_settings(getattr(args, "config", None))
+        settings = load_settings(getattr(args, "config", None))
     except FileNotFoundError as exc:
         raise SystemExit(f"chatgate: {exc}") from None
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise SystemExit(f"chatgate: invalid configuration:\n{exc}") from None
+    make_private(settings.data_dir)
+    return settings
 
 
 def prepare_metrics_dir(directory: Path) -> None:
@@ -35,9 +39,40 @@ def prepare_metrics_dir(directory: Path) -> None:
     os.environ[DIR_ENV] = str(directory)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    """uvicorn, with chatgate's limits on request heads (``api/httpserver.py``), as ``uvicorn.run`` would."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    from chatgate.api.httpserver import GatewayConfig, HeadLimits, LimitedHttpTools
+
+    s = settings.server
+    config = GatewayConfig(
+        "chatgate.app:create_app_from_env",
+        head_limits=HeadLimits(max_bytes=s.max_header_bytes, max_fields=s.max_headers, timeout=s.header_timeout),
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http=LimitedHttpTools,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
+        proxy_headers=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    if workers > 1:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return
+    server.run()
+    if not server.started:
+        raise SystemExit("chatgate: the server did not start")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     from chatgate.app import print_new_admin_key
     from chatgate.identity.keys import bootstrap_admin_digest
     from chatgate.observe.logging import configure
@@ -48,6 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.server.port
     workers = args.workers or settings.server.workers
     configure(settings.log)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private(settings.data_dir, deep=True)  # a data directory from before: its files made private too
     # Before the workers start, so they all share one key and none prints it again.
     admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
     _, new_key = bootstrap_admin_digest(settings.data_dir, admin_key)
@@ -72,21 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     try:
-        uvicorn.run(
-            "chatgate.app:create_app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http="httptools",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
-            proxy_headers=False,
-            timeout_graceful_shutdown=30,
-        )
+        serve(settings, host, port, workers)
     finally:
         if local is not None:
             local.stop()

@@ -41,12 +41,30 @@ async def _chatgate(_: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+# Routes that exist for admin keys only: to anyone else they are unknown routes, whatever the method.
+ADMIN_PREFIX = "/admin/"
+ADMIN_PATHS = frozenset({"/admin", "/metrics"})
+
+
+def unknown_route(request: Request) -> NotFound:
+    """The one 404 for a route that does not exist (or does not exist for this caller)."""
+    return NotFound(f"No route {request.method} {request.url.path}.", details={"path": request.url.path})
+
+
+def _hidden(request: Request) -> bool:
+    """An admin-only route, asked for by a caller without the admin scope."""
+    path = request.url.path
+    if not (path.startswith(ADMIN_PREFIX) or path in ADMIN_PATHS):
+        return False
+    req = request.scope.get("chatgate")
+    principal = getattr(req, "principal", None)
+    return principal is None or "admin" not in principal.scopes
+
+
 async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
-        return error_response(
-            NotFound(f"No route {request.method} {request.url.path}.", details={"path": request.url.path})
-        )
+    if exc.status_code == 404 or (exc.status_code == 405 and _hidden(request)):
+        return error_response(unknown_route(request))
     if exc.status_code == 405:
         return error_response(
             MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.", headers=dict(exc.headers or {}))
