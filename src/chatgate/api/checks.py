@@ -61,6 +61,9 @@ def ranged(low: float | None, high: float | None, *, integer: bool = False) -> C
     return check
 
 
+_BOOLEAN = typed(bool)
+
+
 def one_of(*allowed: str) -> Check:
     expected = "one of " + ", ".join(f"'{a}'" for a in allowed)
     members = frozenset(allowed)
@@ -134,9 +137,47 @@ PART_TYPES: dict[str, tuple[str, Check]] = {
 _PART_EXPECTED = "one of " + ", ".join(f"'{t}'" for t in PART_TYPES)
 
 
+# Fast paths: a predicate that accepts the common well-formed shapes, with no field names built. Each
+# accepts no more than the check after it (which, when the predicate says no, finds and names the fault).
+
+
+def _text_part(part: Any) -> bool:
+    return type(part) is dict and part.get("type") == "text" and type(part.get("text")) is str
+
+
+def _function_tool(tool: Any) -> bool:
+    if type(tool) is not dict or tool.get("type", "function") != "function":
+        return False
+    function = tool.get("function")
+    if type(function) is not dict:
+        return False
+    name, about, params = function.get("name"), function.get("description"), function.get("parameters")
+    return (
+        type(name) is str
+        and bool(name)
+        and (about is None or type(about) is str)
+        and (params is None or type(params) is dict)
+        and ((strict := function.get("strict")) is None or strict is True or strict is False)
+    )
+
+
+def _function_call(call: Any) -> bool:
+    if type(call) is not dict or type(call.get("id")) is not str or call.get("type", "function") != "function":
+        return False
+    function = call.get("function")
+    return (
+        type(function) is dict
+        and type(function.get("name")) is str
+        and bool(function["name"])
+        and type(function.get("arguments")) is str
+    )
+
+
 def check_content(field: str, content: Any) -> None:
     """A message's content: a string, or an array of content parts of known types."""
     if isinstance(content, str):
+        return
+    if type(content) is list and all(_text_part(part) for part in content):
         return
     if not isinstance(content, list):
         raise fail(field, "a string or an array of content parts", content)
@@ -153,6 +194,8 @@ def check_content(field: str, content: Any) -> None:
 
 
 def _check_tool_calls(field: str, calls: Any) -> None:
+    if type(calls) is list and all(_function_call(call) for call in calls):
+        return
     for k, call in enumerate(_array(field, calls)):
         where = f"{field}[{k}]"
         _object(where, call)
@@ -193,6 +236,8 @@ def check_message(i: int, msg: Any) -> None:
 
 
 def check_tools(field: str, tools: Any) -> None:
+    if type(tools) is list and all(_function_tool(tool) for tool in tools):
+        return
     for i, tool in enumerate(_array(field, tools)):
         where = f"{field}[{i}]"
         _object(where, tool)
@@ -204,7 +249,7 @@ def check_tools(field: str, tools: Any) -> None:
             if function.get("parameters") is not None:
                 _object(where + ".function.parameters", function["parameters"])
             if function.get("strict") is not None:
-                typed(bool)(where + ".function.strict", function["strict"])
+                _BOOLEAN(where + ".function.strict", function["strict"])
         elif kind == "custom":
             custom = _object(where + ".custom", tool.get("custom"))
             _string(where + ".custom.name", custom.get("name"), non_empty=True)
@@ -242,7 +287,7 @@ def check_response_format(field: str, value: Any) -> None:
         if schema.get("schema") is not None:
             _object(field + ".json_schema.schema", schema["schema"])
         if schema.get("strict") is not None:
-            typed(bool)(field + ".json_schema.strict", schema["strict"])
+            _BOOLEAN(field + ".json_schema.strict", schema["strict"])
 
 
 def check_stop(field: str, value: Any) -> None:
@@ -266,7 +311,7 @@ def check_logit_bias(field: str, value: Any) -> None:
 def check_stream_options(field: str, value: Any) -> None:
     include = _object(field, value).get("include_usage")
     if include is not None:
-        typed(bool)(field + ".include_usage", include)
+        _BOOLEAN(field + ".include_usage", include)
 
 
 def check_strings(field: str, value: Any) -> None:

@@ -70,7 +70,8 @@ class LimitedHttpTools(HttpToolsProtocol):
         self._head_timeout = limits.timeout
         self._in_head = True  # the next bytes belong to a request's head
         self._head_bytes = 0
-        self._fields = 0
+        self._heads = 0  # heads parsed on this connection
+        self._head_started: float | None = None  # loop time the head's first bytes came
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: ChatgateError | None = None  # why a parser callback stopped the parser
         self._refused = False
@@ -87,23 +88,29 @@ class LimitedHttpTools(HttpToolsProtocol):
         if not self._in_head:
             self._feed(data)
             return
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+        if self._head_started is None:
+            self._head_started = self.loop.time()
         room = self._max_bytes - self._head_bytes
         if len(data) <= room:
             self._head_bytes += len(data)
             self._feed(data)
+        else:  # more than the head may still take: feed what it may, and see whether the head ended in it
+            self._head_bytes = self._max_bytes
+            heads = self._heads
+            self._feed(data[:room])
+            if self._refused or self.transport.is_closing():
+                return
+            if self._heads == heads:  # still the same head, at the limit
+                n = self._max_bytes
+                error = HeadersTooLarge(f"The request's headers are larger than {n} bytes.", details={"max_bytes": n})
+                self._refuse(error)
+                return
+            self.data_received(data[room:])  # the body (and maybe the next request's head, counted afresh)
             return
-        # More than the head may still take: feed what it may, and see whether the head ended in it.
-        self._head_bytes = self._max_bytes
-        self._feed(data[:room])
-        if self._refused or self.transport.is_closing():
-            return
-        if self._in_head:
-            n = self._max_bytes
-            self._refuse(HeadersTooLarge(f"The request's headers are larger than {n} bytes.", details={"max_bytes": n}))
-            return
-        self.data_received(data[room:])  # the body (and maybe the next request's head, counted afresh)
+        # A head that came whole (the usual case) never needs a timer: only one still arriving does. (The next
+        # request's head begun in the same bytes starts its clock with its next bytes.)
+        if self._in_head and self._head_started is not None and self._head_timer is None and not self._refused:
+            self._head_timer = self.loop.call_at(self._head_started + self._head_timeout, self._head_timed_out)
 
     def _feed(self, data: bytes) -> None:
         """uvicorn's ``data_received``, answering a parser error with the unified body and its reason."""
@@ -123,30 +130,24 @@ class LimitedHttpTools(HttpToolsProtocol):
 
     # ---- parser callbacks -------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._in_head = True
-        super().on_message_begin()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        if self._fields > self._max_fields:
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._heads += 1
+        self._head_started = None
+        self._cancel_head_timer()
+        # Counted here, not per header (a Python call each): the byte limit bounds what was parsed meanwhile.
+        if len(self.headers) > self._max_fields:
             n = self._max_fields
             self._refusal = HeadersTooLarge(
                 f"A request may have at most {n} header fields.", details={"max_headers": n}
             )
             raise _Refused
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True  # what follows is the next request's head
         self._head_bytes = 0
-        self._fields = 0
 
     # ---- refusals ---------------------------------------------------------------------------
 
@@ -155,6 +156,11 @@ class LimitedHttpTools(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        if self.cycle is not None and not self.cycle.response_complete and not self.transport.is_closing():
+            # The head of a request sent while the previous one is still being answered: its clock starts
+            # once that answer is out (approximately: from now), not in the middle of a stream.
+            self._head_timer = self.loop.call_later(self._head_timeout, self._head_timed_out)
+            return
         if self._in_head and not self._refused and not self.transport.is_closing():
             t = self._head_timeout
             self._refuse(

@@ -50,6 +50,9 @@ def check_chat(data: dict[str, Any]) -> None:
     if not isinstance(messages, list) or not messages:
         raise fail("messages", "a non-empty array", messages)
     for i, msg in enumerate(messages):
+        # The common message, {role, content} with both strings, is well formed as it is: no call for it.
+        if type(msg) is dict and len(msg) == 2 and type(msg.get("content")) is str and type(msg.get("role")) is str:
+            continue
         check_message(i, msg)
     _check_fields(data, CHAT_FIELDS)
 
@@ -167,8 +170,8 @@ class Ready(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
-        400: "Malformed JSON or a field of the wrong type (`details.field` names it), or the prompt cannot "
-        "fit the model's window (`CONTEXT_LENGTH`).",
+        400: "Malformed JSON, a field of the wrong shape or out of range (`details.field` names it), an id with "
+        "control characters, or the prompt cannot fit the model's window (`CONTEXT_LENGTH`).",
         401: "Missing or invalid API key.",
         404: "Unknown model or route.",
         413: "Body over `server.max_body_bytes`.",
