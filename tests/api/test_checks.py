@@ -98,6 +98,7 @@ def test_well_formed_messages_pass(message: dict[str, Any]) -> None:
             "messages[0].tool_calls[0].function.arguments",
         ),
         ({"role": "tool", "content": "x", "tool_call_id": 3}, "messages[0].tool_call_id"),
+        ({"role": "tool", "content": "x"}, "messages[0].tool_call_id"),
         ({"role": "user", "content": "hi", "name": 7}, "messages[0].name"),
     ],
 )

@@ -50,8 +50,15 @@ def check_chat(data: dict[str, Any]) -> None:
     if not isinstance(messages, list) or not messages:
         raise fail("messages", "a non-empty array", messages)
     for i, msg in enumerate(messages):
-        # The common message, {role, content} with both strings, is well formed as it is: no call for it.
-        if type(msg) is dict and len(msg) == 2 and type(msg.get("content")) is str and type(msg.get("role")) is str:
+        # The common message, {role, content} with both strings, is well formed as it is (but for a tool
+        # result, which needs its tool_call_id): no call for it.
+        if (
+            type(msg) is dict
+            and len(msg) == 2
+            and type(msg.get("content")) is str
+            and type(role := msg.get("role")) is str
+            and role != "tool"
+        ):
             continue
         check_message(i, msg)
     _check_fields(data, CHAT_FIELDS)
