@@ -23,6 +23,10 @@ Knobs can also ride in the last user message, for doors that send the upstream o
 API, the web page): ``[fake:{"id": "x", "chunk_delay": 0.2}]`` anywhere in it is read as JSON knobs and
 removed from the text that is echoed. ``--answers FILE`` (JSON: question -> knobs) gives the knobs of a
 last user message that is exactly one of its questions (e.g. ``{"answer": "..."}``).
+- ``abort_attempts``: ``abort_after`` applies to this many first attempts only (default: all).
+- ``stream_error``: this many first attempts of a stream answer 200, then an error event
+  (``data: {"error": {..., "code": stream_error_code}}``, default 500) as their first event, and end.
+- ``on``: the fakes (by ``--name``) these fault knobs apply to; the others answer normally.
 
 The answer is ``"echo: <last user text>"``; usage counts words. With ``tools``, the answer
 calls the first tool. ``/v1/embeddings`` gives the model ``fake-word-hash`` hashed bag-of-words
@@ -77,8 +81,16 @@ def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _knobs(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """The fault knobs that apply to this fake (``on`` names the fakes they are meant for)."""
+    knobs: dict[str, Any] = body.get("fake") or {}
+    if "on" in knobs and request.app["name"] not in knobs["on"]:
+        return {"id": knobs["id"]} if "id" in knobs else {}
+    return knobs
+
+
 async def _faults(request: web.Request, body: dict[str, Any]) -> web.StreamResponse | None:
-    knobs = body.get("fake") or {}
+    knobs = _knobs(request, body)
     stats = STATS[knobs.get("id", "default")]
     attempt = stats["attempts"]
     stats["attempts"] += 1
@@ -209,7 +221,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     faulted = await _faults(request, body)
     if faulted is not None:
         return faulted
-    knobs = body.get("fake") or {}
+    knobs = _knobs(request, body)
     name = request.app["name"]
     text = str(knobs["answer"]) if "answer" in knobs else "echo: " + asked
     openwebui = request.app["openwebui"]
@@ -257,12 +269,19 @@ async def chat(request: web.Request) -> web.StreamResponse:
 async def _stream(
     request: web.Request, body: dict[str, Any], base: dict[str, Any], text: str, tool_calls: list[dict[str, Any]] | None
 ) -> web.StreamResponse:
-    knobs = body.get("fake") or {}
+    knobs = _knobs(request, body)
     stats = STATS[knobs.get("id", "default")]
     style = knobs.get("style")
     nl = b"\r\n" if style == "crlf" else b"\n"
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await resp.prepare(request)
+    attempt = stats["attempts"]  # this attempt's number, from 1
+    if attempt <= int(knobs.get("stream_error", 0)):
+        error = {"message": "fake error event", "type": "fake_error", "code": int(knobs.get("stream_error_code", 500))}
+        await resp.write(b"data: " + json.dumps({"error": error}).encode() + nl + nl)
+        await resp.write_eof()
+        return resp
+    aborts = "abort_after" in knobs and attempt <= int(knobs.get("abort_attempts", attempt))
 
     def event(obj: Any) -> bytes:
         data = json.dumps(obj, indent=1 if style == "multiline" else None).encode()
@@ -306,7 +325,7 @@ async def _stream(
         chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(body, text)})
     try:
         for i, chunk in enumerate(chunks):
-            if "abort_after" in knobs and i >= int(knobs["abort_after"]):
+            if aborts and i >= int(knobs["abort_after"]):
                 await asyncio.sleep(0.05)  # let what was written reach the client first
                 assert request.transport is not None
                 request.transport.abort()

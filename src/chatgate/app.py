@@ -78,7 +78,7 @@ def build_upstream(settings: Settings, tracing: Tracing | None = None) -> Upstre
             max_retries=u.max_retries,
             configured_models=tuple(u.models),
             chat_defaults=dict(u.chat_defaults),
-            breaker=CircuitBreaker(settings.breaker.failure_threshold, settings.breaker.reset_timeout),
+            breaker=CircuitBreaker.from_settings(settings.breaker),
         )
         for u in settings.all_upstreams()
     ]
@@ -361,7 +361,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/admin/analytics/users/{user_id:path}", admin.analytics_user, methods=["GET"]),
             Route("/admin/analytics/chats/{chat_id}", admin.analytics_chat, methods=["GET"]),
             Route("/admin/analytics/export", admin.analytics_export, methods=["GET"]),
-            *([Route(metrics_api.PATH, scrape.handle, methods=["GET"])] if scrape is not None else []),
+            *([Route(metrics_api.PATH, scrape)] if scrape is not None else []),  # every method: it says 405
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
             *docs.routes(credentials, settings.server.public_paths),

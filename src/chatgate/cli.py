@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from chatgate import __version__
+from chatgate.datadir import make_private
 from chatgate.settings import CONFIG_ENV, Settings, data_dir_origin, load_settings, masked
 
 log = logging.getLogger("chatgate")
@@ -29,6 +30,7 @@ def _settings(args: argparse.Namespace, announce: bool = True) -> Settings:
         raise SystemExit(f"chatgate: invalid configuration:\n{exc}") from None
     if announce:
         print(f"chatgate: data directory {settings.data_dir} (from {data_dir_origin(settings)})", file=sys.stderr)
+    make_private(settings.data_dir)  # files the command creates are private from here on (umask 077)
     return settings
 
 
@@ -42,8 +44,40 @@ def prepare_metrics_dir(directory: Path) -> None:
     os.environ[DIR_ENV] = str(directory)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def serve(settings: Settings, host: str, port: int, workers: int) -> None:
+    """uvicorn, with chatgate's limits on request heads (``api/httpserver.py``), as ``uvicorn.run`` would."""
     import uvicorn
+
+    from chatgate.api.httpserver import GatewayConfig, HeadLimits, LimitedHttpTools
+
+    s = settings.server
+    config = GatewayConfig(
+        "chatgate.app:create_app_from_env",
+        head_limits=HeadLimits(max_bytes=s.max_header_bytes, max_fields=s.max_headers, timeout=s.header_timeout),
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http=LimitedHttpTools,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
+        proxy_headers=False,
+        timeout_graceful_shutdown=30,
+    )
+    if workers > 1:
+        _Supervisor(config, sockets=[config.bind_socket()]).run()  # each worker reloads on SIGHUP
+        return
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's lifespan reloads on it
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:  # as uvicorn.run: the app did not start
+        raise SystemExit(3)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
 
     from chatgate.app import print_new_admin_key
     from chatgate.identity.keys import bootstrap_admin_digest
@@ -65,6 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # The workers read the same settings: the data directory as resolved here, whatever their folder.
     os.environ["CHATGATE_DATA_DIR"] = str(settings.data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private(settings.data_dir, deep=True)  # a data directory from before: its files made private too
     # Before the workers start, so they all share one key and none prints it again.
     admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
     _, new_key = bootstrap_admin_digest(settings.data_dir, admin_key)
@@ -88,39 +124,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # (status 0) that still runs the ``finally`` below, instead of dying on the default handler.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    config = uvicorn.Config(
-        "chatgate.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        # X-Forwarded-For is chatgate's to judge (identity.trusted_proxies), not uvicorn's: left as sent.
-        proxy_headers=False,
-        timeout_graceful_shutdown=30,
-    )
     try:
-        if workers > 1:
-            _run_workers(config)  # uvicorn's own would restart every worker on SIGHUP: here each reloads
-        else:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's lifespan reloads on it
-            server = uvicorn.Server(config)
-            server.run()
-            if not server.started:  # as uvicorn.run: the app did not start
-                raise SystemExit(3)
+        serve(settings, host, port, workers)
     finally:
         if local is not None:
             local.stop()
     return 0
 
 
-def _run_workers(config: Any) -> None:
-    """uvicorn's worker supervisor (``config``: a ``uvicorn.Config``), except that SIGHUP reaches every worker
-    (each reloads the configuration: ``app.reload_config``) instead of replacing them all."""
+def _Supervisor(config: Any, sockets: list[Any]) -> Any:
+    """uvicorn's worker supervisor, except that SIGHUP reaches every worker (each reloads the configuration:
+    ``app.reload_config``) instead of replacing them all."""
     from uvicorn.supervisors import Multiprocess
 
     class Supervisor(Multiprocess):
@@ -131,7 +145,7 @@ def _run_workers(config: Any) -> None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGHUP)
 
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    return Supervisor(config, sockets=sockets)
 
 
 def _exit_cleanly(signum: int, _frame: object) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import inspect, make_url
 
 from chatgate.settings import Settings, data_dir_origin, masked
 from chatgate.store.db import Store, async_url, database_url, migrate_engine
+from chatgate.store.repos import PREFIX_LEN, key_digest
 
 SCOPES = ("user", "admin", "trusted_forwarder")
 
@@ -119,9 +120,12 @@ def keys(args: argparse.Namespace, settings: Settings) -> int:
         return 0
 
     async def revoke(store: Store) -> int:
-        if not await store.keys.revoke(args.key):
-            raise SystemExit(f"chatgate: no single key matches '{args.key}' (give its id, or a longer prefix)")
-        print(f"revoked {args.key} (running servers stop accepting it within identity.key_cache_ttl seconds)")
+        target = args.key.strip()
+        if len(target) > PREFIX_LEN and (row := await store.keys.by_digest(key_digest(target))) is not None:
+            target = row.id  # the whole key: never printed back
+        if not await store.keys.revoke(target):
+            raise SystemExit("chatgate: no single key matches that (give the key itself, its id or its prefix)")
+        print(f"revoked {target} (running servers stop accepting it within identity.key_cache_ttl seconds)")
         return 0
 
     return _run(settings, {"create": create, "list": list_, "revoke": revoke}[args.keys_command])
@@ -129,6 +133,9 @@ def keys(args: argparse.Namespace, settings: Settings) -> int:
 
 def users(args: argparse.Namespace, settings: Settings) -> int:
     async def create(store: Store) -> int:
+        if args.id is not None and (not args.id or "/" in args.id or not args.id.isprintable() or len(args.id) > 256):
+            # "/" separates a key owner from the OpenAI `user` it names: "a" naming "b" is the user "a/b"
+            raise SystemExit("chatgate: a user id is 1-256 printable characters, without '/'")
         try:
             row = await store.users.create(args.name, email=args.email, role=args.role, user_id=args.id)
         except ValueError as exc:  # AlreadyExists
@@ -174,8 +181,8 @@ def add_parsers(sub: Any, settings_cmd: Callable[[argparse.Namespace], Settings]
     ls = k.add_parser("list", help="list keys (prefixes only)")
     ls.add_argument("--user", help="only this user's keys")
     ls.add_argument("--json", action="store_true")
-    r = k.add_parser("revoke", help="revoke a key by id or prefix")
-    r.add_argument("key")
+    r = k.add_parser("revoke", help="revoke a key: the key itself, its id or its prefix")
+    r.add_argument("key", help="the whole key, its id (k-...) or its prefix as `keys list` shows it")
     for p in (c, ls, r):
         p.add_argument("--config", help="YAML config file (or CHATGATE_CONFIG)")
         p.set_defaults(func=lambda a: keys(a, settings_cmd(a)))

@@ -57,6 +57,28 @@ class InvalidJSON(BadRequest):
     code = "INVALID_JSON"
 
 
+class InvalidHTTP(BadRequest):
+    """The request is not valid HTTP/1.1 (its framing: ``Content-Length``, line endings, ...)."""
+
+    code = "INVALID_HTTP"
+
+
+class RequestTimeout(ChatgateError):
+    """The request's head did not arrive in time (``server.header_timeout``)."""
+
+    status = 408
+    code = "REQUEST_TIMEOUT"
+    type = "invalid_request_error"
+
+
+class HeadersTooLarge(ChatgateError):
+    """The request's head is over ``server.max_header_bytes`` or has more than ``server.max_headers`` fields."""
+
+    status = 431
+    code = "HEADERS_TOO_LARGE"
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(ChatgateError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"

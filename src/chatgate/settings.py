@@ -62,6 +62,12 @@ class RetrySettings(_Section):
         0.5, ge=0, description="Backoff base in seconds (full jitter: sleep uniform(0, min(cap, base*2^n)))."
     )
     cap: float = Field(8.0, ge=0, description="Longest single backoff sleep, and the most `Retry-After` is honoured.")
+    first_byte_timeout: Literal["elsewhere", "same", "never"] = Field(
+        "elsewhere",
+        description="After a `timeouts.first_byte` timeout (the upstream may still be generating: a retry "
+        "doubles the cost): `elsewhere` makes one more attempt, on another upstream of the model or a fallback, "
+        "never on the one that timed out; `same` retries like any other failure; `never` answers 504 at once.",
+    )
 
 
 class TimeoutSettings(_Section):
@@ -73,10 +79,30 @@ class TimeoutSettings(_Section):
 
 
 class BreakerSettings(_Section):
-    failure_threshold: int = Field(5, ge=1, description="Consecutive failures that open an upstream's circuit.")
+    """Opened by a failure rate over a sliding window, never by a handful of failures."""
+
+    window: float = Field(
+        30.0, ge=1, le=3600, description="Seconds of calls (sliding, in one-second buckets) the failure rate is over."
+    )
+    minimum_calls: int = Field(
+        20, ge=1, description="Calls the window must hold before their failure rate can open the circuit."
+    )
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="Share of failed calls in the window (0-1) that opens an upstream's circuit."
+    )
     reset_timeout: float = Field(
         30.0, gt=0, description="Seconds an open circuit waits before letting one probe through."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "failure_threshold" in data:
+            raise ValueError(
+                "breaker.failure_threshold (consecutive failures) was replaced by a failure rate: "
+                "breaker.minimum_calls, breaker.failure_rate and breaker.window"
+            )
+        return data
 
 
 PackagedModelName = Literal[
@@ -763,6 +789,15 @@ class ServerSettings(_Section):
         description="Paths served without an API key; `*` at the end matches a prefix (`/docs*` opens the API docs).",
     )
     models_cache_ttl: float = Field(60.0, gt=0, description="Seconds model lists discovered from upstreams are cached.")
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers) accepted, counted as it arrives (431 above).",
+    )
+    max_headers: int = Field(100, ge=8, description="Most header fields a request may have (431 above).")
+    header_timeout: float = Field(
+        30.0, gt=0, description="Seconds a client has to send a request's whole head once it began (408 after)."
+    )
 
 
 class ConfigFile(YamlConfigSettingsSource):

@@ -377,3 +377,112 @@ def test_anonymous_user_field_is_not_a_sub_identity() -> None:
 def test_bad_trusted_proxy_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="trusted_proxies"):
         resolver(trusted_proxies=["not-an-ip"])
+
+
+# ---- ids: printable and length-capped, from every source; the keys derived from them one-to-one -----------
+
+CONTROL = ["\u0000", "\u0001", "\n", "\t", "\u007f", "\u0085", "\u009f", "\u200b\u0000"]  # C0, DEL, C1
+
+
+@pytest.mark.parametrize("bad", CONTROL)
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ("metadata.user_id", "metadata.user_id"),
+        ("metadata.chat_id", "metadata.chat_id"),
+        ("metadata.session_id", "metadata.session_id"),
+        ("metadata.message_id", "metadata.message_id"),
+        ("header.x-openwebui-user-id", "x-openwebui-user-id"),
+        ("header.x-openwebui-chat-id", "x-openwebui-chat-id"),
+        ("header.x-openwebui-message-id", "x-openwebui-message-id"),
+        ("user", "user"),
+    ],
+)
+def test_ids_with_control_characters_are_refused_from_every_source(where: str, field: str, bad: str) -> None:
+    value = f"alice{bad}c1"
+    headers: dict[str, str] = {}
+    body: dict[str, Any] = {"model": "m"}
+    kind, _, name = where.partition(".")
+    if kind == "metadata":
+        body["metadata"] = {name: value}
+    elif kind == "header":
+        headers[name] = value
+    else:
+        body["user"] = value
+    with pytest.raises(BadRequest) as caught:
+        resolve(resolver(), FORWARDER, headers=headers, body=body)
+    assert caught.value.details == {"field": field}
+
+
+def test_ids_of_any_script_pass() -> None:
+    got = resolve(
+        resolver(),
+        FORWARDER,
+        headers={"x-openwebui-user-id": "Jos\u00e9-\u5f20\u4f1f", "x-openwebui-chat-id": "chat 7/\u00e9"},
+        body={"user": "b\u00f8b@example.com"},
+    )
+    assert got.identity.user_id == "owui:Jos\u00e9-\u5f20\u4f1f" and got.conversation_key == "chat 7/\u00e9"
+
+
+def test_openwebui_jwt_sub_is_checked_like_any_id() -> None:
+    r = resolver(openwebui_jwt_secret=SecretStr(OWUI_SECRET))
+    with pytest.raises(BadRequest) as caught:
+        resolve(r, PLAIN, headers={"x-openwebui-user-jwt": owui_token(sub="u-7\u0000x")})
+    assert caught.value.details == {"field": "x-openwebui-user-jwt.sub"}
+
+
+async def test_a_jwt_sub_is_checked_like_any_id() -> None:
+    from chatgate.identity.jwt import JWTVerifier
+    from chatgate.identity.keys import JWTSignIn
+    from chatgate.settings import JWTClaims, JWTSettings
+
+    secret = "a-test-secret-that-is-at-least-32-bytes-long"
+    sign_in = JWTSignIn(JWTVerifier(JWTSettings(secret=SecretStr(secret))), JWTClaims())
+    now = int(time.time())
+    good = jwt.encode({"sub": "u-1", "exp": now + 60}, secret, algorithm="HS256")
+    assert (await sign_in.authenticate(good)) is not None
+    bad = jwt.encode({"sub": "u-1\u0000u-2", "exp": now + 60}, secret, algorithm="HS256")
+    with pytest.raises(BadRequest) as caught:
+        await sign_in.authenticate(bad)
+    assert caught.value.details == {"field": "jwt.sub"}
+
+
+def test_conversation_ids_are_one_to_one_once_nul_is_refused() -> None:
+    """``conversation_id`` hashes ``user \\0 key``: with NUL refused in every id, the preimage splits back at
+    its one NUL into the pair it came from, so two pairs never share an id. Its derivation is unchanged
+    (stored conversations keep their ids)."""
+    import hashlib
+    import itertools
+
+    from chatgate.identity.model import check_id
+    from chatgate.sessions.manager import conversation_id
+
+    assert (
+        conversation_id("meta:alice", "c1") == hashlib.sha256(b"chatgate-conversation\0meta:alice\0c1").hexdigest()[:32]
+    )
+    # what NUL allowed: alice's chat "c1\0c2" and user "alice\0c1"'s chat "c2" were one conversation
+    assert conversation_id("meta:alice\0c1", "c2") == conversation_id("meta:alice", "c1\0c2")
+    with pytest.raises(BadRequest):
+        check_id("metadata.user_id", "alice\0c1")
+
+    alphabet = ["a", ":", "/", " ", "\u00e9", "\\", "0"]
+    ids = ["".join(p) for n in range(1, 4) for p in itertools.product(alphabet, repeat=n)]
+    assert all(check_id("id", i) == i for i in ids)  # every one of them is a valid id
+    pairs = [(f"meta:{u}", k) for u, k in itertools.product(ids[:60], ids)]
+
+    def split(preimage: str) -> tuple[str, str]:
+        user, nul, key = preimage.removeprefix("chatgate-conversation\0").partition("\0")
+        assert nul and "\0" not in key
+        return user, key
+
+    assert all(split(f"chatgate-conversation\0{u}\0{k}") == (u, k) for u, k in pairs)
+    assert len({conversation_id(u, k) for u, k in pairs}) == len(pairs)
+
+
+def test_check_id_caps_the_length() -> None:
+    from chatgate.identity.model import MAX_ID_LEN, check_id
+
+    assert check_id("f", "x" * MAX_ID_LEN) == "x" * MAX_ID_LEN
+    with pytest.raises(BadRequest) as caught:
+        check_id("f", "x" * (MAX_ID_LEN + 1))
+    assert caught.value.details == {"field": "f"} and str(MAX_ID_LEN) in caught.value.message

@@ -1,4 +1,7 @@
-"""Fixtures for the web page's browser tests (tests/integration/test_web_*.py): one Chromium for the run."""
+"""Fixtures for the web page's browser tests (tests/integration/test_web_*.py): one Chromium per module.
+
+Not per session: Playwright's synchronous API keeps an event loop running on the main thread while it is
+open, and every asyncio test after it would find that loop running."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from tests.conftest import Gateway
 from tests.integration.web_browser import Tab, launch, open_tab
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
     with sync_playwright() as pw:
         browser = launch(pw)

@@ -23,7 +23,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, fake_a: Fake) -> Iterator[Gatew
         "upstreams": [{"name": "a", "base_url": fake_a.base_url, "api_key": "upstream-secret-a"}],
         "limits": {"user_requests_per_minute": 100_000, "user_tokens_per_hour": 10**9},
         "retry": {"max_retries": 0},
-        "breaker": {"failure_threshold": 10_000},  # the 50 upstream failures must not open the circuit
+        "breaker": {"minimum_calls": 10_000},  # the 50 upstream failures must not open the circuit
     }
     g = start_gateway(tmp_path_factory.mktemp("analytics"), cfg)
     yield g

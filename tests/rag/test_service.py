@@ -99,7 +99,6 @@ async def test_waits_when_told_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 async def test_assistant_collections_by_name_operator_first_then_the_callers_own(
     service: tuple[Rag, LoadingEmbedder], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from chatgate.observe import metrics
     from chatgate.rag.assistants import Assistant
 
     rag, _ = service
@@ -111,13 +110,14 @@ async def test_assistant_collections_by_name_operator_first_then_the_callers_own
     secret = await repo.create_collection("vault", "mallory", "private", emb.name, emb.dimension)
     hr = Assistant(name="hr", model="m", collections=("hr", "notes", "missing", secret.id))
 
-    before = metrics.RAG_UNRESOLVED.values.get(("hr",), 0.0)
+    unresolved = rag.metrics.rag_unresolved.values
+    before = unresolved.get(("hr",), 0.0)
     found = await rag.resolve_collections(hr, "erin")
     assert [c.id for c in found.collections] == [operator.id, own.id]  # never the squatter's, nor mallory's notes
     assert found.unresolved == ("missing", secret.id)
     assert {squatter.id, theirs.id}.isdisjoint(c.id for c in found.collections)
     assert [c.id for c in await rag.for_assistant(hr, "erin")] == [operator.id, own.id]
-    assert metrics.RAG_UNRESOLVED.values[("hr",)] == before + 2  # counted per request
+    assert unresolved[("hr",)] == before + 2  # counted per request
     logged = [r for r in caplog.records if "matches nothing" in r.getMessage()]
     assert sorted(r.collection for r in logged) == sorted(["missing", secret.id])  # type: ignore[attr-defined]
     # mallory's own "notes" is hers; the operator's "hr" still wins over her "hr"

@@ -1,6 +1,7 @@
 """UpstreamClient against the fake upstream over real HTTP: retries, backoff, breakers, fallbacks."""
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -49,7 +50,7 @@ def upstream(fake: Any, name: str | None = None, models: tuple[str, ...] = ("fak
         base_url=fake.base_url,
         api_key=key,
         configured_models=models,
-        breaker=kw.pop("breaker", CircuitBreaker(threshold=5, reset_timeout=30)),
+        breaker=kw.pop("breaker", CircuitBreaker(minimum_calls=5, failure_rate=1.0, reset_timeout=30)),
         **kw,
     )
 
@@ -155,10 +156,11 @@ async def test_total_timeout_stops_retrying(fake_b):
 
 
 async def test_breaker_opens_and_fails_fast_with_503(fake_b):
-    up = upstream(fake_b, breaker=CircuitBreaker(threshold=2, reset_timeout=60))
+    up = upstream(fake_b, breaker=CircuitBreaker(minimum_calls=2, failure_rate=1.0, reset_timeout=60))
     client, _ = make_client(up, max_retries=1)
-    with pytest.raises(UpstreamError):
-        await call(client, chat(id=sid(), fail=[500, 500, 500]))
+    for _ in range(2):  # two requests failing: two failures (each request's retries fail the same way)
+        with pytest.raises(UpstreamError):
+            await call(client, chat(id=sid(), fail=[500, 500, 500]))
     s = sid()
     with pytest.raises(UpstreamUnavailable) as err:
         await call(client, chat(id=s))
@@ -171,7 +173,7 @@ async def test_failing_upstream_is_avoided_on_retry(fake_b):
         name="dead",
         base_url=f"http://127.0.0.1:{free_port()}/v1",
         configured_models=("fake-model",),
-        breaker=CircuitBreaker(threshold=100, reset_timeout=30),
+        breaker=CircuitBreaker(minimum_calls=100, reset_timeout=30),
     )
     client, _ = make_client(dead, upstream(fake_b))
     retries = []
@@ -241,3 +243,123 @@ async def test_streams_are_opened_not_read(fake_b):
         opened.close()
         await client.close()
     assert opened.upstream.in_flight == 0
+
+
+# ---- the breaker's bookkeeping, first-byte timeouts, streams before their first event, retry logs -----------
+
+
+async def test_a_request_failing_the_same_way_on_every_attempt_counts_once(fake_b):
+    up = upstream(fake_b, breaker=CircuitBreaker(minimum_calls=100))
+    client, _ = make_client(up, max_retries=3)
+    s = sid()
+    with pytest.raises(UpstreamError):
+        await call(client, chat(id=s, fail=[500, 500, 500, 500]))
+    assert fake_b.stats(s)["attempts"] == 4
+    assert up.breaker.counts() == (1, 1)
+    await call(client, chat(id=sid(), fail=[500, 502]))  # two different failures, then an answer
+    assert up.breaker.counts() == (4, 3)
+    with pytest.raises(UpstreamRejected):
+        await call(client, chat(id=sid(), fail=[400]))  # the request's fault: a healthy answer
+    assert up.breaker.counts() == (5, 3)
+
+
+async def test_first_byte_timeout_is_not_retried_on_the_same_upstream(fake_b):
+    client, sleeps = make_client(upstream(fake_b), max_retries=3, first_byte=0.3)
+    s = sid()
+    with pytest.raises(UpstreamTimeout):
+        await call(client, chat(id=s, delay=1))
+    assert fake_b.stats(s)["attempts"] == 1 and not sleeps
+
+
+async def test_first_byte_timeout_goes_once_to_another_upstream(fake_a, fake_b):
+    a, b = upstream(fake_a), upstream(fake_b)
+    client, _ = make_client(a, b, max_retries=3, first_byte=0.3)
+    for _ in range(4):  # whichever is picked first, the slow one is tried at most once
+        s = sid()
+        body, trace = await call(client, chat(id=s, delay=1, on=["a"]))
+        assert trace.upstream == "b" and body["system_fingerprint"] == "b"
+        assert fake_a.stats(s)["attempts"] <= 1 and fake_b.stats(s)["attempts"] == 1
+
+
+async def test_first_byte_timeout_then_a_failure_elsewhere_ends_the_call(fake_a):
+    primary = upstream(fake_a, name="primary", models=("fake-model",))
+    backup = Upstream(name="backup", base_url=f"http://127.0.0.1:{free_port()}/v1", configured_models=("fake-other",))
+    client, _ = make_client(primary, backup, fallbacks={"fake-model": ["fake-other"]}, max_retries=3, first_byte=0.3)
+    s = sid()
+    with pytest.raises(UpstreamError):
+        await call(client, chat(id=s, delay=1))
+    assert fake_a.stats(s)["attempts"] == 1  # one attempt each: the slow one, then the (dead) fallback
+
+
+@pytest.mark.parametrize(("policy", "attempts"), [("same", 3), ("never", 1)])
+async def test_first_byte_timeout_policy(fake_b, policy, attempts):
+    client = UpstreamClient(
+        Router([upstream(fake_b)]),
+        RetrySettings(max_retries=2, base=0.01, cap=0.02, first_byte_timeout=policy),
+        TimeoutSettings(connect=1, first_byte=0.2, total=30),
+    )
+    s = sid()
+    with pytest.raises(UpstreamTimeout):
+        await call(client, chat(id=s, delay=0.5))
+    assert fake_b.stats(s)["attempts"] == attempts
+
+
+async def relay_text(client: UpstreamClient, payload: dict[str, Any]) -> tuple[bytes, CallTrace]:
+    from chatgate.upstream.stream import Relay
+
+    trace = CallTrace()
+    try:
+        opened = await client.open("/chat/completions", payload, None, trace)
+        assert opened.first_at is not None and opened.head.startswith(b"data: ")
+        return b"".join([c async for c in Relay(opened, include_usage=False)]), trace
+    finally:
+        await client.close()
+
+
+async def test_stream_cut_before_its_first_event_is_retried(fake_b):
+    client, sleeps = make_client(upstream(fake_b))
+    s = sid()
+    out, trace = await relay_text(client, chat(id=s, abort_after=0, abort_attempts=2) | {"stream": True})
+    assert b"echo: " in out and b'"error"' not in out and out.endswith(b"data: [DONE]\n\n")
+    assert fake_b.stats(s)["attempts"] == 3 and trace.retries == 2 and len(sleeps) == 2
+
+
+async def test_error_as_the_first_event_is_a_failed_attempt(fake_b):
+    up = upstream(fake_b, breaker=CircuitBreaker(minimum_calls=100))
+    client, _ = make_client(up)
+    s = sid()
+    out, trace = await relay_text(client, chat(id=s, stream_error=1) | {"stream": True})
+    assert b"echo: " in out and b'"error"' not in out
+    assert fake_b.stats(s)["attempts"] == 2 and trace.retries == 1
+    assert up.breaker.counts() == (2, 1)
+
+
+async def test_client_error_as_the_first_event_is_not_retried(fake_b):
+    client, _ = make_client(upstream(fake_b))
+    s = sid()
+    with pytest.raises(UpstreamRejected) as err:
+        await client.open(
+            "/chat/completions", chat(id=s, stream_error=5, stream_error_code=400) | {"stream": True}, None, CallTrace()
+        )
+    await client.close()
+    assert err.value.status == 400 and "fake error event" in err.value.message
+    assert fake_b.stats(s)["attempts"] == 1
+
+
+async def test_stream_cut_after_its_first_event_is_not_retried(fake_b):
+    client, _ = make_client(upstream(fake_b))
+    s = sid()
+    out, _ = await relay_text(client, chat(id=s, abort_after=2) | {"stream": True})
+    assert b'"error"' in out and out.endswith(b"data: [DONE]\n\n")  # bytes had gone out: an error event
+    assert fake_b.stats(s)["attempts"] == 1
+
+
+async def test_every_retry_is_logged_with_its_reason(fake_b, caplog):
+    client, sleeps = make_client(upstream(fake_b))
+    with caplog.at_level(logging.INFO, logger="chatgate.upstream"):
+        await call(client, chat(id=sid(), fail=[503], reset=0))
+        await call(client, chat(id=sid(), reset=1))
+    retries = [r for r in caplog.records if r.getMessage() == "upstream retry"]
+    assert [(r.upstream, r.attempt, r.reason) for r in retries] == [("b", 1, "status_503"), ("b", 1, "connect_failed")]
+    assert [r.wait_s for r in retries] == [round(w, 3) for w in sleeps]
+    assert retries[0].upstream_status == 503 and retries[0].retry_upstream == "b"

@@ -13,7 +13,7 @@ def up(name: str, *models: str, weight: float = 1.0) -> Upstream:
         base_url=f"http://{name}",
         configured_models=models,
         weight=weight,
-        breaker=CircuitBreaker(threshold=1, reset_timeout=60),
+        breaker=CircuitBreaker(minimum_calls=1, reset_timeout=60),
     )
 
 

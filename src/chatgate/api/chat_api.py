@@ -7,6 +7,7 @@ caller's earlier requests queued.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -14,10 +15,11 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from chatgate import pipeline
+from chatgate.api.checks import CHAT_FIELDS, check_content
 from chatgate.api.doors import ChatAPIDoor
 from chatgate.api.endpoint import PipelineEndpoint, new_turn, services_of
 from chatgate.api.middleware import info
-from chatgate.api.protocol import CHAT_FIELDS, check_fields, check_sampling, parse_object
+from chatgate.api.protocol import SESSION_ID_PATTERN, check_fields, parse_object
 from chatgate.api.query import int_param
 from chatgate.api.responses import caller, json_response
 from chatgate.errors import BadRequest, ModelNotFound, NotFound
@@ -60,19 +62,13 @@ def parse_chat(scope: Scope, raw: bytes) -> Turn:
             details={"field": unknown[0]},
         )
     message = data.get("message")
-    parts = (
-        isinstance(message, list)
-        and message
-        and all(isinstance(p, dict) and isinstance(p.get("type"), str) for p in message)
-    )
-    if not (isinstance(message, str) and message.strip()) and not parts:
+    if not (isinstance(message, str) and message.strip()) and not (isinstance(message, list) and message):
         raise BadRequest(
-            "'message' must be a non-empty string or array of content parts (objects with a 'type').",
-            details={"field": "message"},
+            "'message' must be a non-empty string or array of content parts.", details={"field": "message"}
         )
+    check_content("message", message)
     sampling = {k: data[k] for k in SAMPLING_FIELDS if data.get(k) is not None}
     check_fields(sampling, CHAT_FIELDS)
-    check_sampling(sampling)
     services = services_of(scope)
     model = _field(data, "model", (str,), "a string") or default_model(services, scope["app"].state.settings)
     if not model:
@@ -83,9 +79,17 @@ def parse_chat(scope: Scope, raw: bytes) -> Turn:
         {"model": model, "messages": [], "stream": stream, **sampling},
         None,
         message=message,
-        session_id=_field(data, "session_id", (str,), "a string"),
+        session_id=_session_id(_field(data, "session_id", (str,), "a string")),
         no_cache=_field(data, "use_cache", (bool,), "a boolean") is False,
     )
+
+
+def _session_id(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(SESSION_ID_PATTERN, value):
+        raise BadRequest(
+            "'session_id' must be printable ASCII of at most 64 characters.", details={"field": "session_id"}
+        )
+    return value
 
 
 def default_model(services: Services, settings: Any) -> str | None:
@@ -153,7 +157,7 @@ async def list_sessions(request: Request) -> Response:
 
 async def get_session(request: Request) -> Response:
     services, identity = await _caller(request)
-    row = await _owned(services, identity, request.path_params["session_id"])
+    row = await _owned(services, identity, _session_id(request.path_params["session_id"]) or "")
     limit = int_param(request, "limit", 50, 1, 500)
     offset = int_param(request, "offset", 0, 0, 10**9)
     messages = await services.sessions.store.messages.list(row.id, limit=limit, offset=offset)
@@ -170,7 +174,7 @@ async def get_session(request: Request) -> Response:
 
 async def delete_session(request: Request) -> Response:
     services, identity = await _caller(request)
-    session_id = request.path_params["session_id"]
+    session_id = _session_id(request.path_params["session_id"]) or ""
     if not await services.sessions.store.conversations.delete_for_user(identity.user_id, session_id):
         raise _no_session(session_id)
     services.sessions.forget(session_id)

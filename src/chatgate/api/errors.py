@@ -65,9 +65,24 @@ async def _chatgate(_: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+# Routes that exist for admin keys only: to anyone else they are unknown routes, whatever the method.
+ADMIN_PREFIX = "/admin/"
+ADMIN_PATHS = frozenset({"/admin", "/metrics"})
+
+
+def _hidden(request: Request) -> bool:
+    """An admin-only route, asked for by a caller without the admin scope."""
+    path = request.url.path
+    if not (path.startswith(ADMIN_PREFIX) or path in ADMIN_PATHS):
+        return False
+    req = request.scope.get("chatgate")
+    principal = getattr(req, "principal", None)
+    return principal is None or "admin" not in principal.scopes
+
+
 async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404:
+    if exc.status_code == 404 or (exc.status_code == 405 and _hidden(request)):
         return error_response(no_route(request))
     if exc.status_code == 405:
         headers = dict(exc.headers or {})

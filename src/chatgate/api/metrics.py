@@ -11,9 +11,11 @@ import ipaddress
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+from chatgate.api.errors import error_response
 from chatgate.api.responses import no_route
-from chatgate.errors import Unauthorized
+from chatgate.errors import ChatgateError, MethodNotAllowed, Unauthorized
 from chatgate.identity.keys import Authenticator
 from chatgate.observe.metrics import CONTENT_TYPE, Metrics
 from chatgate.settings import MetricsSettings
@@ -28,8 +30,20 @@ class MetricsEndpoint:
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in settings.allow)
         self.credentials = credentials
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An ASGI app, so that every method comes here (see ``handle``)."""
+        try:
+            response = await self.handle(Request(scope, receive))
+        except ChatgateError as exc:
+            response = error_response(exc)
+        await response(scope, receive, send)
+
     async def handle(self, request: Request) -> Response:
+        """Who may scrape is known first (anyone else: 401 or the unknown-route 404), then a method other
+        than GET is a 405."""
         await self._check(request)
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{request.method} is not allowed on {PATH}.", headers={"Allow": "GET"})
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
     async def _check(self, request: Request) -> None:

@@ -231,6 +231,9 @@ class Authenticate:
             except Unauthorized as exc:  # a JWT that failed verification: say why
                 await send_error(send, exc, [(b"www-authenticate", b"Bearer")])
                 return
+            except ChatgateError as exc:  # a verified JWT whose claims cannot be used (a bad user id)
+                await send_error(send, exc)
+                return
             if principal is None:
                 await send_error(send, Unauthorized("Invalid API key."), [(b"www-authenticate", b"Bearer")])
                 return

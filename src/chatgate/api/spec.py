@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.openapi.utils import get_openapi
 from pydantic import ConfigDict, create_model
 
 from chatgate import __version__
 from chatgate.api.protocol import (
+    SESSION_ID_PATTERN,
     ChatAPIRequest,
     ChatAPIResponse,
     ChatCompletion,
@@ -84,6 +85,7 @@ AssistantReplace = create_model(
 )
 AssistantCreate = AssistantSettings
 _LIMIT = Query(50, ge=1, le=500, description="At most this many.")
+_SESSION_ID = Path(pattern=SESSION_ID_PATTERN, description="A session id, as the chat API gave it.")
 _OFFSET = Query(0, ge=0, le=10**9, description="Skip this many.")
 _FROM = Query(None, alias="from", description="ISO 8601 (no zone: UTC); default: `to` - 24 h.")
 _TO = Query(None, description="ISO 8601 (no zone: UTC); default: now. A window with `from` not before `to` is empty.")
@@ -181,16 +183,16 @@ def _session_stats() -> None: ...
     summary="A session and its messages (paginated)",
     responses=errors(400, 404),
 )
-def _session(session_id: str, limit: int = _LIMIT, offset: int = _OFFSET) -> None: ...
+def _session(session_id: str = _SESSION_ID, limit: int = _LIMIT, offset: int = _OFFSET) -> None: ...
 
 
 @_doc.delete(
     "/api/v1/chat/sessions/{session_id}",
     tags=["chat"],
     summary="Delete a session and its messages",
-    responses=errors(404),
+    responses=errors(400, 404),
 )
-def _delete_session(session_id: str) -> None: ...
+def _delete_session(session_id: str = _SESSION_ID) -> None: ...
 
 
 @_doc.post(

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from chatgate.errors import Unauthorized
 from chatgate.identity.jwt import JWTVerifier, looks_like_jwt
+from chatgate.identity.model import check_id
 from chatgate.settings import JWTClaims
 from chatgate.store.db import Store
 from chatgate.store.writebehind import TouchKey, WriteBehind
@@ -84,7 +85,7 @@ def bootstrap_admin_digest(data_dir: Path, configured: str | None) -> tuple[str,
     if configured:
         return digest(configured), None
     path = data_dir / ADMIN_KEY_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = generate_key()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -143,6 +144,7 @@ class JWTSignIn:
         sub = claims.get(self.claims.user_id)
         if not isinstance(sub, str) or not sub:
             raise Unauthorized("JWT has no user id claim.", details={"reason": "claims", "claim": self.claims.user_id})
+        check_id(f"jwt.{self.claims.user_id}", sub)
         roles = claims.get(self.claims.roles)
         role_set = frozenset([roles] if isinstance(roles, str) else [r for r in roles or () if isinstance(r, str)])
         name, email = claims.get(self.claims.name), claims.get(self.claims.email)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
+
+from chatgate.errors import BadRequest
+
+MAX_ID_LEN = 256  # user, chat, session and message ids, from any source
 
 # Personalisation variables a front end may send (Open WebUI's ``{{USER_NAME}}`` and friends), without braces.
 KNOWN_VARIABLES = frozenset({"USER_NAME", "USER_LOCATION", "CURRENT_DATETIME", "CURRENT_TIMEZONE", "USER_LANGUAGE"})
@@ -37,3 +42,20 @@ class Resolved:
     channel: str  # "openwebui" when Open WebUI's headers or JWT identified the caller, else "openai"
     features: dict[str, Any]  # metadata.features, {} if none
     model_info: dict[str, Any] | None  # metadata.model, if given
+
+
+# Control characters (C0, DEL, C1): never in an id. The OpenAPI document gives ids this pattern.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+
+
+def check_id(field: str, value: str, max_len: int = MAX_ID_LEN) -> str:
+    """An id as given (a header, ``metadata``, a JWT claim, the ``user`` field): text without control
+    characters (no NUL: ids are joined with NUL into the keys derived from them, which stay one-to-one
+    only so) of at most ``max_len`` characters. Else a 400 naming ``field``."""
+    if len(value) > max_len or CONTROL.search(value):
+        raise BadRequest(
+            f"'{field}' must be text without control characters, of at most {max_len} characters.",
+            details={"field": field},
+        )
+    return value

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from chatgate.errors import BadRequest
 from chatgate.identity.jwt import OpenWebUIVerifier
-from chatgate.identity.model import KNOWN_VARIABLES, Identity, Resolved
+from chatgate.identity.model import KNOWN_VARIABLES, MAX_ID_LEN, Identity, Resolved, check_id
 from chatgate.settings import IdentitySettings
 
 if TYPE_CHECKING:  # only a type here: keys.py pulls in the store
@@ -33,7 +33,6 @@ log = logging.getLogger("chatgate.identity")
 
 TRUSTED_FORWARDER = "trusted_forwarder"
 ANONYMOUS_KEY_ID = "anonymous"
-MAX_ID_LEN = 256  # user, chat, session and message ids from headers and metadata
 MAX_USER_LEN = 256  # the OpenAI `user` field
 CACHE_SIZE = 4096  # parsed addresses and decoded names remembered, each
 
@@ -88,7 +87,8 @@ class IdentityResolver:
 
         if self._owui is not None and (token := headers.get(self._h_jwt)) is not None:
             claims = self._owui.verify(token)
-            user_id, source, channel, named = f"owui:{claims['sub']}", "openwebui_jwt", "openwebui", True
+            sub = check_id(f"{self._h_jwt}.sub", str(claims["sub"]))
+            user_id, source, channel, named = f"owui:{sub}", "openwebui_jwt", "openwebui", True
             name, email = _claim(claims, "name"), _claim(claims, "email")
             role = _claim(claims, "role")
             roles = frozenset((role,)) if role else frozenset()
@@ -132,8 +132,7 @@ class IdentityResolver:
         if user is not None and user != "":
             if not isinstance(user, str):
                 raise _bad("user", "must be a string")
-            if len(user) > MAX_USER_LEN:
-                raise _bad("user", f"must be at most {MAX_USER_LEN} characters")
+            check_id("user", user, MAX_USER_LEN)
             if not named and source == "api_key":
                 user_id = f"{user_id}/{user}"
                 name, email, roles = None, None, frozenset()  # the key owner's details are not the end user's
@@ -229,9 +228,7 @@ def _header_id(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     if not value:
         return None
-    if len(value) > MAX_ID_LEN:
-        raise _bad(name, f"must be at most {MAX_ID_LEN} characters")
-    return value
+    return check_id(name, value)
 
 
 def _meta_id(metadata: dict[str, Any], name: str) -> str | None:
@@ -240,9 +237,7 @@ def _meta_id(metadata: dict[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _bad(f"metadata.{name}", "must be a string")
-    if len(value) > MAX_ID_LEN:
-        raise _bad(f"metadata.{name}", f"must be at most {MAX_ID_LEN} characters")
-    return value
+    return check_id(f"metadata.{name}", value, MAX_ID_LEN)
 
 
 def _meta_dict(metadata: dict[str, Any], name: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from chatgate.datadir import private_file
 from chatgate.settings import Settings
 from chatgate.store.analytics import AnalyticsRepo
 from chatgate.store.repos import ConversationRepo, KeyRepo, MessageRepo, UserRepo
@@ -38,7 +39,7 @@ def database_url(settings: Settings) -> str:
     if settings.database_url:
         return async_url(settings.database_url)
     data_dir = settings.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return f"sqlite+aiosqlite:///{data_dir}/chatgate.db"
 
 
@@ -64,7 +65,8 @@ def create_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_file(Path(parsed.database))  # 0600, and so its WAL and SHM files (SQLite copies its mode)
         engine = create_async_engine(
             url, connect_args={"timeout": 30}, hide_parameters=True, json_serializer=_json_dumps
         )

@@ -1,14 +1,17 @@
 """The upstream call: pick an upstream, send, retry with backoff, fall back, keep breakers honest.
 
 ``UpstreamClient.call`` returns an upstream's whole answer; ``UpstreamClient.open`` returns once an
-upstream has answered 200 with its headers, for streaming. Nothing has gone to our client by
-then, so every failure before that point may be retried. Reading the stream is the caller's,
-and is never retried: bytes may have gone to the client.
+upstream has answered 200 and sent its first event, for streaming. Nothing has gone to our client
+by then, so every failure before that point (a stream cut before its first event, or an error as
+its first event) may be retried. Reading the rest of the stream is the caller's, and is never
+retried: bytes may have gone to the client. Every retry is logged (``upstream retry``: the upstream
+that failed, the attempt, the reason and the wait).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -18,18 +21,14 @@ import aiohttp
 import orjson
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from chatgate.errors import (
-    ChatgateError,
-    RateLimited,
-    UpstreamError,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from chatgate.errors import ChatgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from chatgate.observe.tracing import outgoing
 from chatgate.settings import RetrySettings, TimeoutSettings
-from chatgate.upstream.backoff import RETRYABLE_STATUSES, Backoff, parse_retry_after
+from chatgate.upstream.attempts import FIRST_BYTE_TIMEOUT, Failed, first_event, judge, status_failure
+from chatgate.upstream.backoff import Backoff
 from chatgate.upstream.routing import Router, Upstream
+
+log = logging.getLogger("chatgate.upstream")
 
 _CONNECT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 
@@ -69,15 +68,25 @@ class CallTrace:
 
 
 class Opened:
-    """A streaming upstream response with status 200, headers read. Close it when done."""
+    """A streaming upstream response with status 200 whose first event has arrived. Close it when done."""
 
-    __slots__ = ("_closed", "deadline", "model", "response", "upstream")
+    __slots__ = ("_closed", "deadline", "first_at", "head", "model", "response", "upstream")
 
-    def __init__(self, response: aiohttp.ClientResponse, upstream: Upstream, model: str, deadline: float) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        upstream: Upstream,
+        model: str,
+        deadline: float,
+        head: bytes = b"",
+        first_at: float | None = None,
+    ) -> None:
         self.response = response
         self.upstream = upstream
         self.model = model
         self.deadline = deadline
+        self.head = head  # the bytes read up to the first event (kept for the relay, which passes them on)
+        self.first_at = first_at  # loop time the first event arrived
         self._closed = False
 
     def close(self, *, failed: bool = False, abort: bool = False) -> None:
@@ -92,14 +101,6 @@ class Opened:
             self.response.close()
         else:
             self.response.release()
-
-
-class _Attempt(Exception):
-    """One failed attempt that may be retried."""
-
-    def __init__(self, error: ChatgateError, retry_after: float | None = None) -> None:
-        self.error = error
-        self.retry_after = retry_after
 
 
 class UpstreamClient:
@@ -151,7 +152,8 @@ class UpstreamClient:
         return result
 
     async def open(self, path: str, payload: dict[str, Any], raw: bytes | None, trace: CallTrace) -> Opened:
-        """An upstream response with status 200 whose body (a stream) the caller reads."""
+        """An upstream stream that answered 200 and sent its first event (nothing reached our client yet,
+        so a stream cut, or an error event, before it is retried like any failed call)."""
         result = await self._send(path, payload, raw, trace, read=False)
         assert isinstance(result, Opened)
         return result
@@ -190,48 +192,81 @@ class UpstreamClient:
     ) -> Opened | bytes:
         """Send ``payload`` (``raw`` is its exact bytes, reused when no field changes) to ``path``.
 
-        Tries the requested model, then its fallbacks; each with retries and backoff.
+        Tries the requested model, then its fallbacks; each with retries and backoff. After a
+        first-byte timeout, ``retry.first_byte_timeout`` decides: by default one more attempt, never
+        on the upstream that timed out (it may still be generating).
         """
         loop = asyncio.get_running_loop()
         propagate = outgoing(span) if span is not None else None
         deadline = loop.time() + self.timeouts.total
         requested = payload.get("model")
-        last: _Attempt | None = None
+        policy = self.retry.first_byte_timeout
+        last: Failed | None = None
+        failed_on: Upstream | None = None  # the upstream of the last failed attempt
+        waited = 0.0
         made = 0
+        seen: set[tuple[str, str, str, Any]] = set()  # failures already counted against a breaker
+        timed_out: set[Upstream] = set()  # never tried again for this request
+        left: int | None = None  # attempts left after a first-byte timeout (None: no timeout yet)
         for served in self.router.plan(str(requested)):
             tries = 0
             tried: set[Upstream] = set()
-            while (up := self.router.pick(served, avoid=tried)) is not None:
+            while left != 0 and (up := self._pick(served, tried | timed_out, timed_out)) is not None:
+                if last is not None and failed_on is not None:
+                    _log_retry(failed_on, made, last, waited, up, served)
                 trace.upstream, trace.model, trace.retries = up.name, served, made
                 made += 1
+                if left is not None:
+                    left -= 1
                 body = _body_for(up, path, served, payload, raw)
                 try:
                     trace.sent_at = loop.time()
                     answer = await self._attempt(up, path, body, served, deadline, read, propagate)
                     trace.answered_at = loop.time()
                     return answer
-                except _Attempt as failed:
-                    last = failed
+                except Failed as failed:
+                    judge(up, failed, seen)
+                    if not failed.retryable:
+                        raise failed.error from None
+                    last, failed_on, waited = failed, up, 0.0
                 tries += 1
                 tried.add(up)
-                limit = up.max_retries if up.max_retries is not None else self.retry.max_retries
-                wait = self.backoff.delay(tries - 1, last.retry_after)
+                if last.reason == FIRST_BYTE_TIMEOUT and policy != "same":
+                    if policy == "never":
+                        raise last.error
+                    timed_out.add(up)  # it may still be generating: not again, and only one more attempt
+                    left = 1 if left is None else left
+                    wait = 0.0  # no backoff: the next attempt goes elsewhere
+                else:
+                    wait = self.backoff.delay(tries - 1, last.retry_after)
                 if span is not None:
                     span.add_event("attempt failed", _attempt_facts(up, made, last, wait))
-                if tries > limit or loop.time() + wait >= deadline:
+                limit = up.max_retries if up.max_retries is not None else self.retry.max_retries
+                if left == 0 or tries > limit or loop.time() + wait >= deadline:
                     break
-                await self._sleep(wait)
+                if up not in timed_out:
+                    await self._sleep(wait)
+                waited = wait
             if last is None:
                 unavailable = UpstreamUnavailable(
                     "No server for this model is accepting requests right now.", details={"model": served}
                 )
                 wait = self.router.retry_in(served)
                 unavailable.retry_after = wait
-                last = _Attempt(unavailable, wait)
-            if loop.time() >= deadline:
+                last = Failed(unavailable, "circuit_open", retry_after=wait)
+            if loop.time() >= deadline or left == 0:
                 break
         assert last is not None
         raise last.error
+
+    def _pick(self, served: str, avoid: set[Upstream], excluded: set[Upstream]) -> Upstream | None:
+        """The upstream for the next attempt; never one in ``excluded`` (``Router.pick`` falls back to
+        the upstreams it was asked to avoid when nothing else is left)."""
+        up = self.router.pick(served, avoid=avoid)
+        if up is not None and up in excluded:
+            up.breaker.release()  # the slot it claimed
+            return None
+        return up
 
     async def _attempt(
         self,
@@ -243,6 +278,8 @@ class UpstreamClient:
         read: bool,
         propagate: Mapping[str, str] | None = None,
     ) -> Opened | bytes:
+        """One attempt: the answer (a stream once its first event is in), or ``Failed``. The breaker
+        is told of a success here; of a failure by the caller, which counts a repeated failure once."""
         loop = asyncio.get_running_loop()
         attempt_deadline = deadline if up.timeout is None else min(deadline, loop.time() + up.timeout)
         first_byte = min(
@@ -258,13 +295,14 @@ class UpstreamClient:
                     headers.update(propagate)
                 resp = await self.session.post(up.base_url + path, data=body, headers=headers)
                 headers_in = True
-                if resp.status == 200 and not read:
-                    up.breaker.record_success()
-                    opened = True
-                    return Opened(resp, up, served, attempt_deadline)
                 if resp.status == 200:
                     timer.reschedule(attempt_deadline)  # from here on, only the total timeout applies
                 try:
+                    if resp.status == 200 and not read:
+                        head = await first_event(up, resp)
+                        up.breaker.record_success()
+                        opened = True
+                        return Opened(resp, up, served, attempt_deadline, head, loop.time())
                     answer = await resp.read()
                 except BaseException:
                     resp.close()  # half-read: the connection cannot be reused
@@ -273,25 +311,44 @@ class UpstreamClient:
                 if resp.status == 200:
                     up.breaker.record_success()
                     return answer
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too, but a connection failure
+            raise Failed(UpstreamError("Could not reach the model's server."), "connect_timeout") from None
         except TimeoutError:
-            up.breaker.record_failure()
-            late = "finish" if headers_in else "start"
-            raise _Attempt(UpstreamTimeout(f"The model took too long to {late} answering.")) from None
-        except _CONNECT_ERRORS:
-            up.breaker.record_failure()
             if headers_in:
-                raise _Attempt(UpstreamError("The model's server broke off its answer.")) from None
-            raise _Attempt(UpstreamError("Could not reach the model's server.")) from None
+                raise Failed(UpstreamTimeout("The model took too long to finish answering."), "timeout") from None
+            raise Failed(UpstreamTimeout("The model took too long to start answering."), FIRST_BYTE_TIMEOUT) from None
+        except _CONNECT_ERRORS:
+            if headers_in:
+                raise Failed(UpstreamError("The model's server broke off its answer."), "cut_off") from None
+            raise Failed(UpstreamError("Could not reach the model's server."), "connect_failed") from None
+        except Failed:
+            raise
         except BaseException:
             up.breaker.release()
             raise
         finally:
             if not opened:
                 up.in_flight -= 1
-        raise _status_failure(up, resp.status, resp.headers.get("Retry-After"), answer)
+        raise status_failure(up, resp.status, resp.headers.get("Retry-After"), answer)
 
 
-def _attempt_facts(up: Upstream, attempt: int, failed: _Attempt, wait: float) -> dict[str, Any]:
+def _log_retry(failed: Upstream, attempt: int, why: Failed, wait: float, up: Upstream, model: str) -> None:
+    log.info(
+        "upstream retry",
+        extra={
+            "upstream": failed.name,
+            "attempt": attempt,
+            "reason": why.reason,
+            "error_code": why.error.code,
+            "upstream_status": why.error.details.get("upstream_status"),
+            "wait_s": round(wait, 3),
+            "retry_upstream": up.name,
+            "retry_model": model,
+        },
+    )
+
+
+def _attempt_facts(up: Upstream, attempt: int, failed: Failed, wait: float) -> dict[str, Any]:
     facts: dict[str, Any] = {"chatgate.upstream": up.name, "chatgate.attempt": attempt, "error.type": failed.error.code}
     status = failed.error.details.get("upstream_status")
     if status is not None:
@@ -334,44 +391,3 @@ def _body_for(up: Upstream, path: str, served: str, payload: dict[str, Any], raw
     if raw is not None and served == payload.get("model") and not missing:
         return raw
     return orjson.dumps({**missing, **payload, "model": served})
-
-
-def _status_failure(up: Upstream, status: int, retry_after: str | None, body: bytes) -> Exception:
-    """A non-200 answer: a retryable ``_Attempt`` or, for the caller's own mistakes, the error to return."""
-    details: dict[str, Any] = {"upstream": up.name, "upstream_status": status}
-    if status == 429:
-        up.breaker.release()
-        wait = parse_retry_after(retry_after)
-        return _Attempt(
-            RateLimited("The model's server is rate limiting requests.", details=details, retry_after=wait), wait
-        )
-    if status in RETRYABLE_STATUSES or status >= 500:
-        up.breaker.record_failure()
-        error: ChatgateError = UpstreamError(f"The model's server failed (HTTP {status}).", details=details)
-        return _Attempt(error, parse_retry_after(retry_after)) if status in RETRYABLE_STATUSES else error
-    up.breaker.record_success()  # the server is healthy; it refused this request
-    message, kind = _upstream_message(body)
-    rejected = UpstreamRejected(
-        message or f"The model's server refused the request (HTTP {status}).", details=details, status=status
-    )
-    if kind:
-        rejected.type = kind
-    return rejected
-
-
-def _upstream_message(body: bytes) -> tuple[str | None, str | None]:
-    """The message and type out of an upstream's error body, whatever its shape."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace").strip()
-        return (text[:500] or None), None
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail")
-            kind = err.get("type")
-            return (str(msg)[:2000] if msg else None), (kind if isinstance(kind, str) else None)
-        if isinstance(err, str):
-            return err[:2000], None
-    return None, None

@@ -191,7 +191,7 @@ class Relay:
         self.tail = tail
         self.on_end = on_end
         self.completed = False
-        self.first_at: float | None = None  # loop time the first event arrived
+        self.first_at: float | None = opened.first_at  # loop time the first event arrived
         self.failed = False  # the upstream broke off (or timed out) mid-stream
         self._ended = False
         self._chunks = self._run()
@@ -218,6 +218,18 @@ class Relay:
         text = self.reply.feed(data) if self.reply is not None else ""
         return self.transform(data, text) if self.transform is not None else encode_data(data)
 
+    def _feed(self, decoder: SSEDecoder, chunk: bytes) -> tuple[bytes, bool]:
+        """(bytes for our client, whether ``[DONE]`` came) for one chunk of the upstream's stream."""
+        out: list[bytes] = []
+        for ev in decoder.feed(chunk):
+            if ev.data is None:
+                out.extend(encode_comment(c) for c in ev.comments)
+                continue
+            if ev.is_done:
+                return b"".join(out), True
+            out.append(self._data(ev.data))
+        return b"".join(out), False
+
     async def _run(self) -> AsyncGenerator[bytes, None]:
         """Yield SSE bytes for our client. Always ends with ``data: [DONE]``."""
         opened = self._opened
@@ -226,22 +238,19 @@ class Relay:
         done = False
         try:
             async with asyncio.timeout_at(opened.deadline):
-                async for chunk in opened.response.content.iter_any():
-                    if self.first_at is None:
-                        self.first_at = asyncio.get_running_loop().time()
-                    out: list[bytes] = []
-                    for ev in decoder.feed(chunk):
-                        if ev.data is None:
-                            out.extend(encode_comment(c) for c in ev.comments)
-                            continue
-                        if ev.is_done:
-                            done = True
-                            break
-                        out.append(self._data(ev.data))
+                if opened.head:  # read up to the first event before the stream was handed over
+                    out, done = self._feed(decoder, opened.head)
                     if out:
-                        yield b"".join(out)
-                    if done:
-                        break
+                        yield out
+                if not done:
+                    async for chunk in opened.response.content.iter_any():
+                        if self.first_at is None:
+                            self.first_at = asyncio.get_running_loop().time()
+                        out, done = self._feed(decoder, chunk)
+                        if out:
+                            yield out
+                        if done:
+                            break
                 if not done:  # ended without [DONE]: pass on what is pending, then end it ourselves
                     pending = [self._data(ev.data) for ev in decoder.flush() if ev.data is not None and not ev.is_done]
                     if any(pending):
