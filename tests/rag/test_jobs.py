@@ -56,9 +56,12 @@ async def test_a_job_whose_lease_ran_out_is_taken_over(rag: Rag) -> None:
     c = await rag.collection()
     job = await rag.jobs.create_job(c.id, ["a.md"])
     dead, alive = new_claim(), new_claim()
+    assert await rag.jobs.has_claimable()
     assert await rag.jobs.claim_job(dead, 0.05) is not None  # a runner that will stop beating
+    assert not await rag.jobs.has_claimable()
     half, _ = await begin(rag.repo, c.id, "a.md", claim=dead)  # what it left half-indexed
     await asyncio.sleep(0.1)
+    assert await rag.jobs.has_claimable()
     taken = await rag.jobs.claim_job(alive, HOUR)
     assert taken is not None and taken.job.id == job.id and taken.taken_from == dead
     assert taken.job.claimed_by == alive and taken.job.attempts == 2

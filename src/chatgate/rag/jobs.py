@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import ColumnElement, Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatgate.rag.repo import CollectionRow, new_id
@@ -149,15 +149,19 @@ class JobRepo:
             stmt = select(RAG_JOBS).where(_J.collection_id == collection_id).order_by(_J.created_at.desc())
             return [_job(r) for r in (await conn.execute(stmt)).all()]
 
+    async def has_claimable(self) -> bool:
+        """Whether a job is queued, or claimed by a runner whose lease ran out."""
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(select(_J.id).where(_claimable(utcnow())).limit(1))).first()
+        return found is not None
+
     async def claim_job(self, claim: str, lease: float, collection_ids: Sequence[str] | None = None) -> Claimed | None:
         """Take the oldest job that is queued, or whose lease ran out (in ``collection_ids`` when given), for
         ``lease`` seconds; None when there is none. The claim counts as an attempt."""
         while True:
             now = utcnow()
-            claimable = (_J.status == "queued") | (
-                (_J.status == "processing") & (_J.lease_until.is_(None) | (_J.lease_until < now))
-            )
-            stmt = select(_J.id, _J.status, _J.claimed_by, _J.lease_until, _J.attempts, _J.started_at).where(claimable)
+            columns = (_J.id, _J.status, _J.claimed_by, _J.lease_until, _J.attempts, _J.started_at)
+            stmt = select(*columns).where(_claimable(now))
             if collection_ids is not None:
                 stmt = stmt.where(_J.collection_id.in_(list(collection_ids)))
             async with self.engine.begin() as conn:
@@ -244,6 +248,10 @@ class JobRepo:
                 .values(status="deleting", updated_at=utcnow())
             )
         return int(result.rowcount)
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return (_J.status == "queued") | ((_J.status == "processing") & (_J.lease_until.is_(None) | (_J.lease_until < now)))
 
 
 class UploadTooLarge(ValueError):

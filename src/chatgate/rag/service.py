@@ -89,6 +89,7 @@ class Rag:
         self.ingestor: Ingestor | None = None
         self.runner: JobRunner | None = None
         self._opening: asyncio.Future[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -99,6 +100,8 @@ class Rag:
         if await self.in_use():
             self.lexical.warm()
             self._open_soon()
+        else:
+            self._watching = asyncio.create_task(self._watch_for_jobs(), name="chatgate-rag-watch")
 
     async def in_use(self) -> bool:
         async with self.engine.connect() as conn:
@@ -135,7 +138,22 @@ class Rag:
             self.runner.start()
         log.info("document index open", extra={"where": dense.where, "writer": dense.writable})
 
+    async def _watch_for_jobs(self) -> None:
+        """Not open yet (no documents when it started), this instance still takes its share of the jobs: it
+        opens the index (and so starts its job runner, where it can write) once a job waits for a runner,
+        one an instance that died left behind included."""
+        while self._opening is None:
+            try:
+                if await self.jobs.has_claimable():
+                    self._open_soon()
+                    return
+            except Exception as exc:
+                log.warning("checking for ingestion jobs failed: %s", exc)
+            await asyncio.sleep(self.retrieval.job_poll_interval)
+
     async def close(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
         await self.assistants.close()
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
