@@ -6,7 +6,8 @@ and embedding stay in the server: they work on the text the worker returned, whi
 ``rag.parsing.max_text_chars`` bounds.
 
 One worker serves one ingestion: started for its first file that needs parsing (a Python start and the
-loaders' imports, ~0.1-0.3 s, paid once per job rather than per file), fed one file at a time, and
+loaders' imports, ~0.1 s, paid once per job rather than per file, and not counted in a file's time), fed
+one file at a time, and
 stopped by ``release()`` when the ingestion ends, so that no idle parser holds memory between jobs. A
 file that overruns ``rag.parsing.timeout`` gets the worker killed; one that exhausts the worker's memory
 (``rag.parsing.memory_mb``, its ``RLIMIT_AS``) ends it. Either way that file fails with the reason and
@@ -18,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import struct
 import sys
+from pathlib import Path
 
 import orjson
 
@@ -30,6 +33,8 @@ from chatgate.rag.types import ParsedDocument, ParseError, Section
 log = logging.getLogger("chatgate.rag")
 
 _Process = asyncio.subprocess.Process
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the chatgate package
+START_TIMEOUT = 30.0  # seconds for a worker to start (Python, the loaders' imports) before its first file
 
 
 class IsolatedParser:
@@ -83,7 +88,9 @@ class IsolatedParser:
         if self._proc is not None and self._proc.returncode is None:
             return self._proc
         config = orjson.dumps({"memory_bytes": self.memory_mb * 1024 * 1024, "limits": self.limits.as_dict()})
-        self._proc = await asyncio.create_subprocess_exec(
+        # The worker runs this very chatgate (the directory this package was imported from comes first).
+        path = os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+        proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "chatgate.rag.parse_worker",
@@ -91,9 +98,23 @@ class IsolatedParser:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
         )
         self.started += 1
-        return self._proc
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                ready = await self._answer(proc)
+            if not ready.get("ready"):
+                raise _BadAnswer("no ready message")
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, _BadAnswer) as exc:
+            code = await _end(proc, kill=True)
+            log.warning("the parse worker did not start (exit code %s): %s", code, exc)
+            raise ParseError("the parser could not be started") from None
+        except BaseException:
+            await asyncio.shield(_end(proc, kill=True))
+            raise
+        self._proc = proc
+        return proc
 
     async def _ask(self, proc: _Process, data: bytes, filename: str) -> dict[str, object]:
         assert proc.stdin is not None and proc.stdout is not None
@@ -101,6 +122,10 @@ class IsolatedParser:
         proc.stdin.write(struct.pack(">I", len(header)) + header)
         proc.stdin.write(data)
         await proc.stdin.drain()
+        return await self._answer(proc)
+
+    async def _answer(self, proc: _Process) -> dict[str, object]:
+        assert proc.stdout is not None
         (size,) = struct.unpack(">I", await proc.stdout.readexactly(4))
         if size > self._max_answer:
             raise _BadAnswer(f"an answer of {size} bytes")
@@ -113,24 +138,9 @@ class IsolatedParser:
         return answer
 
     async def _stop(self, kill: bool) -> int | None:
-        """End the worker (closing its stdin ends it cleanly; ``kill`` does not wait for that); its exit code."""
+        """End the worker, if one runs; its exit code."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            if kill:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            elif proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                async with asyncio.timeout(5):
-                    await proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        return proc.returncode
+        return None if proc is None else await _end(proc, kill)
 
     def _memory_reason(self) -> str:
         return f"parsing needs more memory than the {self.memory_mb} MiB allowed (rag.parsing.memory_mb)"
@@ -149,6 +159,24 @@ class IsolatedParser:
 
 class _BadAnswer(Exception):
     """The worker sent something that is not an answer."""
+
+
+async def _end(proc: _Process, kill: bool) -> int | None:
+    """End a worker (closing its stdin ends it cleanly; ``kill`` does not wait for that); its exit code."""
+    if proc.returncode is None:
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        elif proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            async with asyncio.timeout(5):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return proc.returncode
 
 
 def _document(raw: object) -> ParsedDocument:

@@ -6,6 +6,7 @@ Started by ``rag/isolated.py`` as ``python -m chatgate.rag.parse_worker CONFIG``
 the server keeps the CPU for requests. Then it answers requests on stdin/stdout, one at a time, until
 stdin closes (the server stopped it, or died):
 
+- once started: ``{"ready": true}`` (framed as an answer);
 - request: a 4-byte big-endian length, a JSON header ``{"filename", "size"}``, then ``size`` bytes;
 - answer: a 4-byte length, then JSON ``{"document": {"title", "format", "sections": [[text, headings,
   page], ...]}}`` or ``{"error": reason}``.
@@ -55,6 +56,7 @@ def document_json(doc: ParsedDocument) -> bytes:
 
 def serve(inp: IO[bytes], out: IO[bytes], limits: ParseLimits) -> int:
     out_of_memory = b'{"error":"out of memory","memory":true}'  # made before any file is read
+    _send(out, b'{"ready":true}')  # started: the server times each file from here
     while True:
         head = _read(inp, 4)
         if head is None:
