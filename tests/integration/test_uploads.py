@@ -305,3 +305,22 @@ def test_a_job_of_an_instance_killed_mid_job_is_taken_over(cluster_factory: Clus
         assert hits and hits[0]["document"] == f"doc{i}.md"
     dense = search(first.url, first.key, cid, "Doc 2 Keyword2 sentence about the topic", "dense")
     assert dense and {hit["document"] for hit in dense} <= set(files)  # the vectors the other instance wrote
+
+
+def test_malformed_uploads_are_400_with_the_unified_body(limited: Gateway) -> None:
+    cid = collection(limited.url, limited.key, "malformed")
+    url = f"{limited.url}/api/v1/collections/{cid}/documents"
+    cases = [
+        ({"Content-Type": "multipart/form-data"}, b"--x\r\n"),  # no boundary
+        ({"Content-Type": "multipart/form-data; boundary=x"}, b"this is not multipart at all"),
+    ]
+    for headers, body in cases:
+        resp = httpx.post(url, content=body, headers={**h(limited.key), **headers})
+        assert resp.status_code == 400 and resp.json()["error"]["details"]["field"] == "files", resp.text
+    other_field = httpx.post(url, files=[("document", ("a.md", GOOD))], headers=h(limited.key))
+    assert other_field.status_code == 400 and "No file in the upload" in other_field.json()["error"]["message"]
+    many = [("files", (f"f{i}.md", b"x")) for i in range(101)]
+    too_many = httpx.post(url, files=many, headers=h(limited.key))
+    assert too_many.status_code == 400 and "Too many files" in too_many.json()["error"]["message"]
+    same = httpx.post(url, files=[("files", ("a.md", GOOD)), ("files", ("a.md", GOOD))], headers=h(limited.key))
+    assert same.status_code == 400 and "same name" in same.json()["error"]["message"]
