@@ -48,22 +48,20 @@ async def in_thread(batch: list[tuple[str, bytes]]) -> float:
     return time.perf_counter() - started
 
 
-async def one_worker(batch: list[tuple[str, bytes]]) -> float:
+async def in_worker(batch: list[tuple[str, bytes]], per_file: bool = False) -> float:
+    """One worker for the batch, or (``per_file``) a new one for each file; starts included."""
     parser = IsolatedParser(ParseLimits(), 1024, 120)
     started = time.perf_counter()
     for name, data in batch:
         await parser.parse(data, name)
+        if per_file:
+            await parser.release()
     await parser.release()
     return time.perf_counter() - started
 
 
 async def worker_per_file(batch: list[tuple[str, bytes]]) -> float:
-    parser = IsolatedParser(ParseLimits(), 1024, 120)
-    started = time.perf_counter()
-    for name, data in batch:
-        await parser.parse(data, name)
-        await parser.release()
-    return time.perf_counter() - started
+    return await in_worker(batch, per_file=True)
 
 
 async def start_only(repeat: int) -> float:
@@ -86,7 +84,7 @@ async def main() -> None:
     print(f"# {shlex.join(sys.argv)}  (Python {platform.python_version()}, {platform.machine()})")
     await in_thread(batch[:5])  # the loaders' imports, once
     results = {}
-    for label, run in (("thread", in_thread), ("worker", one_worker), ("worker per file", worker_per_file)):
+    for label, run in (("thread", in_thread), ("worker", in_worker), ("worker per file", worker_per_file)):
         results[label] = min([await run(batch) for _ in range(args.repeat)])
     base = results["thread"]
     print(f"{'way':<16} {'s/pass':>8} {'ms/file':>8} {'vs thread':>10}")

@@ -3,7 +3,7 @@ parts wired together with the deterministic test embedder."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +19,7 @@ from chatgate.rag.repo import CollectionRow, RagRepo
 from chatgate.rag.retrieve import Retriever
 from chatgate.settings import RetrievalSettings
 from chatgate.store import Store
-from tests.conftest import stop
-from tests.integration.cluster import ChromaServer, start_chroma
+from tests.integration.cluster import ChromaServer, chroma_server  # noqa: F401  (chroma_server: a fixture)
 from tests.rag.doubles import CountingEmbedder, HashEmbedder
 from tests.store.conftest import PG_URL, _reset_pg, pg_url  # noqa: F401  (pg_url: a fixture)
 
@@ -103,12 +102,3 @@ async def rag_sqlite(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Rag]:
     yield r
     r.dense.close()
     await r.store.close()
-
-
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    """A real ``chroma run`` server on a free port, for the session."""
-    server = start_chroma(tmp_path_factory.mktemp("chroma-server") / "data")
-    yield server
-    assert server.proc is not None
-    stop(server.proc)

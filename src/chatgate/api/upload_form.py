@@ -18,6 +18,7 @@ from tempfile import SpooledTemporaryFile
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from chatgate.errors import BadRequest, PayloadTooLarge
 from chatgate.rag.jobs import Upload, safe_name
@@ -100,6 +101,8 @@ class UploadForm:
             parser.finalize()
         except FormParserError as exc:
             raise BadRequest(f"The upload could not be read: {exc}.", details={"field": "files"}) from None
+        except ClientDisconnect:  # the client went away mid-upload: nothing is stored
+            raise BadRequest("The upload was cut off before its end.", details={"field": "files"}) from None
 
     async def _flush(self) -> None:
         for f in self.files:
