@@ -30,7 +30,8 @@ last user message that is exactly one of its questions (e.g. ``{"answer": "..."}
 
 The answer is ``"echo: <last user text>"``; usage counts words. With ``tools``, the answer
 calls the first tool. ``/v1/embeddings`` gives the model ``fake-word-hash`` hashed bag-of-words
-vectors (texts sharing words are close); any other model a digest.
+vectors (texts sharing words are close); any other model a digest. An embeddings request with an input
+containing ``[fake:slow-embed]`` waits 0.5 s (a slow ingestion, to interrupt it).
 
 A summariser call (chatgate's ``context/summarize.py``: the last user message holds ``<brief>``
 and ``<turns>``) gets a deterministic brief instead: the old brief's lines, then ``- `` and the
@@ -365,6 +366,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     if faulted is not None:
         return faulted
     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    if any("[fake:slow-embed]" in str(text) for text in inputs):
+        await asyncio.sleep(0.5)
     data = []
     for i, text in enumerate(inputs):
         if body.get("model") == WORD_HASH_MODEL:

@@ -370,7 +370,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         middleware=[
             *([Middleware(TraceRequests)] if settings.tracing.enabled else []),  # outermost: logs inside its span
             Middleware(RequestLog, access_log=access_log, metrics=metrics),
-            Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
+            Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes, routes=[rag.upload_body_limit(settings)]),
             *([Middleware(web.CookieSignIn, cookie=cookie)] if (cookie := settings.web.jwt_cookie) else []),
             Middleware(
                 Authenticate,

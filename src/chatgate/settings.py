@@ -680,19 +680,91 @@ class RetrievalSettings(_Section):
     upload_max_bytes: int = Field(
         50 * 1024 * 1024, ge=1024, description="Largest document accepted by upload (413 above)."
     )
+    upload_max_request_bytes: int = Field(
+        200 * 1024 * 1024,
+        ge=1024,
+        description="Largest upload request (every file in it, with the multipart framing): the upload route takes "
+        "this limit instead of `server.max_body_bytes`, and counts while the body streams in (413 above). The "
+        "files are kept in the database until their job is done, so that any instance can run it.",
+    )
     stale_after: float = Field(
         900.0,
         gt=0,
-        description="Seconds after which a document or job left `processing` by a process on another host is "
-        "taken as abandoned and cleaned up (same-host ones are cleaned as soon as their process is gone).",
+        description="Seconds after which a document left `processing` by a process on another host (e.g. an "
+        "interrupted `chatgate ingest`) is taken as abandoned and cleaned up (same-host ones are cleaned as soon as "
+        "their process is gone). Upload jobs use `job_lease` instead.",
     )
     job_poll_interval: float = Field(1.0, gt=0, description="Seconds between checks for queued ingestion jobs.")
+    job_lease: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds an ingestion job stays claimed without a heartbeat: past it, another instance takes "
+        "the job over (a job whose instance died resumes within about this long).",
+    )
+    job_heartbeat: float = Field(
+        5.0, gt=0, description="Seconds between the heartbeats that renew a running job's lease (below `job_lease`)."
+    )
+    job_max_attempts: int = Field(
+        3,
+        ge=1,
+        description="Times an ingestion job may start: a job interrupted more often (its process killed or crashed "
+        "while running it) is marked failed with the reason instead of running again. A clean shutdown does not "
+        "count.",
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_below_lease(self) -> RetrievalSettings:
+        if self.job_heartbeat >= self.job_lease:
+            raise ValueError(
+                f"rag.retrieval.job_heartbeat ({self.job_heartbeat}) must be less than job_lease ({self.job_lease})"
+            )
+        return self
+
+
+class ParsingSettings(_Section):
+    """Parsing documents (RAG): limits against hostile files, and the worker process that parses them."""
+
+    isolate: bool = Field(
+        True,
+        description="Parse each file in a worker process with a memory and a time limit (started for each "
+        "ingestion, one file at a time), so that a file that exhausts them fails alone and the server's memory "
+        "and latency are untouched. Off: parse in a thread of the server process.",
+    )
+    memory_mb: int = Field(
+        1024,
+        ge=128,
+        description="Address-space limit of the parse worker (`RLIMIT_AS`), MiB; a file needing more fails "
+        "with the reason.",
+    )
+    timeout: float = Field(
+        120.0, gt=0, description="Seconds one file may take to parse; past it the worker is killed and the file fails."
+    )
+    max_text_chars: int = Field(
+        20_000_000, ge=1000, description="Most characters of text a document may yield (any format); more fails."
+    )
+    max_pages: int = Field(2000, ge=1, description="Most pages of a pdf; a longer one fails before its text is read.")
+    zip_max_uncompressed_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Zip-based formats (docx): most bytes all members may unpack to, read from the archive's "
+        "directory before anything is unpacked (a member never unpacks past its declared size).",
+    )
+    zip_max_members: int = Field(10_000, ge=10, description="Zip-based formats (docx): most members in the archive.")
+    zip_max_ratio: float = Field(
+        100.0,
+        ge=2,
+        description="Zip-based formats (docx): highest compression ratio (unpacked / packed) of the whole archive, "
+        "and of any member over 1 MiB unpacked. Ordinary documents stay within 5-30; decompression bombs reach 1000.",
+    )
 
 
 class RagSettings(_Section):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings, description="Chunking.")
     embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings, description="Embeddings.")
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings, description="Indexes and retrieval.")
+    parsing: ParsingSettings = Field(
+        default_factory=ParsingSettings, description="Parsing: limits against hostile files, the worker process."
+    )
 
 
 DEFAULT_GROUNDING_TEMPLATE = (

@@ -1,17 +1,28 @@
-"""Fixtures for the web page's browser tests (tests/integration/test_web_*.py): one Chromium per module.
+"""Integration fixtures: the multi-instance cluster (``cluster.py``); each test's outcome on its node
+(``rep_call``), so that fixtures can print logs when the test failed; and for the web page's browser tests
+(tests/integration/test_web_*.py) one Chromium per module.
 
-Not per session: Playwright's synchronous API keeps an event loop running on the main thread while it is
-open, and every asyncio test after it would find that loop running."""
+Not one Chromium per session: Playwright's synchronous API keeps an event loop running on the main thread
+while it is open, and every asyncio test after it would find that loop running."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.conftest import Gateway
+from tests.integration.cluster import chroma_server, cluster_factory  # noqa: F401  (fixtures)
 from tests.integration.web_browser import Tab, launch, open_tab
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, Any]:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,7 @@ parts wired together with the deterministic test embedder."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +19,7 @@ from chatgate.rag.repo import CollectionRow, RagRepo
 from chatgate.rag.retrieve import Retriever
 from chatgate.settings import RetrievalSettings
 from chatgate.store import Store
-from tests.conftest import free_port, stop, wait_http
+from tests.integration.cluster import ChromaServer, chroma_server  # noqa: F401  (chroma_server: a fixture)
 from tests.rag.doubles import CountingEmbedder, HashEmbedder
 from tests.store.conftest import PG_URL, _reset_pg, pg_url  # noqa: F401  (pg_url: a fixture)
 
@@ -105,30 +102,3 @@ async def rag_sqlite(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Rag]:
     yield r
     r.dense.close()
     await r.store.close()
-
-
-@dataclass
-class ChromaServer:
-    host: str
-    port: int
-
-
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
-    """A real ``chroma run`` server on a free port, for the session."""
-    exe = shutil.which("chroma", path=str(Path(sys.executable).parent))
-    assert exe, "the chroma command (package chromadb) is not installed"
-    port = free_port()
-    path = tmp_path_factory.mktemp("chroma-server")
-    log = open(path.parent / "chroma-server.log", "wb")
-    proc = subprocess.Popen(
-        [exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=60, proc=proc)
-        yield ChromaServer("127.0.0.1", port)
-    finally:
-        stop(proc)
-        log.close()

@@ -11,8 +11,9 @@ import pytest
 
 from chatgate.rag.dense import DenseIndex, ReadOnlyIndex
 from chatgate.rag.ingest import Ingestor, embed_text
-from chatgate.rag.jobs import JobRunner, UploadTooLarge, safe_name, submit
+from chatgate.rag.jobs import Upload, UploadTooLarge, safe_name, submit
 from chatgate.rag.repo import EmbeddingMismatch
+from chatgate.rag.runner import JobRunner
 from chatgate.rag.types import Chunk
 from chatgate.settings import RetrievalSettings
 from tests.rag.conftest import ChromaServer, Rag, make_rag, test_parser
@@ -203,18 +204,17 @@ def test_embed_text_carries_title_and_headings() -> None:
 
 async def test_upload_jobs_run_in_the_background(rag: Rag, tmp_path: Path) -> None:
     c = await rag.collection()
-    uploads = tmp_path / "uploads"
-    runner = JobRunner(rag.jobs, rag.ingestor, rag.settings, uploads)
+    runner = JobRunner(rag.jobs, rag.ingestor, rag.settings)
     with pytest.raises(UploadTooLarge):
-        await submit(rag.jobs, uploads, c, [("big.txt", b"x" * 2000)], max_bytes=1024)
+        await submit(rag.jobs, c, [Upload.of("big.txt", b"x" * 2000)], max_bytes=1024)
     with pytest.raises(ValueError):
-        await submit(rag.jobs, uploads, c, [], max_bytes=1024)
-    twice = await submit(rag.jobs, uploads, c, [("a.txt", b"1"), ("a.txt", b"2")], max_bytes=1024)
+        await submit(rag.jobs, c, [], max_bytes=1024)
+    twice = await submit(rag.jobs, c, [Upload.of("a.txt", b"1"), Upload.of("a.txt", b"2")], max_bytes=1024)
     assert twice.files == ("a.txt", "a (2).txt")  # one name twice: both kept
-    job = await submit(
-        rag.jobs, uploads, c, [("../../etc/notes.md", b"# Notes\n\nRemember the milk."), ("bad.pdf", b"%PDF-")], 1024
-    )
+    files = [Upload.of("../../etc/notes.md", b"# Notes\n\nRemember the milk."), Upload.of("bad.pdf", b"%PDF-")]
+    job = await submit(rag.jobs, c, files, 1024)
     assert job.status == "queued" and job.files == ("notes.md", "bad.pdf")
+    assert await rag.jobs.stored_uploads(job.id) == ["bad.pdf", "notes.md"]  # the bytes are in the store
     runner.start()
     runner.wake()
     for _ in range(500):
@@ -225,7 +225,7 @@ async def test_upload_jobs_run_in_the_background(rag: Rag, tmp_path: Path) -> No
     await runner.close()
     assert row is not None and row.status == "done", row
     assert (row.added, row.failed, row.total) == (1, 1, 2) and "bad.pdf" in row.failures
-    assert row.finished_at is not None and not (uploads / job.id).exists()
+    assert row.finished_at is not None and await rag.jobs.stored_uploads(job.id) == []
     hits = await rag.retriever.search([c], "milk", top_k=1)
     assert hits and hits[0].source == "notes.md"
 
@@ -233,8 +233,8 @@ async def test_upload_jobs_run_in_the_background(rag: Rag, tmp_path: Path) -> No
 async def test_a_job_for_a_mismatched_collection_fails_with_the_reason(rag_sqlite: Rag, tmp_path: Path) -> None:
     rag = rag_sqlite
     c = await rag.repo.create_collection("old", "admin", "admin", "another-model", 384)
-    job = await submit(rag.jobs, tmp_path / "up", c, [("a.md", b"# A\n\ntext")], 1024)
-    assert await JobRunner(rag.jobs, rag.ingestor, rag.settings, tmp_path / "up").run_pending() == 1
+    job = await submit(rag.jobs, c, [Upload.of("a.md", b"# A\n\ntext")], 1024)
+    assert await JobRunner(rag.jobs, rag.ingestor, rag.settings).run_pending() == 1
     row = await rag.jobs.get_job(job.id)
     assert row is not None and row.status == "failed" and "reindex" in (row.error or "")
 

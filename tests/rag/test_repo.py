@@ -1,4 +1,5 @@
-"""RagRepo on SQLite and PostgreSQL: collections, document versions and their swap, leftovers, jobs."""
+"""RagRepo on SQLite and PostgreSQL: collections, document versions and their swap, leftovers (jobs:
+test_jobs.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import inspect, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from chatgate.rag.jobs import Upload
 from chatgate.rag.repo import AlreadyExists, EmbeddingMismatch, RagRepo, is_abandoned, new_claim
 from chatgate.rag.types import Chunk
 from chatgate.store.models import RAG_DOCUMENTS, Base, utcnow
@@ -186,30 +188,14 @@ def test_is_abandoned() -> None:
     assert is_abandoned(None, now - timedelta(seconds=61), now, 60)
 
 
-async def test_jobs_claimed_once_updated_and_requeued(rag: Rag) -> None:
-    c = await rag.collection()
-    job = await rag.jobs.create_job(c.id, ["a.md", "b.pdf"])
-    assert (job.status, job.total, job.files) == ("queued", 2, ("a.md", "b.pdf"))
-    host = socket.gethostname()
-    claim = f"{host}:{dead_pid()}:x"
-    got = await rag.jobs.claim_job(claim)
-    assert got is not None and got.id == job.id and got.status == "processing" and got.started_at is not None
-    assert await rag.jobs.claim_job(new_claim()) is None
-    await rag.jobs.update_job(job.id, added=1, failures={"b.pdf": "corrupt"})
-    row = await rag.jobs.get_job(job.id)
-    assert row is not None and row.added == 1 and row.failures == {"b.pdf": "corrupt"}
-    assert await rag.jobs.requeue_abandoned_jobs(stale_after=3600) == 1  # its claimant is dead
-    assert (await rag.jobs.get_job(job.id)).status == "queued"  # type: ignore[union-attr]
-    assert [j.id for j in await rag.jobs.list_jobs(c.id)] == [job.id]
-
-
 async def test_deleting_a_collection_removes_its_rows(rag: Rag) -> None:
     c = await rag.collection()
     v, _ = await begin(rag.repo, c.id)
     await rag.repo.publish(v)
-    await rag.jobs.create_job(c.id, ["a"])
+    job = await rag.jobs.create_job(c.id, [Upload.of("a", b"bytes")])
+    assert await rag.jobs.stored_uploads(job.id) == ["a"]
     assert await rag.repo.delete_collection(c.id)
     assert await rag.repo.get_collection(c.id) is None
     assert await rag.repo.get_document(v) is None and await rag.repo.count_chunks(v) == 0
-    assert await rag.jobs.list_jobs(c.id) == []
+    assert await rag.jobs.list_jobs(c.id) == [] and await rag.jobs.stored_uploads(job.id) == []  # cascaded
     assert not await rag.repo.delete_collection(c.id)

@@ -1,5 +1,6 @@
 """The RAG service (``Rag``) as the gateway uses it: while the embedding model loads after a start, a
-hybrid search is answered by the lexical index alone and says so; a dense search waits."""
+hybrid search is answered by the lexical index alone and says so; a dense search waits; an instance with
+nothing open yet runs the jobs that wait for a runner."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from chatgate.rag import embedders
 from chatgate.rag.ingest import SourceFile
+from chatgate.rag.jobs import JobRepo, Upload
 from chatgate.rag.service import Rag
 from chatgate.settings import Settings
 from chatgate.store import Store
@@ -123,3 +125,36 @@ async def test_assistant_collections_by_name_operator_first_then_the_callers_own
     # mallory's own "notes" is hers; the operator's "hr" still wins over her "hr"
     mine = await rag.resolve_collections(hr, "mallory")
     assert [c.id for c in mine.collections] == [operator.id, theirs.id, secret.id] and mine.unresolved == ("missing",)
+
+
+async def test_an_instance_with_no_index_open_yet_runs_the_jobs_that_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started with no documents, the service loads nothing; when a job waits for a runner (queued by another
+    instance, or left by a dead one), it opens the index and runs it."""
+    embedder = HashEmbedder()
+    monkeypatch.setattr(embedders, "build_embedder", lambda _settings: embedder)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        rag={"retrieval": {"job_poll_interval": 0.05}, "parsing": {"isolate": False}},
+    )
+    store = await Store.open(database_url(settings))
+    rag = Rag(settings, store.engine)
+    try:
+        await rag.start()
+        assert rag.dense is None and rag.runner is None  # nothing to do: nothing loaded
+        other = JobRepo(store.engine)  # another instance takes an upload
+        row = await rag.repo.create_collection("docs", "admin", "admin", embedder.name, embedder.dimension)
+        job = await other.create_job(row.id, [Upload.of("a.md", b"# A\n\nAlpacas graze on the hills.")])
+        for _ in range(500):
+            done = await other.get_job(job.id)
+            if done is not None and done.status == "done":
+                break
+            await asyncio.sleep(0.01)
+        assert done is not None and done.status == "done" and done.added == 1
+        assert rag.runner is not None and rag.dense is not None and rag.dense.writable
+        hits, _ = await rag.search([row], "alpacas hills")
+        assert hits and hits[0].source == "a.md"
+    finally:
+        await rag.close()
+        await store.close()

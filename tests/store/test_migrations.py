@@ -15,7 +15,8 @@ from chatgate.store.models import Base
 TABLES = {"alembic_version", "api_keys", "conversations", "messages", "request_log", "usage_hourly", "users"}
 TABLES |= {"rag_collections", "rag_documents", "rag_chunks", "rag_jobs", "assistants"}  # 0004, 0005
 TABLES |= {"write_batches"}  # 0006
-HEAD = "0007"  # 0007: conversations.request_task
+TABLES |= {"rag_uploads", "rag_dense_deletions"}  # 0008 (0007: conversations.request_task)
+HEAD = "0008"
 
 
 def _not_lexical_index(name: str | None, type_: str, _parent: object) -> bool:

@@ -10,9 +10,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute, Match, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatgate.api.errors import send_error
@@ -143,20 +144,32 @@ class RequestLog:
 
 
 class BodyLimit:
-    """413 for bodies over the limit: by ``Content-Length`` up front, or by counting as they stream in."""
+    """413 for bodies over the limit: by ``Content-Length`` up front, or by counting as they stream in.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    ``routes``: (method, path template, limit) for routes with a limit of their own (the upload route's is
+    larger than ``server.max_body_bytes``), applied here the same way; such a route may check finer
+    limits itself as its body streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, routes: Sequence[tuple[str, str, int]] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.routes = [(method, compile_path(path)[0], limit) for method, path, limit in routes]
+
+    def _limit(self, scope: Scope) -> int:
+        for method, pattern, limit in self.routes:
+            if scope["method"] == method and pattern.match(scope["path"]):
+                return limit
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope) if self.routes else self.max_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
-                    await send_error(send, self._error())
+                if not value.isdigit() or int(value) > limit:
+                    await send_error(send, _too_large(limit))
                     return
                 await self.app(scope, receive, send)  # the server enforces Content-Length itself
                 return
@@ -167,16 +180,15 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._error()
+                if received > limit:
+                    raise _too_large(limit)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(
-            f"The request body is larger than {self.max_bytes} bytes.", details={"max_bytes": self.max_bytes}
-        )
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than {limit} bytes.", details={"max_bytes": limit})
 
 
 class Authenticate:

@@ -7,9 +7,9 @@ change (an admin-managed one, another user's shared one) is a 403.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -17,12 +17,14 @@ from chatgate.api.middleware import info
 from chatgate.api.protocol import parse_object
 from chatgate.api.responses import caller as identity_of
 from chatgate.api.responses import json_response, no_route
+from chatgate.api.upload_form import UploadForm
 from chatgate.errors import BadRequest, Forbidden
 from chatgate.rag.ground import source_json
 from chatgate.rag.jobs import JobRow
 from chatgate.rag.repo import CollectionRow, DocumentRow
 from chatgate.rag.retrieve import MODES, SearchFilters
 from chatgate.rag.service import Rag
+from chatgate.settings import Settings
 from chatgate.store.models import RAG_VISIBILITIES
 
 MAX_FILES = 100
@@ -156,25 +158,31 @@ async def delete_collection(request: Request) -> Response:
 # ---- documents and jobs --------------------------------------------------------------------------
 
 
+UPLOAD_PATH = "/api/v1/collections/{collection_id}/documents"
+
+
+def upload_body_limit(settings: Settings) -> tuple[str, str, int]:
+    """The upload route's own body limit, for ``BodyLimit`` (instead of ``server.max_body_bytes``)."""
+    return ("POST", UPLOAD_PATH, settings.rag.retrieval.upload_max_request_bytes)
+
+
 async def upload(request: Request) -> Response:
     """``POST /api/v1/collections/{collection_id}/documents``: multipart, one or more ``files`` (or ``file``)
-    parts; 202 with the queued job."""
+    parts; 202 with the queued job. The body is read as it streams in, within ``upload_max_bytes`` per file
+    and ``upload_max_request_bytes`` in all (413 as soon as one is passed)."""
     c = caller(request)
     row = await c.rag.writable(request.path_params["collection_id"], c.user_id, c.admin)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise BadRequest("Upload the documents as multipart/form-data 'files' parts.", details={"field": "files"})
+    limits = c.rag.retrieval
+    form = UploadForm(("files", "file"), limits.upload_max_bytes, limits.upload_max_request_bytes, MAX_FILES)
     try:
-        form = await request.form(max_files=MAX_FILES, max_fields=100)
-    except Exception as exc:  # malformed multipart, too many parts
-        raise BadRequest(f"The upload could not be read: {exc}.", details={"field": "files"}) from None
-    try:
-        parts = [p for p in [*form.getlist("files"), *form.getlist("file")] if isinstance(p, UploadFile)]
-        if not parts:
+        await form.read(request.headers, request.stream())
+        if not form.files:
             raise BadRequest("No file in the upload: send one or more 'files' parts.", details={"field": "files"})
-        files = [(p.filename or "upload", await p.read()) for p in parts]
+        job = await c.rag.upload(row, form.uploads())
     finally:
-        await form.close()
-    job = await c.rag.upload(row, files)
+        await asyncio.to_thread(form.close)
     return json_response(
         {"job_id": job.id, "status": job.status, "collection_id": row.id, "files": list(job.files)}, 202
     )

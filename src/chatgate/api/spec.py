@@ -235,7 +235,14 @@ def _delete_collection(collection_id: str) -> None: ...
     summary="Upload documents (multipart `files`: txt, md, html, pdf, docx), indexed by a background job",
     status_code=202,
     response_model=UploadAccepted,
-    responses=errors(400, 403, 404, 409, 413),
+    responses={
+        **errors(400, 403, 404, 409, 413),
+        413: {
+            "model": ErrorBody,
+            "description": "A file over `rag.retrieval.upload_max_bytes` (`details.field: files`), or the request "
+            "over `rag.retrieval.upload_max_request_bytes` (this route's limit, not `server.max_body_bytes`).",
+        },
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -12,7 +12,8 @@ A crash leaves ``processing`` versions (and perhaps some of their vectors) or ``
 then rows. Re-running the ingestion then indexes what was left, and skips what was done.
 
 Throughput: three tasks joined by bounded queues overlap the work. One reads, hashes, parses and
-chunks files (parsing in a thread) and writes their rows; one embeds chunks in batches of
+chunks files (parsing in a worker process with memory and time limits, ``rag/isolated.py``, or in a
+thread; chunking in a thread) and writes their rows; one embeds chunks in batches of
 ``ingest_batch_size`` across document boundaries; one adds vectors and publishes documents as their
 last chunk lands.
 """
@@ -21,17 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from chatgate.rag.dense import DenseIndex, ReadOnlyIndex
+from chatgate.rag.isolated import IsolatedParser
 from chatgate.rag.repo import CollectionRow, RagRepo, new_claim
 from chatgate.rag.types import Chunk, Embedder, ParsedDocument, ParseError
 from chatgate.settings import RetrievalSettings, Settings
@@ -46,40 +49,71 @@ TOUCH_EVERY = 10.0  # seconds between signs of life on the documents being index
 
 
 class Parser:
-    """What the ingestor needs of ``loaders`` and ``chunking``: a file's bytes to chunks."""
+    """What the ingestor needs of ``loaders`` and ``chunking``: a file's bytes to chunks.
 
-    def __init__(self, parse: Callable[[bytes, str], ParsedDocument], chunk: Callable[[ParsedDocument], list[Chunk]]):
+    ``isolated``: parse in a worker process (``run``), else ``parse`` in a thread; chunking in a thread."""
+
+    def __init__(
+        self,
+        parse: Callable[[bytes, str], ParsedDocument],
+        chunk: Callable[[ParsedDocument], list[Chunk]],
+        isolated: IsolatedParser | None = None,
+    ):
         self._parse = parse
         self._chunk = chunk
+        self.isolated = isolated
 
     def __call__(self, data: bytes, filename: str) -> tuple[ParsedDocument, list[Chunk]]:
+        """In this process, in this thread (benchmarks)."""
         doc = self._parse(data, filename)
         return doc, self._chunk(doc)
 
+    async def run(self, data: bytes, filename: str) -> tuple[ParsedDocument, list[Chunk]]:
+        if self.isolated is not None:
+            doc = await self.isolated.parse(data, filename)
+        else:
+            doc = await asyncio.to_thread(self._parse, data, filename)
+        return doc, await asyncio.to_thread(self._chunk, doc)
+
+    async def release(self) -> None:
+        """An ingestion is over: stop the parse worker, if any (the next ingestion starts another)."""
+        if self.isolated is not None:
+            await self.isolated.release()
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Parser:
-        """The project's loaders and a chunker counting with the project tokenizer (``rag.chunking``)."""
+        """The project's loaders within ``rag.parsing``'s limits (in a worker process unless
+        ``rag.parsing.isolate`` is off) and a chunker counting with the project tokenizer (``rag.chunking``)."""
         from chatgate.rag.chunking import Chunker
         from chatgate.rag.loaders import parse
+        from chatgate.rag.parse_limits import ParseLimits
         from chatgate.tokens.counter import TokenCounter
 
         os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(settings.data_dir / "tiktoken"))
-        chunking = settings.rag.chunking
-        return cls(parse, Chunker(TokenCounter(settings.tokens), chunking.size, chunking.overlap).chunk)
+        chunking, parsing = settings.rag.chunking, settings.rag.parsing
+        limits = ParseLimits.from_settings(parsing)
+        isolated = IsolatedParser(limits, parsing.memory_mb, parsing.timeout) if parsing.isolate else None
+        chunker = Chunker(TokenCounter(settings.tokens), chunking.size, chunking.overlap)
+        return cls(functools.partial(parse, limits=limits), chunker.chunk, isolated)
 
 
 @dataclass(frozen=True, slots=True)
 class SourceFile:
     """A file to ingest: ``source`` names the document in its collection (a path relative to the ingest
-    root, an upload's name); ``path`` holds its bytes; ``filename`` (default: the path's name) tells its
-    format. ``legacy_source``: the name an earlier version may have been stored under (the absolute path
-    that ``chatgate ingest`` used before): such a document is renamed to ``source``, not indexed twice."""
+    root, an upload's name); ``path`` holds its bytes, or ``load`` reads them (an upload kept in the
+    database); ``filename`` (default: the path's name) tells its format. ``legacy_source``: the name an
+    earlier version may have been stored under (the absolute path that ``chatgate ingest`` used before):
+    such a document is renamed to ``source``, not indexed twice."""
 
     source: str
     path: Path
     filename: str | None = None
     tags: tuple[str, ...] = ()
+    load: Callable[[], Awaitable[bytes]] | None = None
     legacy_source: str | None = None
+
+    async def read(self) -> bytes:
+        return await self.load() if self.load is not None else await asyncio.to_thread(self.path.read_bytes)
 
 
 _GLOB = re.compile(r"[*?\[]")
@@ -228,6 +262,7 @@ class Ingestor:
             leftovers = [d for d in inflight.values() if not d.published and not d.failed]
             if leftovers:  # interrupted: take our unfinished versions back out (shielded from cancellation)
                 await asyncio.shield(self._discard(collection, leftovers))
+            await asyncio.shield(self.parser.release())
         return summary
 
     async def _prepare(
@@ -251,9 +286,10 @@ class Ingestor:
         self, collection: CollectionRow, f: SourceFile, report: Callable[[FileResult], None]
     ) -> _Doc | None:
         try:
-            data = await asyncio.to_thread(f.path.read_bytes)
-        except OSError as exc:
-            report(FileResult(f.source, "failed", reason=f"cannot read: {exc.strerror or exc}"))
+            data = await f.read()
+        except (OSError, LookupError) as exc:  # LookupError: an upload no longer stored
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            report(FileResult(f.source, "failed", reason=f"cannot read: {why}"))
             return None
         digest = sha256(data)
         current = await self.repo.ready_document(collection.id, f.source)
@@ -267,7 +303,7 @@ class Ingestor:
             return None
         reason: str | None = None
         try:
-            parsed, chunks = await asyncio.to_thread(self.parser, data, f.filename or f.path.name)
+            parsed, chunks = await self.parser.run(data, f.filename or f.path.name)
         except ParseError as exc:
             reason = str(exc)
         except Exception as exc:  # a loader bug must not sink the batch

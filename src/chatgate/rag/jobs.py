@@ -1,39 +1,38 @@
-"""Background ingestion jobs (uploads): a job row per upload, run by an asyncio task on the app.
+"""Ingestion jobs (uploads) in the store: the ``rag_jobs`` rows and the uploaded files in ``rag_uploads``.
 
-``submit`` saves the uploaded files under ``<upload_dir>/<job id>/`` and queues a ``rag_jobs`` row;
-any process may submit. The ``JobRunner`` runs only where the dense index is writable (the Chroma
-directory's writer, or every process with a Chroma server): it claims queued jobs one at a time
-(``queued`` -> ``processing`` -> ``done`` / ``failed`` with the reason, per-file failures kept), so
-an upload that lands on a read-only worker is ingested by the writer. A job left ``processing`` by a
-process that died is queued again on start and resumes (files already indexed come out unchanged).
+``submit`` writes a job row and its files (their bytes) in one transaction; any process may submit, and
+any instance that can write the dense index may run the job (``runner.JobRunner``): the files are in the
+database, not on the disk of the instance that received them. The database, rather than a shared
+directory or an object store, because it is already shared by every instance that shares collections,
+on SQLite and PostgreSQL alike, needs no setting, and the upload and its job commit or fail together;
+an upload is capped (``rag.retrieval.upload_max_request_bytes``) and its rows go when the job ends.
+
+A job is claimed with a lease (``lease_until``, ``rag.retrieval.job_lease`` seconds ahead) that the
+runner's heartbeat renews: a job whose lease ran out (its instance died, or hung) is claimed again by
+another runner, which takes over the dead claim's half-indexed documents too. Every write a runner makes
+to a job names its claim, so a runner that lost its lease can no longer change the job. ``attempts``
+counts starts; a clean shutdown gives its start back.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import re
-import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import ColumnElement, Row, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatgate.rag.ingest import FileResult, Ingestor, SourceFile
-from chatgate.rag.repo import CollectionRow, is_abandoned, new_id
-from chatgate.settings import RetrievalSettings
-from chatgate.store.models import RAG_JOBS, utcnow
+from chatgate.rag.repo import CollectionRow, new_id
+from chatgate.store.models import RAG_DOCUMENTS, RAG_JOBS, RAG_UPLOADS, utcnow
 
-log = logging.getLogger("chatgate.rag")
 _UNSAFE = re.compile(r"[^\w.\- ]+")
-
-
 _J = RAG_JOBS.c
+_U = RAG_UPLOADS.c
+_D = RAG_DOCUMENTS.c
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +53,32 @@ class JobRow:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    attempts: int = 0
+    lease_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job just claimed; ``taken_from``: the claim whose lease ran out, when the job was taken over."""
+
+    job: JobRow
+    taken_from: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An uploaded file: its (safe) name, size and a way to read its bytes (once, when stored)."""
+
+    name: str
+    size: int
+    read: Callable[[], Awaitable[bytes]]
+
+    @classmethod
+    def of(cls, name: str, data: bytes) -> Upload:
+        async def read() -> bytes:
+            return data
+
+        return cls(name, len(data), read)
 
 
 def _job(r: Row[Any]) -> JobRow:
@@ -63,18 +88,20 @@ def _job(r: Row[Any]) -> JobRow:
 
 
 class JobRepo:
-    """The ``rag_jobs`` table."""
+    """The ``rag_jobs`` and ``rag_uploads`` tables."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def create_job(self, collection_id: str, files: Sequence[str], job_id: str | None = None) -> JobRow:
+    async def create_job(self, collection_id: str, files: Sequence[str | Upload]) -> JobRow:
+        """A queued job for ``files``, with the bytes of those given as ``Upload`` (one transaction)."""
         now = utcnow()
+        names = [f if isinstance(f, str) else f.name for f in files]
         values: dict[str, Any] = {
-            "id": job_id or new_id(),
+            "id": new_id(),
             "collection_id": collection_id,
             "status": "queued",
-            "files": list(files),
+            "files": names,
             "total": len(files),
             "added": 0,
             "unchanged": 0,
@@ -87,20 +114,35 @@ class JobRepo:
             "started_at": None,
             "finished_at": None,
             "updated_at": now,
+            "attempts": 0,
+            "lease_until": None,
         }
         async with self.engine.begin() as conn:
             await conn.execute(insert(RAG_JOBS).values(**values))
-        return _job_from(values)
+            for f in files:
+                if isinstance(f, Upload):  # one file in memory at a time
+                    data = await f.read()
+                    stored = {"job_id": values["id"], "name": f.name, "size": len(data), "data": data}
+                    await conn.execute(insert(RAG_UPLOADS).values(**stored))
+                    del data, stored
+        return JobRow(**{**values, "files": tuple(names), "failures": {}})
+
+    async def read_upload(self, job_id: str, name: str) -> bytes:
+        """An uploaded file's bytes; LookupError when they are not stored (the job is over)."""
+        async with self.engine.connect() as conn:
+            data = (await conn.execute(select(_U.data).where(_U.job_id == job_id, _U.name == name))).scalar()
+        if data is None:
+            raise LookupError("the uploaded file is no longer stored")
+        return bytes(data)
+
+    async def stored_uploads(self, job_id: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(select(_U.name).where(_U.job_id == job_id).order_by(_U.name))).scalars())
 
     async def get_job(self, job_id: str) -> JobRow | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(RAG_JOBS).where(_J.id == job_id))).first()
         return _job(row) if row else None
-
-    async def list_jobs(self, collection_id: str) -> list[JobRow]:
-        async with self.engine.connect() as conn:
-            stmt = select(RAG_JOBS).where(_J.collection_id == collection_id).order_by(_J.created_at.desc())
-            return [_job(r) for r in (await conn.execute(stmt)).all()]
 
     async def recent_jobs(self, limit: int = 50) -> list[JobRow]:
         """Every collection's jobs, newest first."""
@@ -108,59 +150,114 @@ class JobRepo:
             stmt = select(RAG_JOBS).order_by(_J.created_at.desc(), _J.id).limit(limit)
             return [_job(r) for r in (await conn.execute(stmt)).all()]
 
-    async def claim_job(self, claim: str, collection_ids: Sequence[str] | None = None) -> JobRow | None:
-        """Take the oldest queued job (in ``collection_ids`` when given); None when there is none."""
+    async def list_jobs(self, collection_id: str) -> list[JobRow]:
+        async with self.engine.connect() as conn:
+            stmt = select(RAG_JOBS).where(_J.collection_id == collection_id).order_by(_J.created_at.desc())
+            return [_job(r) for r in (await conn.execute(stmt)).all()]
+
+    async def has_claimable(self) -> bool:
+        """Whether a job is queued, or claimed by a runner whose lease ran out."""
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(select(_J.id).where(_claimable(utcnow())).limit(1))).first()
+        return found is not None
+
+    async def claim_job(self, claim: str, lease: float, collection_ids: Sequence[str] | None = None) -> Claimed | None:
+        """Take the oldest job that is queued, or whose lease ran out (in ``collection_ids`` when given), for
+        ``lease`` seconds; None when there is none. The claim counts as an attempt."""
         while True:
-            stmt = select(_J.id).where(_J.status == "queued").order_by(_J.created_at).limit(1)
+            now = utcnow()
+            columns = (_J.id, _J.status, _J.claimed_by, _J.lease_until, _J.attempts, _J.started_at)
+            stmt = select(*columns).where(_claimable(now))
             if collection_ids is not None:
                 stmt = stmt.where(_J.collection_id.in_(list(collection_ids)))
             async with self.engine.begin() as conn:
-                job_id = (await conn.execute(stmt)).scalar()
-                if job_id is None:
+                found = (await conn.execute(stmt.order_by(_J.created_at).limit(1))).first()
+                if found is None:
                     return None
-                now = utcnow()
                 result = await conn.execute(
                     update(RAG_JOBS)
-                    .where(_J.id == job_id, _J.status == "queued")
-                    .values(status="processing", claimed_by=claim, started_at=now, updated_at=now)
+                    .where(
+                        _J.id == found.id,
+                        _J.status == found.status,
+                        _J.claimed_by.is_not_distinct_from(found.claimed_by),
+                        _J.lease_until.is_not_distinct_from(found.lease_until),
+                    )
+                    .values(
+                        status="processing",
+                        claimed_by=claim,
+                        lease_until=now + timedelta(seconds=lease),
+                        attempts=found.attempts + 1,
+                        started_at=found.started_at or now,
+                        updated_at=now,
+                    )
                 )
-            if result.rowcount:  # else another process took it first: try the next one
-                job = await self.get_job(job_id)
+            if result.rowcount:  # else another runner took it first: look again
+                job = await self.get_job(found.id)
                 if job is not None:
-                    return job
+                    taken = found.claimed_by if found.status == "processing" else None
+                    return Claimed(job, taken)
 
-    async def update_job(self, job_id: str, **values: Any) -> None:
-        """Progress (counts, failures) or the outcome (``status``, ``error``, ``finished_at``) of a job."""
-        async with self.engine.begin() as conn:
-            await conn.execute(update(RAG_JOBS).where(_J.id == job_id).values(**values, updated_at=utcnow()))
-
-    async def requeue_abandoned_jobs(self, stale_after: float) -> int:
-        """Put back in the queue the ``processing`` jobs whose runner is gone (they resume: files already
-        indexed are unchanged)."""
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(select(_J.id, _J.claimed_by, _J.updated_at).where(_J.status == "processing"))
-            ).all()
+    async def renew(self, job_id: str, claim: str, lease: float) -> bool:
+        """The heartbeat: extend the lease; False when ``claim`` no longer holds the job."""
         now = utcnow()
-        stale = [r for r in rows if is_abandoned(r.claimed_by, r.updated_at, now, stale_after)]
-        n = 0
-        for r in stale:
-            async with self.engine.begin() as conn:
-                result = await conn.execute(
-                    update(RAG_JOBS)
-                    .where(_J.id == r.id, _J.status == "processing", _J.claimed_by == r.claimed_by)
-                    .values(status="queued", claimed_by=None, updated_at=now)
-                )
-            n += result.rowcount
-        return n
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(RAG_JOBS)
+                .where(_J.id == job_id, _J.claimed_by == claim, _J.status == "processing")
+                .values(lease_until=now + timedelta(seconds=lease), updated_at=now)
+            )
+        return bool(result.rowcount)
+
+    async def update_job(self, job_id: str, claim: str, **values: Any) -> bool:
+        """Progress (counts, failures) of a job ``claim`` holds; False when it does not."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(RAG_JOBS)
+                .where(_J.id == job_id, _J.claimed_by == claim, _J.status == "processing")
+                .values(**values, updated_at=utcnow())
+            )
+        return bool(result.rowcount)
+
+    async def finish_job(self, job_id: str, claim: str, status: str, **values: Any) -> bool:
+        """The outcome (``done`` or ``failed``, with counts, failures, ``error``) of a job ``claim`` holds,
+        and its uploaded files deleted, in one transaction; False when ``claim`` no longer holds it."""
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(RAG_JOBS)
+                .where(_J.id == job_id, _J.claimed_by == claim, _J.status == "processing")
+                .values(**values, status=status, finished_at=now, lease_until=None, updated_at=now)
+            )
+            if result.rowcount:
+                await conn.execute(delete(RAG_UPLOADS).where(_U.job_id == job_id))
+        return bool(result.rowcount)
+
+    async def release_jobs(self, claim: str) -> int:
+        """Queue again the jobs ``claim`` holds, after a clean interruption (a shutdown): their start does not
+        count. How many."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(RAG_JOBS)
+                .where(_J.claimed_by == claim, _J.status == "processing")
+                .values(status="queued", claimed_by=None, lease_until=None, attempts=_J.attempts - 1)
+                .values(updated_at=utcnow())
+            )
+        return int(result.rowcount)
+
+    async def abandon_claim(self, claim: str, collection_id: str) -> int:
+        """A dead runner's half-indexed documents in the collection, retired (``deleting``) so that the next
+        ingestion's recovery removes them (vectors first); how many."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(RAG_DOCUMENTS)
+                .where(_D.collection_id == collection_id, _D.claimed_by == claim, _D.status == "processing")
+                .values(status="deleting", updated_at=utcnow())
+            )
+        return int(result.rowcount)
 
 
-def _job_from(values: dict[str, Any]) -> JobRow:
-    return JobRow(
-        **{k: v for k, v in values.items() if k not in ("files", "failures")},
-        files=tuple(values["files"]),
-        failures=dict(values["failures"]),
-    )
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return (_J.status == "queued") | ((_J.status == "processing") & (_J.lease_until.is_(None) | (_J.lease_until < now)))
 
 
 class UploadTooLarge(ValueError):
@@ -188,122 +285,14 @@ def distinct(names: Sequence[str]) -> list[str]:
     return out
 
 
-async def submit(
-    jobs: JobRepo,
-    upload_dir: Path,
-    collection: CollectionRow,
-    files: Sequence[tuple[str, bytes]],
-    max_bytes: int,
-) -> JobRow:
-    """Save (filename, content) uploads and queue a job for them. Raises ``UploadTooLarge`` or
-    ``ValueError`` (no files). Two files of one upload with the same name are both kept: the second is
-    ``name (2).ext``, and so on."""
+async def submit(jobs: JobRepo, collection: CollectionRow, files: Sequence[Upload], max_bytes: int) -> JobRow:
+    """Store uploads (named as sent) and queue a job for them. Raises ``UploadTooLarge`` or ``ValueError``
+    (no files). Two files of one upload with the same name are both kept: the second is ``name (2).ext``."""
     if not files:
         raise ValueError("no files uploaded")
-    names = distinct([safe_name(name) for name, _ in files])
-    for name, data in zip(names, (d for _, d in files), strict=True):
-        if len(data) > max_bytes:
-            raise UploadTooLarge(f"{name} is larger than {max_bytes} bytes")
-    job_id = new_id()
-    folder = upload_dir / job_id
-
-    def save() -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, (_, data) in zip(names, files, strict=True):
-            (folder / name).write_bytes(data)
-
-    await asyncio.to_thread(save)
-    try:
-        return await jobs.create_job(collection.id, names, job_id=job_id)
-    except BaseException:
-        await asyncio.to_thread(shutil.rmtree, folder, True)
-        raise
-
-
-class JobRunner:
-    """Runs queued ingestion jobs one after another until closed."""
-
-    def __init__(self, jobs: JobRepo, ingestor: Ingestor, settings: RetrievalSettings, upload_dir: Path) -> None:
-        self.jobs = jobs
-        self.ingestor = ingestor
-        self.settings = settings
-        self.upload_dir = upload_dir
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="chatgate-rag-jobs")
-
-    def wake(self) -> None:
-        """A job was just queued (in this process): look now rather than at the next poll."""
-        self._wake.set()
-
-    async def close(self) -> None:
-        """Stop; a job in progress is interrupted (its unfinished documents removed) and queued again."""
-        if self._task is not None:
-            task, self._task = self._task, None
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def run_pending(self) -> int:
-        """Run every queued job now; how many ran (tests and the CLI use this without the task)."""
-        n = 0
-        while (job := await self.jobs.claim_job(self.ingestor.claim)) is not None:
-            await self._run_job(job)
-            n += 1
-        return n
-
-    async def _run(self) -> None:
-        requeued = await self.jobs.requeue_abandoned_jobs(self.settings.stale_after)
-        if requeued:
-            log.info("requeued %d interrupted ingestion jobs", requeued)
-        while True:
-            try:
-                await self.run_pending()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("ingestion job runner error")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.job_poll_interval)
-
-    async def _run_job(self, job: JobRow) -> None:
-        folder = self.upload_dir / job.id
-        collection = await self.ingestor.repo.get_collection(job.collection_id)
-        if collection is None:  # deleted meanwhile (the job row went with it)
-            await asyncio.to_thread(shutil.rmtree, folder, True)
-            return
-        counts = {"added": 0, "unchanged": 0, "updated": 0, "failed": 0}
-        failures: dict[str, str] = {}
-        pending: list[asyncio.Task[None]] = []
-
-        def progress(result: FileResult) -> None:
-            counts[result.outcome] += 1
-            if result.reason:
-                failures[result.source] = result.reason
-            pending.append(asyncio.ensure_future(self.jobs.update_job(job.id, **counts, failures=dict(failures))))
-
-        files = [SourceFile(source=name, path=folder / name) for name in job.files]
-        try:
-            await self.ingestor.ingest(collection, files, progress)
-        except asyncio.CancelledError:
-            await asyncio.gather(*pending, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.jobs.update_job(job.id, status="queued", claimed_by=None))
-            raise
-        except Exception as exc:
-            await asyncio.gather(*pending, return_exceptions=True)
-            log.warning("ingestion job %s failed: %s", job.id, exc)
-            await self.jobs.update_job(
-                job.id, status="failed", error=str(exc) or type(exc).__name__, finished_at=utcnow(), **counts
-            )
-            await asyncio.to_thread(shutil.rmtree, folder, True)
-            return
-        await asyncio.gather(*pending, return_exceptions=True)
-        await self.jobs.update_job(
-            job.id, status="done", finished_at=utcnow(), failures=failures, claimed_by=None, **counts
-        )
-        await asyncio.to_thread(shutil.rmtree, folder, True)
+    names = distinct([safe_name(f.name) for f in files])
+    named = [Upload(name, f.size, f.read) for name, f in zip(names, files, strict=True)]
+    for f in named:
+        if f.size > max_bytes:
+            raise UploadTooLarge(f"{f.name} is larger than {max_bytes} bytes")
+    return await jobs.create_job(collection.id, named)

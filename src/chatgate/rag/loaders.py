@@ -17,7 +17,8 @@ gives:
   level-1 heading, else the stem.
 
 Whatever the input, bad bytes end in :class:`ParseError` with the reason (empty, binary, corrupt,
-encrypted, no text), never in another exception.
+encrypted, no text, over a limit of :class:`~chatgate.rag.parse_limits.ParseLimits`), never in another
+exception, except ``MemoryError``, passed on for the parse worker to report.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
+from chatgate.rag.parse_limits import ParseLimits, TextBudget, check_pages, check_zip
 from chatgate.rag.types import ParsedDocument, ParseError, Section
 
 FORMATS: dict[str, str] = {
@@ -52,8 +54,12 @@ _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def parse(data: bytes, filename: str) -> ParsedDocument:
-    """Parse ``data``, the content of the file called ``filename``; :class:`ParseError` says why not."""
+DEFAULT_LIMITS = ParseLimits()
+
+
+def parse(data: bytes, filename: str, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedDocument:
+    """Parse ``data``, the content of the file called ``filename``, within ``limits``; :class:`ParseError`
+    says why not."""
     stem = PurePath(filename).stem or filename or "untitled"
     if not data.strip():
         raise ParseError(f"{filename}: empty file")
@@ -61,14 +67,16 @@ def parse(data: bytes, filename: str) -> ParsedDocument:
     if fmt is None:
         raise ParseError(f"{filename}: unsupported format (not text, markdown, html, pdf or docx)")
     if fmt == "pdf":
-        doc = _parse_pdf(data, stem)
+        doc = _parse_pdf(data, stem, limits)
     elif fmt == "docx":
+        check_zip(data, limits)
         doc = _parse_docx(data, stem)
     elif fmt == "html":
         doc = _parse_html(data, stem)
     else:
         text = _decode_text(data)
         doc = _parse_markdown(text, stem) if fmt == "md" else _parse_txt(text, stem)
+    TextBudget(limits).spend(sum(len(s.text) for s in doc.sections))
     if not doc.sections:
         raise ParseError(f"{filename}: no text found" + (" (a scanned pdf?)" if fmt == "pdf" else ""))
     return doc
@@ -257,6 +265,8 @@ def _parse_html(data: bytes, stem: str) -> ParsedDocument:
             return ParsedDocument(title=stem, sections=(Section(body),) if body else (), format="html")
     try:
         soup = BeautifulSoup(data, "lxml")
+    except MemoryError:
+        raise
     except Exception as exc:  # lxml's parser errors on pathological input
         raise ParseError(f"unreadable html: {exc}") from exc
     title_tag = soup.find("title")
@@ -307,13 +317,15 @@ def _html_sections(sections: Iterable[Section]) -> Iterator[Section]:
 # -- pdf -----------------------------------------------------------------------------------------
 
 
-def _parse_pdf(data: bytes, stem: str) -> ParsedDocument:
+def _parse_pdf(data: bytes, stem: str, limits: ParseLimits) -> ParsedDocument:
     from pypdf import PdfReader
 
+    budget = TextBudget(limits)
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise ParseError("encrypted pdf (password required)")
+        check_pages(len(reader.pages), limits)
         title = ""
         meta = reader.metadata
         if meta is not None and meta.title:
@@ -323,10 +335,12 @@ def _parse_pdf(data: bytes, stem: str) -> ParsedDocument:
         headings: tuple[str, ...] = ()
         for number, page in enumerate(reader.pages, start=1):
             headings = starts.get(number, headings)
-            body = _pdf_paragraphs(page.extract_text() or "")
+            text = page.extract_text() or ""
+            budget.spend(len(text))  # stop early: parse() counts the document's whole text again
+            body = _pdf_paragraphs(text)
             if body:
                 sections.append(Section(body, headings, number))
-    except ParseError:
+    except (ParseError, MemoryError):
         raise
     except Exception as exc:  # pypdf raises many types (PdfReadError, ValueError, KeyError...) on damage
         raise ParseError(f"corrupt or unreadable pdf: {exc or type(exc).__name__}") from exc
@@ -415,6 +429,8 @@ def _parse_docx(data: bytes, stem: str) -> ParsedDocument:
             elif text:
                 out.lines.append(text + "\n")
         out.flush()
+    except MemoryError:
+        raise
     except Exception as exc:  # python-docx / zipfile / lxml raise many types on a damaged file
         raise ParseError(f"corrupt or unreadable docx: {exc or type(exc).__name__}") from exc
     return ParsedDocument(title=title or first_h1 or stem, sections=tuple(out.sections), format="docx")

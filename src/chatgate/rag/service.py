@@ -5,10 +5,12 @@ are built at once, but the dense index (Chroma) and the embedder (torch, for the
 first needed, or in the background at start when collections already exist. ``/health`` never waits
 for them; a request that needs them waits for the dense index to open and, when it embeds, for the model.
 
-The dense index is opened as its writer when its directory is free (``write="try"``): that process runs
-the ingestion jobs (uploads), requeueing at start those a dead process left ``processing``. A process
-that only reads it queues uploads for the writer and leaves vector deletions to it (a retired document
-is out of search at once; its vectors go when the writer next ingests into the collection).
+The dense index is opened as its writer when its directory is free (``write="try"``), or by every process
+with a Chroma server: a process that can write it runs the ingestion jobs (uploads, ``runner.py``),
+taking over those whose runner died. A process that only reads it stores uploads for the writer (in the
+database: any instance may run the job) and queues vector deletions for it (``deletions.py``: a deleted
+collection's rows go at once, a deleted document is out of search at once, and the writer removes the
+vectors within a poll interval).
 
 Every method takes plain values and raises the project's errors (``chatgate.errors``).
 """
@@ -21,7 +23,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -31,12 +32,14 @@ from chatgate.errors import BadRequest, ChatgateError, Conflict, Forbidden, NotF
 from chatgate.identity.keys import ADMIN
 from chatgate.observe.metrics import Metrics
 from chatgate.rag.assistants import Assistant, AssistantRepo, Assistants
+from chatgate.rag.deletions import DenseDeletions
 from chatgate.rag.dense import DenseIndex
 from chatgate.rag.ingest import FileResult, Ingestor, IngestSummary, Parser, SourceFile
-from chatgate.rag.jobs import JobRepo, JobRow, JobRunner, UploadTooLarge, submit
+from chatgate.rag.jobs import JobRepo, JobRow, Upload, UploadTooLarge, submit
 from chatgate.rag.lexical import LexicalIndex
 from chatgate.rag.repo import AlreadyExists, CollectionRow, DocumentRow, EmbeddingMismatch, RagRepo
 from chatgate.rag.retrieve import Hit, Mode, Retriever, SearchFilters
+from chatgate.rag.runner import JobRunner
 from chatgate.rag.types import Embedder
 from chatgate.settings import Settings
 from chatgate.store.models import RAG_COLLECTIONS
@@ -99,7 +102,6 @@ class Rag:
         self.jobs = JobRepo(engine)
         self.lexical = LexicalIndex.from_settings(engine, self.retrieval, settings.data_dir)
         self.assistants = Assistants(settings.assistants, AssistantRepo(engine))
-        self.upload_dir: Path = settings.data_dir / "uploads"
         self.retriever = Retriever(self.repo, self.lexical, None, None, self.retrieval)
         self.dense: DenseIndex | None = None
         self.embedder: Embedder | None = None
@@ -107,6 +109,7 @@ class Rag:
         self.runner: JobRunner | None = None
         self._opening: asyncio.Future[None] | None = None
         self._unresolved_logged: set[tuple[str, str]] = set()  # (assistant, reference), logged once each
+        self._watching: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class Rag:
         if await self.in_use():
             self.lexical.warm()
             self._open_soon()
+        else:
+            self._watching = asyncio.create_task(self._watch_for_jobs(), name="chatgate-rag-watch")
 
     async def in_use(self) -> bool:
         async with self.engine.connect() as conn:
@@ -149,11 +154,26 @@ class Rag:
         self.retriever.dense, self.retriever.embedder = dense, embedder
         self.ingestor = CountingIngestor(self.metrics, self.repo, dense, embedder, parser, self.retrieval)
         if dense.writable:
-            self.runner = JobRunner(self.jobs, self.ingestor, self.retrieval, self.upload_dir)
+            self.runner = JobRunner(self.jobs, self.ingestor, self.retrieval, DenseDeletions(self.engine))
             self.runner.start()
         log.info("document index open", extra={"where": dense.where, "writer": dense.writable})
 
+    async def _watch_for_jobs(self) -> None:
+        """Not open yet (no documents when it started), this instance still takes its share of the jobs: it
+        opens the index (and so starts its job runner, where it can write) once a job waits for a runner,
+        one an instance that died left behind included."""
+        while self._opening is None:
+            try:
+                if await self.jobs.has_claimable():
+                    self._open_soon()
+                    return
+            except Exception as exc:
+                log.warning("checking for ingestion jobs failed: %s", exc)
+            await asyncio.sleep(self.retrieval.job_poll_interval)
+
     async def close(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
         await self.assistants.close()
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
@@ -238,8 +258,8 @@ class Rag:
         await self.ready()
         if self.dense is not None and self.dense.writable and self.ingestor is not None:
             await self.ingestor.delete_collection(row)
-        else:  # the writer's index keeps the vectors; no row points at them any more, so none is found
-            await self.repo.delete_collection(row.id)
+        else:  # the rows go now; the writer drops the vectors (no row points at them meanwhile: none is found)
+            await DenseDeletions(self.engine).delete_collection(row)
 
     async def for_assistant(self, assistant: Assistant, user_id: str) -> list[CollectionRow]:
         """The assistant's collections that ``user_id`` may read (``resolve_collections`` without what was
@@ -287,10 +307,11 @@ class Rag:
 
     # -- documents and jobs ------------------------------------------------------------------------------
 
-    async def upload(self, row: CollectionRow, files: Sequence[tuple[str, bytes]]) -> JobRow:
+    async def upload(self, row: CollectionRow, files: Sequence[Upload]) -> JobRow:
+        """Store the files and queue their job (a 413 for a file over ``upload_max_bytes``)."""
         max_bytes = self.retrieval.upload_max_bytes
         try:
-            job = await submit(self.jobs, self.upload_dir, row, files, max_bytes)
+            job = await submit(self.jobs, row, files, max_bytes)
         except UploadTooLarge as exc:
             raise PayloadTooLarge(str(exc), details={"field": "files", "max_bytes": max_bytes}) from None
         except ValueError as exc:
@@ -317,8 +338,8 @@ class Rag:
         await self.ready()
         if self.dense is not None and self.dense.writable and self.ingestor is not None:
             await self.ingestor.delete_document(row, document_id)
-        else:
-            await self.repo.retire(document_id)  # out of search now; the writer removes it later
+        else:  # out of search now; the writer removes its vectors, then its rows
+            await DenseDeletions(self.engine).delete_document(row, document_id)
 
     async def documents(self, row: CollectionRow) -> list[DocumentRow]:
         return [d for d in await self.repo.list_documents(row.id) if d.status != "deleting"]

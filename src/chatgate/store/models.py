@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -325,7 +326,7 @@ class RagChunk(Base):
 
 
 class RagJob(Base):
-    """A background ingestion (uploads): files saved under the data directory, indexed by the job runner."""
+    """A background ingestion (uploads): files kept in ``rag_uploads``, indexed by the job runner."""
 
     __tablename__ = "rag_jobs"
     __table_args__ = (
@@ -350,6 +351,35 @@ class RagJob(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime]
+    # Migration 0006: starts that did not end cleanly, and until when the runner's claim holds (its heartbeat
+    # renews it; past it another instance takes the job over).
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    lease_until: Mapped[datetime | None]
+
+
+class RagUpload(Base):
+    """An uploaded file, kept until its job is done (any instance can run the job)."""
+
+    __tablename__ = "rag_uploads"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("rag_jobs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RagDenseDeletion(Base):
+    """Vectors to remove, queued by a process that cannot write the dense index, for its writer: a dense
+    collection (``document_id`` None) or one document's vectors in it."""
+
+    __tablename__ = "rag_dense_deletions"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    dense_name: Mapped[str] = mapped_column(String(63))
+    document_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime]
 
 
 class Assistant(Base):
@@ -374,4 +404,6 @@ RAG_COLLECTIONS = _table(RagCollection)
 RAG_DOCUMENTS = _table(RagDocument)
 RAG_CHUNKS = _table(RagChunk)
 RAG_JOBS = _table(RagJob)
+RAG_UPLOADS = _table(RagUpload)
+RAG_DENSE_DELETIONS = _table(RagDenseDeletion)
 ASSISTANTS = _table(Assistant)
