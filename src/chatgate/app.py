@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -38,6 +39,14 @@ from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
 from chatgate.observe.tracing import TracedAccessLog, Tracing
 from chatgate.pipeline import Services
+from chatgate.rag.dense import DenseIndex
+from chatgate.rag.embedders import build_embedder
+from chatgate.rag.lexical import LexicalIndex
+from chatgate.rag.lexical_fts5 import Fts5Search
+from chatgate.rag.lexical_pg import PgFullText
+from chatgate.rag.lexical_postings import ChunkFeed, PostingsSearch
+from chatgate.rag.postings_pg import PostgresFeed
+from chatgate.rag.postings_sqlite import SqliteFeed
 from chatgate.rag.service import Rag
 from chatgate.sessions.connections import Connections
 from chatgate.sessions.manager import SessionManager
@@ -146,6 +155,38 @@ def build_cache(settings: Settings) -> ResponseCache | None:
     return MemoryCache(ttl=c.ttl, max_entries=c.max_entries, max_bytes=c.max_bytes, max_entry_bytes=c.max_entry_bytes)
 
 
+def build_lexical(settings: Settings, engine: AsyncEngine) -> LexicalIndex:
+    """Lexical search: BM25 over in-memory postings kept in step with the store (``rag.retrieval.lexical_postings``),
+    the store's own ranker answering until they are ready (FTS5 on SQLite, ``ts_rank_cd`` on PostgreSQL); or
+    that ranker alone."""
+    r = settings.rag.retrieval
+    postgres = engine.dialect.name == "postgresql"
+    fallback: LexicalIndex = PgFullText(engine, r.lexical_max_df) if postgres else Fts5Search(engine, r.lexical_max_df)
+    database = engine.url.database
+    feed: ChunkFeed
+    if not r.lexical_postings:
+        return fallback
+    if postgres:
+        feed = PostgresFeed(engine)
+    elif database and database != ":memory:":
+        feed = SqliteFeed(Path(database))
+    else:
+        return fallback
+    return PostingsSearch(feed, engine, fallback, settings.data_dir / "lexical", r.lexical_max_df)
+
+
+def build_rag(settings: Settings, engine: AsyncEngine) -> Rag:
+    """RAG: its lexical index now; the dense index (Chroma) and the embedder opened by ``Rag`` when first
+    needed, or in the background at start when documents exist."""
+    return Rag(
+        settings,
+        engine,
+        lexical=build_lexical(settings, engine),
+        open_dense=functools.partial(DenseIndex.open, settings.rag.retrieval, settings.data_dir),
+        make_embedder=functools.partial(build_embedder, settings.rag.embeddings),
+    )
+
+
 def build_services(settings: Settings, store: Store, writer: WriteBehind, tracing: Tracing | None = None) -> Services:
     client = build_upstream(settings, tracing)
     template = settings.sessions.system_prompt_template
@@ -174,7 +215,7 @@ def build_services(settings: Settings, store: Store, writer: WriteBehind, tracin
         record_requests=settings.analytics.enabled,
         research_models=frozenset(settings.sessions.research_models),
         personaliser=Personaliser(template) if template else None,
-        rag=Rag(settings, store.engine),  # cheap: the index and the embedder open when documents are in use
+        rag=build_rag(settings, store.engine),  # cheap: the index and the embedder open when documents are in use
         grounding=settings.grounding,
         tracing=tracing,
     )

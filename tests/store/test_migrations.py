@@ -14,13 +14,14 @@ from chatgate.store.models import Base
 
 TABLES = {"alembic_version", "api_keys", "conversations", "messages", "request_log", "usage_hourly", "users"}
 TABLES |= {"rag_collections", "rag_documents", "rag_chunks", "rag_jobs", "assistants"}  # 0004, 0005
-HEAD = "0005"
+HEAD = "0006"
 
 
 def _not_lexical_index(name: str | None, type_: str, _parent: object) -> bool:
-    """RAG's lexical index is SQL the models do not describe: FTS5 tables (SQLite), ``tsv`` (PostgreSQL)."""
+    """RAG's lexical index is SQL the models do not describe: FTS5 tables (SQLite), ``tsv`` and the chunk
+    change log (PostgreSQL, 0006)."""
     if type_ == "table":
-        return not (name or "").startswith("rag_chunks_fts")
+        return not (name or "").startswith(("rag_chunks_fts", "rag_chunk_changes"))
     return name not in ("tsv", "ix_rag_chunks_tsv")
 
 
@@ -30,7 +31,8 @@ async def test_migrates_from_empty_and_twice(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
         async with engine.connect() as conn:
-            tables = {t for t in await conn.run_sync(lambda c: inspect(c).get_table_names()) if "_fts" not in t}
+            names = await conn.run_sync(lambda c: inspect(c).get_table_names())
+            tables = {t for t in names if "_fts" not in t and not t.startswith("rag_chunk_changes")}
             version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalars().all()
     finally:
         await engine.dispose()

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -71,14 +72,30 @@ def mismatch(exc: EmbeddingMismatch) -> Conflict:
     return err
 
 
+DenseOpener = Callable[[Literal["try"]], DenseIndex]
+"""Opens the dense index (``write="try"``: as its writer when the directory is free); may block."""
+EmbedderFactory = Callable[[], Embedder]
+
+
 class Rag:
-    def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
+    """RAG on the gateway, over the backends ``app.build_rag`` chose: the lexical index (ready to search at
+    once), and how to open the dense index and make the embedder (called on first need)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        lexical: LexicalIndex,
+        open_dense: DenseOpener,
+        make_embedder: EmbedderFactory,
+    ) -> None:
         self.settings = settings
         self.retrieval = settings.rag.retrieval
         self.engine = engine
         self.repo = RagRepo(engine)
         self.jobs = JobRepo(engine)
-        self.lexical = LexicalIndex.from_settings(engine, self.retrieval, settings.data_dir)
+        self.lexical = lexical
+        self._open_dense, self._make_embedder = open_dense, make_embedder
         self.assistants = Assistants(settings.assistants, AssistantRepo(engine))
         self.upload_dir: Path = settings.data_dir / "uploads"
         self.retriever = Retriever(self.repo, self.lexical, None, None, self.retrieval)
@@ -117,10 +134,8 @@ class Rag:
         await asyncio.shield(self._open_soon())
 
     async def _open(self) -> None:
-        from chatgate.rag.embedders import build_embedder
-
-        dense = await asyncio.to_thread(DenseIndex.open, self.retrieval, self.settings.data_dir, "try")
-        embedder = build_embedder(self.settings.rag.embeddings)
+        dense = await asyncio.to_thread(self._open_dense, "try")
+        embedder = self._make_embedder()
         start = getattr(embedder, "start", None)
         if start is not None:
             start()  # the local model loads on its own thread
@@ -145,7 +160,7 @@ class Rag:
             await self.embedder.close()
         if self.dense is not None:
             self.dense.close()
-        await asyncio.to_thread(self.lexical.close)
+        await self.lexical.close()
 
     def overview(self) -> dict[str, object]:
         """For ``/admin/metrics``: whether the index is open (and written here), the embedder, the job runner."""
@@ -158,7 +173,7 @@ class Rag:
             "embedder_ready": bool(getattr(embedder, "ready", True)) if embedder is not None else False,
             "job_runner": self.runner is not None,
             "assistants_configured": len(self.assistants.configured),
-            "lexical_postings": self.lexical.postings_stats(),
+            "lexical": self.lexical.stats(),
         }
 
     async def embedder_info(self) -> tuple[str, int]:
