@@ -2,18 +2,20 @@
 
 Triggers (migration 0006) write every chunk inserted or deleted to ``rag_chunk_changes`` with the writing
 transaction's id (``xid8``). Ids are handed out in order but committed in any order, so neither a chunk id
-nor a log sequence number can say "everything before this is seen". A transaction id can: every
-transaction below a snapshot's ``xmin`` has ended, so once a reader has read the log in that snapshot,
-entries below ``xmin`` can never appear again. Each poll reads, in one statement (one snapshot), the
-entries of transactions at or above the last ``xmin`` and the new ``xmin``; entries at or above it may be
-read again later and are told apart by their sequence number. Nothing changed: one statement, one row.
+nor a log sequence number can say "everything before this is seen". A snapshot can: it lists the
+transactions still running (``xip``) and the first one not started yet (``xmax``); every other transaction
+below ``xmax`` had ended, so its entries, if committed, were visible in it. Each poll therefore reads, in
+one statement (one snapshot), the new snapshot's bounds and only the entries of transactions that were
+running or not yet started at the last one: every entry is read exactly once, whatever else runs on the
+server (a long transaction elsewhere costs nothing). Nothing changed: one statement, one row.
 
 Chunk ids come from a sequence and are never reused; a delete followed by an insert is two entries. Each
 process reads the log on its own, so every instance's postings keep up with every writer.
 
 The log is pruned by the readers: at most every ``PRUNE_EVERY`` seconds, entries of transactions below an
-``xmin`` this process saw ``KEEP_CHANGES`` seconds ago are deleted, and ``rag_chunk_changes_pruned.below``
-records it: a reader whose last ``xmin`` is below that (idle longer than that) compares every chunk instead.
+``xmin`` (the oldest transaction still running) this process saw ``KEEP_CHANGES`` seconds ago are deleted,
+and ``rag_chunk_changes_pruned.below`` records it: a reader whose last ``xmin`` is below that (idle for that
+long) compares every chunk instead.
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ PRUNE_EVERY = 300.0
 SAMPLE_EVERY = 60.0  # seconds between the xmin values remembered for pruning
 BATCH = 5_000  # rows read at a time
 
-_XMIN = "pg_snapshot_xmin(pg_current_snapshot())"
+_BOUNDS = (
+    "pg_snapshot_xmin(pg_current_snapshot()) AS xmin, pg_snapshot_xmax(pg_current_snapshot()) AS xmax, "
+    "ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())) AS xip"
+)
 _POLL = text(
     f"""
-SELECT h.horizon, p.below, c.seq, c.xid, c.chunk_id, c.gone
-FROM (SELECT {_XMIN} AS horizon) AS h
+SELECT s.xmin, s.xmax, s.xip, p.below, c.chunk_id, c.gone
+FROM (SELECT {_BOUNDS}) AS s
 CROSS JOIN rag_chunk_changes_pruned AS p
-LEFT JOIN rag_chunk_changes AS c ON c.xid >= :since
+LEFT JOIN rag_chunk_changes AS c ON c.xid >= :xmax OR c.xid = ANY(:xip)
 ORDER BY c.seq
 """
 )
@@ -59,8 +64,7 @@ class PostgresFeed:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._horizon: int | None = None  # the xmin of the last poll's snapshot
-        self._seen: dict[int, int] = {}  # log entries at or above it already applied: seq -> xid
+        self._last: tuple[int, int, list[int]] | None = None  # the last snapshot's xmin, xmax and xip
         self._resync = False
         self._samples: deque[tuple[float, int]] = deque()  # (monotonic time, xmin), oldest first
         self._pruned = time.monotonic()
@@ -77,49 +81,42 @@ class PostgresFeed:
         self._resync = True
 
     async def changes(self, known: tuple[int, int], everything: bool = False) -> Changes | None:
-        since = self._horizon
-        if everything or self._resync or since is None:
+        last = self._last
+        if everything or self._resync or last is None:
             return await self._everything()
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(_POLL, {"since": since})).all()
-        horizon, below = int(rows[0].horizon), int(rows[0].below)
-        if below > since:  # entries this reader needs were pruned
+            rows = (await conn.execute(_POLL, {"xmax": last[1], "xip": last[2]})).all()
+        first = rows[0]
+        if int(first.below) > last[0]:  # entries this reader needs were pruned
             return await self._everything()
+        self._seen_snapshot(int(first.xmin), int(first.xmax), first.xip)
         gone: set[int] = set()
         added: set[int] = set()
-        seen: dict[int, int] = {}
         for r in rows:
-            if r.seq is None:
-                continue
-            if int(r.xid) >= horizon:
-                seen[r.seq] = int(r.xid)
-            if r.seq in self._seen:
+            if r.chunk_id is None:
                 continue
             cid = int(r.chunk_id)
             # In sequence order, a chunk's last entry says whether it is there.
             (gone if r.gone else added).add(cid)
             (added if r.gone else gone).discard(cid)
-        self._horizon, self._seen = horizon, seen
-        self._sample(horizon)
         if not gone and not added:
             return None
         return Changes(gone=sorted(gone), added=sorted(added))
 
     async def _everything(self) -> Changes:
-        """Every (id, document) pair, and the xmin of the same snapshot."""
+        """Every (id, document) pair, and the bounds of the same snapshot."""
         async with self.engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                horizon = int((await conn.execute(text(f"SELECT {_XMIN}"))).scalar_one())
+                bounds = (await conn.execute(text(f"SELECT {_BOUNDS}"))).one()
                 present = {int(i): d for i, d in await conn.execute(text("SELECT id, document_id FROM rag_chunks"))}
-                seen = await conn.execute(
-                    text("SELECT seq, xid FROM rag_chunk_changes WHERE xid >= :since"), {"since": horizon}
-                )
-                self._seen = {int(s): int(x) for s, x in seen}
-        self._horizon = horizon
+        self._seen_snapshot(int(bounds.xmin), int(bounds.xmax), bounds.xip)
         self._resync = False
-        self._sample(horizon)
         return Changes(present=present)
+
+    def _seen_snapshot(self, xmin: int, xmax: int, xip: Sequence[int] | None) -> None:
+        self._last = (xmin, xmax, [int(x) for x in xip or ()])
+        self._sample(xmin)
 
     async def rows(self, added: object, missing: Sequence[int]) -> AsyncIterator[list[Row]]:
         ids = sorted(set(added if isinstance(added, list) else ()) | set(missing))
