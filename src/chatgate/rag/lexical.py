@@ -20,8 +20,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # ``_unindexed_ready_in``: the ready-and-in-these-collections test SQLite plans from the chunk ids.
 from chatgate.rag.repo import _unindexed_ready_in
@@ -135,6 +135,37 @@ class CommonWords:
             counts.append(cached[2])
         drop = common(counts, total, self.max_df)
         return [w for i, w in enumerate(words) if i not in drop]
+
+
+class DatabaseRanker:
+    """What the database's own rankers share: nothing to build or close, and the common-word cut-off
+    (``CommonWords``) from counts they ask of the store."""
+
+    name = ""
+
+    def __init__(self, engine: AsyncEngine, max_df: float | None = None) -> None:
+        self.engine = engine
+        self.common = CommonWords(max_df, self._count_chunks, self._count_word)
+
+    def warm(self) -> None:
+        pass
+
+    async def ready(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, object]:
+        return {"ranker": self.name}
+
+    async def _count_chunks(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(text("SELECT count(*) FROM rag_chunks"))).scalar_one())
+
+    async def _count_word(self, word: str, cap: int) -> int:
+        """Chunks matching ``word``, counted up to ``cap``."""
+        raise NotImplementedError
 
 
 async def searchable(conn: AsyncConnection, ids: list[int], collection_ids: Sequence[str]) -> dict[int, str]:

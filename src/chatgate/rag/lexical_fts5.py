@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatgate.rag.lexical import CommonWords, searchable, terms
+from chatgate.rag.lexical import DatabaseRanker, searchable, terms
 
 # The chunk table's tokenizer (migration 0004 creates ``rag_chunks_fts`` with it): the postings use it on
 # PostgreSQL too, so both stores rank with the same terms.
@@ -40,24 +39,10 @@ def fts5_query(words: Sequence[str]) -> str:
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
-class Fts5Search:
+class Fts5Search(DatabaseRanker):
     """See the module. ``max_df``: see ``lexical.CommonWords``."""
 
-    def __init__(self, engine: AsyncEngine, max_df: float | None = None) -> None:
-        self.engine = engine
-        self.common = CommonWords(max_df, self._count_chunks, self._count_word)
-
-    def warm(self) -> None:
-        pass
-
-    async def ready(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def stats(self) -> dict[str, object]:
-        return {"ranker": "fts5"}
+    name = "fts5"
 
     async def search(
         self, collection_ids: Sequence[str], query: str, limit: int, document_ids: Sequence[str] | None = None
@@ -96,10 +81,6 @@ class Fts5Search:
                     return found[:limit]
                 fetch *= 4
         return None
-
-    async def _count_chunks(self) -> int:
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(text("SELECT count(*) FROM rag_chunks"))).scalar_one())
 
     async def _count_word(self, word: str, cap: int) -> int:
         async with self.engine.connect() as conn:

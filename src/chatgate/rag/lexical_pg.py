@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import bindparam, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatgate.rag.lexical import CommonWords, terms
+from chatgate.rag.lexical import DatabaseRanker, terms
 
 _RANKED = """
 SELECT c.id AS id, ts_rank_cd(c.tsv, q.query) AS score
@@ -33,24 +32,10 @@ def websearch_query(words: Sequence[str]) -> str:
     return " or ".join(w for w in words if w != "or")
 
 
-class PgFullText:
+class PgFullText(DatabaseRanker):
     """See the module. ``max_df``: see ``lexical.CommonWords``."""
 
-    def __init__(self, engine: AsyncEngine, max_df: float | None = None) -> None:
-        self.engine = engine
-        self.common = CommonWords(max_df, self._count_chunks, self._count_word)
-
-    def warm(self) -> None:
-        pass
-
-    async def ready(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-    def stats(self) -> dict[str, object]:
-        return {"ranker": "postgres_full_text"}
+    name = "postgres_full_text"
 
     async def search(
         self, collection_ids: Sequence[str], query: str, limit: int, document_ids: Sequence[str] | None = None
@@ -70,10 +55,6 @@ class PgFullText:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt, params)).all()
         return [(int(r.id), float(r.score)) for r in rows]
-
-    async def _count_chunks(self) -> int:
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(text("SELECT count(*) FROM rag_chunks"))).scalar_one())
 
     async def _count_word(self, word: str, cap: int) -> int:
         async with self.engine.connect() as conn:
