@@ -173,12 +173,13 @@ class PostingsIndex:
 
     def settle(self, now: bool = False) -> None:
         """After changes: a compaction started when the delta or the dead have grown (``now``: merged at
-        once and saved, as after the first build)."""
-        self._finish_compaction()
+        once and saved, as after the first build, unless one is already running)."""
         if now:
-            if self._delta_postings or self._dead:
+            self._finish_compaction(again=False)
+            if self._compacting is None and (self._delta_postings or self._dead):
                 self._swap(self._compaction()(), save=True)
         else:
+            self._finish_compaction()
             self._maybe_compact()
 
     def _add_rows(self, rows: Sequence[tuple[int, str, str, str]]) -> None:
@@ -230,7 +231,9 @@ class PostingsIndex:
         ):
             self._compacting = self._compactor.submit(self._compaction())
 
-    def _finish_compaction(self) -> None:
+    def _finish_compaction(self, again: bool = True) -> None:
+        """Swap a finished compaction in (and, ``again``, start another if what changed meanwhile calls for
+        one)."""
         done = self._compacting
         if done is not None and done.done():
             self._compacting = None
@@ -240,6 +243,8 @@ class PostingsIndex:
                 log.warning("lexical postings compaction failed", exc_info=True)
                 return
             self._swap(result, save=True)
+            if again:
+                self._maybe_compact()
 
     def _compaction(self) -> Callable[[], tuple[_Main, int, int, np.ndarray]]:
         """A function merging the main arrays and the delta known now, without dead chunks' postings; it
