@@ -20,14 +20,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-# ``_unindexed_ready_in``: the ready-and-in-these-collections test SQLite plans from the chunk ids.
-from chatgate.rag.repo import _unindexed_ready_in
-from chatgate.store.models import RAG_CHUNKS, RAG_DOCUMENTS
+from chatgate.rag.repo import RagRepo
 
-_K, _D = RAG_CHUNKS.c, RAG_DOCUMENTS.c
 MAX_TERMS = 64
 # Words are runs of letters and digits: an underscore separates them, as FTS5's unicode61 tokenizer does (so a
 # word is one FTS5 term, never a phrase, and every ranker reads a query alike).
@@ -145,6 +142,7 @@ class DatabaseRanker:
 
     def __init__(self, engine: AsyncEngine, max_df: float | None = None) -> None:
         self.engine = engine
+        self.repo = RagRepo(engine)
         self.common = CommonWords(max_df, self._count_chunks, self._count_word)
 
     def warm(self) -> None:
@@ -166,13 +164,3 @@ class DatabaseRanker:
     async def _count_word(self, word: str, cap: int) -> int:
         """Chunks matching ``word``, counted up to ``cap``."""
         raise NotImplementedError
-
-
-async def searchable(conn: AsyncConnection, ids: list[int], collection_ids: Sequence[str]) -> dict[int, str]:
-    """Of ``ids``, the chunks of ready documents in the collections: chunk id -> document id."""
-    stmt = (
-        select(_K.id, _K.document_id)
-        .join(RAG_DOCUMENTS, _D.id == _K.document_id)
-        .where(_K.id.in_(ids), *_unindexed_ready_in(collection_ids))
-    )
-    return {int(r.id): r.document_id for r in await conn.execute(stmt)}

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import bindparam, text
 
-from chatgate.rag.lexical import DatabaseRanker, searchable, terms
+from chatgate.rag.lexical import DatabaseRanker, terms
 
 # The chunk table's tokenizer (migration 0004 creates ``rag_chunks_fts`` with it): the postings use it on
 # PostgreSQL too, so both stores rank with the same terms.
@@ -75,7 +75,7 @@ class Fts5Search(DatabaseRanker):
                 ranked = [(int(r.id), float(r.score)) for r in await conn.execute(_RANKED, params)]
                 if not ranked:
                     return []
-                keep = await searchable(conn, [i for i, _ in ranked], collection_ids)
+                keep = await self.repo.searchable([i for i, _ in ranked], collection_ids)
                 found = [(i, v) for i, v in ranked if i in keep]
                 if len(found) >= limit or len(ranked) < fetch:
                     return found[:limit]

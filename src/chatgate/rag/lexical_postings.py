@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chatgate.rag.lexical import LexicalIndex, searchable, terms
+from chatgate.rag.lexical import LexicalIndex, terms
+from chatgate.rag.repo import RagRepo
 from chatgate.rag.types import import_numpy
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class PostingsSearch:
         max_df: float | None = None,
     ) -> None:
         self.feed = feed
-        self.engine = engine
+        self.repo = RagRepo(engine)
         self.fallback = fallback
         self.snapshot_dir = snapshot_dir
         self.max_df = max_df
@@ -218,8 +219,7 @@ class PostingsSearch:
             ranked = await _on(index, index.rank, found_terms, collections, document_ids, fetch, self.max_df)
             if not ranked:
                 return []
-            async with self.engine.connect() as conn:
-                keep = await searchable(conn, [i for i, _, _ in ranked], collections)
+            keep = await self.repo.searchable([i for i, _, _ in ranked], collections)
             if any(keep.get(i, d) != d for i, _, d in ranked):
                 self.feed.resync()  # a known id now holds another document's chunk
                 return None
