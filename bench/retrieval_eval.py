@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/retrieval_eval.py [--data ../shared/datasets/scifact] [--split test|train]
                                              [--keep DIR] [--modes lexical,dense,hybrid] [--quick]
+                                             [--store sqlite|postgres] [--pg-url URL] [--vectors-from DIR]
 
 The system under test is chatgate's own RAG stack, as ``chatgate ingest`` and the search API run it:
 
@@ -12,6 +13,12 @@ The system under test is chatgate's own RAG stack, as ``chatgate ingest`` and th
   Chroma, into a data directory (temporary, or ``--keep DIR`` to reuse it: the index is rebuilt only
   when the chunking settings, the chunker or ``embed_text`` changed, else re-ingesting finds every
   document unchanged).
+- **Store**: ``--store sqlite`` (default: the data directory's file) or ``--store postgres``: a database on
+  the local server (``--pg-url``), kept with ``--keep`` (``chatgate_bench_scifact_<hash of DIR>``), else a
+  scratch one dropped afterwards; the lexical index is what the gateway builds for that store
+  (``app.build_lexical``). ``--vectors-from EVAL_DIR`` ingests with the chunk vectors an earlier (SQLite)
+  ``--keep EVAL_DIR`` build computed, looked up by text, instead of embedding them again (queries are
+  embedded by the real model).
 - **Search**: each query's text (only ``_id`` and ``text`` are read from queries.jsonl, never the gold
   evidence in ``metadata``) goes through ``Retriever.search`` in each mode. Chunk hits are mapped to
   their corpus document (its source name), each document scored by its best chunk. nDCG@10 is taken
@@ -48,6 +55,15 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
 from bench.ir_metrics import mean_over, rank_documents  # noqa: E402
+from bench.rag_common import (  # noqa: E402
+    DEFAULT_PG,
+    STORES,
+    TableEmbedder,
+    indexed_vectors,
+    kept_name,
+    reset_database,
+    store_url,
+)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "scifact"
 COLLECTION = "scifact"
@@ -96,8 +112,11 @@ def fingerprint(settings: Any) -> dict[str, Any]:
     }
 
 
-async def build(settings: Any, corpus: list[dict[str, Any]], folder: Path) -> tuple[Any, Any, Any, Any, str]:
-    """Ingest ``corpus`` (files under ``folder``) into the ``scifact`` collection; the opened parts."""
+async def build(
+    settings: Any, corpus: list[dict[str, Any]], folder: Path, vectors_from: Path | None = None
+) -> tuple[Any, Any, Any, Any, str]:
+    """Ingest ``corpus`` (files under ``folder``) into the ``scifact`` collection; the opened parts. With
+    ``vectors_from``, chunk vectors come from that SQLite build (looked up by text)."""
     from chatgate.rag.dense import DenseIndex
     from chatgate.rag.embedders import build_embedder
     from chatgate.rag.ingest import Ingestor, Parser, SourceFile
@@ -113,9 +132,13 @@ async def build(settings: Any, corpus: list[dict[str, Any]], folder: Path) -> tu
         files.append(SourceFile(source=doc["_id"], path=path))
     dense = DenseIndex.open(settings.rag.retrieval, settings.data_dir, write="require")
     store = await Store.open(database_url(settings))
-    embedder = build_embedder(settings.rag.embeddings)
-    embedder.start()  # type: ignore[attr-defined]
-    await embedder.wait_ready()  # type: ignore[attr-defined]
+    embedder: Any = build_embedder(settings.rag.embeddings)
+    embedder.start()
+    await embedder.wait_ready()
+    if vectors_from is not None:
+        embedder = TableEmbedder(
+            indexed_vectors(vectors_from / "data"), None, embedder.name, embedder.dimension, fallback=embedder
+        )
     repo = RagRepo(store.engine)
     collection = await repo.find_collection("admin", COLLECTION)
     if collection is None:
@@ -135,6 +158,8 @@ async def build(settings: Any, corpus: list[dict[str, Any]], folder: Path) -> tu
     counts = summary.counts()
     chunks = sum(r.chunks for r in summary.results if r.outcome in ("added", "updated"))
     note = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+    if isinstance(embedder, TableEmbedder):
+        note += f" (vectors from {vectors_from}; {embedder.embedded} texts embedded for real)"
     if chunks:
         note += f"; {chunks:,} chunks embedded and indexed in {seconds:.0f} s ({chunks / seconds:.0f} chunks/s)"
     else:
@@ -143,7 +168,18 @@ async def build(settings: Any, corpus: list[dict[str, Any]], folder: Path) -> tu
 
 
 async def evaluate(args: argparse.Namespace) -> None:
-    from chatgate.rag.lexical import LexicalIndex
+    root = args.keep or Path(tempfile.mkdtemp(prefix="chatgate-scifact-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        async with store_url(args.store, args.pg_url, kept_name("scifact", root) if args.keep else None) as url:
+            await evaluate_in(args, root, url)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def evaluate_in(args: argparse.Namespace, root: Path, url: str | None) -> None:
+    from chatgate.app import build_lexical
     from chatgate.rag.repo import RagRepo
     from chatgate.rag.retrieve import Retriever
     from chatgate.settings import Settings
@@ -159,31 +195,37 @@ async def evaluate(args: argparse.Namespace) -> None:
         queries = dict(list(queries.items())[:100])
         qrels = {q: qrels[q] for q in queries}
 
-    root = args.keep or Path(tempfile.mkdtemp(prefix="chatgate-scifact-"))
-    root.mkdir(parents=True, exist_ok=True)
     (root / "corpus").mkdir(exist_ok=True)
-    settings = Settings(data_dir=root / "data")
-    stamp = root / "index.json"
+    data = root / ("data" if url is None else "data-pg")
+    settings = Settings(data_dir=data) if url is None else Settings(data_dir=data, database_url=url)
+    stamp = root / ("index.json" if url is None else "index-pg.json")
     want = {**fingerprint(settings), "docs": len(corpus)}
+    if url is not None and not stamp.exists():
+        shutil.rmtree(data, ignore_errors=True)  # a Chroma directory without its store
     if stamp.exists() and json.loads(stamp.read_text()) != want:
         print(f"{root}: built with other chunking or embedding settings: rebuilding", file=sys.stderr)
-        shutil.rmtree(root / "data", ignore_errors=True)
+        shutil.rmtree(data, ignore_errors=True)
+        if url is not None:
+            await reset_database(url)
     print("$", shlex.join([".venv/bin/python", "bench/retrieval_eval.py", *sys.argv[1:]]))
     overrides = {k: v for k, v in os.environ.items() if k.startswith("CHATGATE_RAG")}
-    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; settings from the environment: {overrides}")
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, load average {os.getloadavg()}")
+    print(f"store {args.store}; settings from the environment: {overrides}")
     r = settings.rag
     print(
         f"chunking size {r.chunking.size} overlap {r.chunking.overlap}; candidates {r.retrieval.candidates}, "
         f"lexical_max_df {r.retrieval.lexical_max_df}, rrf_k {r.retrieval.rrf_k}, "
         f"weights dense {r.retrieval.dense_weight} lexical {r.retrieval.lexical_weight}"
     )
-    store, dense, embedder, collection, note = await build(settings, corpus, root / "corpus")
+    store, dense, embedder, collection, note = await build(settings, corpus, root / "corpus", args.vectors_from)
     stamp.write_text(json.dumps(want))
+    lexical = build_lexical(settings, store.engine)
     try:
         print(f"corpus: {len(corpus):,} documents; {note}")
         print(f"split {args.split}: {len(queries)} queries, {sum(len(v) for v in qrels.values())} relevant pairs")
-        lexical = LexicalIndex.from_settings(store.engine, r.retrieval, settings.data_dir)
+        started = time.perf_counter()
         await lexical.ready()
+        print(f"lexical index {lexical.stats()} ready in {time.perf_counter() - started:.1f} s")
         retriever = Retriever(RagRepo(store.engine), lexical, dense, embedder, r.retrieval)
         # The deep search for recall@100 without de-duplication: over 400 hits its pairwise word-set
         # comparison costs seconds per query, and it only drops near-identical chunks.
@@ -209,13 +251,11 @@ async def evaluate(args: argparse.Namespace) -> None:
         print(f"(issue 6 targets on the test split: {targets}; ms/query includes embedding the query)")
         if args.sweep:
             await sweep(retriever, collection, queries, qrels)
-        lexical.close()
     finally:
+        await lexical.close()
         await embedder.close()
         dense.close()
         await store.close()
-        if args.keep is None:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 SWEEP_K = (1, 5, 10, 20, 30, 60, 100)
@@ -267,6 +307,11 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: lexical, dense, hybrid")
     parser.add_argument("--quick", action="store_true", help="1,000 documents + the relevant ones, 100 queries")
     parser.add_argument("--sweep", action="store_true", help="also a grid of fusion settings (tune on train)")
+    parser.add_argument("--store", choices=STORES, default="sqlite", help="the store the index is built on")
+    parser.add_argument("--pg-url", default=DEFAULT_PG, help=f"PostgreSQL server for --store postgres ({DEFAULT_PG})")
+    parser.add_argument(
+        "--vectors-from", type=Path, metavar="DIR", help="chunk vectors from an earlier build (--keep DIR, SQLite)"
+    )
     args = parser.parse_args()
     args.modes = [m for m in args.modes.split(",") if m]
     if unknown := set(args.modes) - set(MODES):

@@ -67,58 +67,27 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from bench.rag_common import (  # noqa: E402
+    DEFAULT_PG,
+    STORES,
+    TableEmbedder,
+    indexed_vectors,
+    kept_name,
+    reset_database,
+    store_url,
+)
 from bench.retrieval_eval import DEFAULT_DATA, markdown, read_jsonl  # noqa: E402
 
 BIN = Path(sys.executable).parent
 KEY = "cg-bench-admin-key"
 COLLECTION = "speed"
 SYNTHETIC_PARAGRAPHS = 4
-NOISE = 0.05
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
 def pct(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-class TableEmbedder:
-    """Vectors from a table (text -> vector); texts not in it get a derived vector (see the module).
-    Counts what it is asked to embed."""
-
-    def __init__(self, table: dict[str, Any], pool: Any, name: str, dimension: int) -> None:
-        self.table = table
-        self.pool = pool  # real vectors (numpy, n x d) to derive synthetic ones from
-        self._name = name
-        self._dimension = dimension
-        self.texts = 0
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        import numpy as np
-
-        self.texts += len(texts)
-        out = []
-        for t in texts:
-            v = self.table.get(t)
-            if v is None:
-                h = int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "big")
-                rng = np.random.default_rng(h)
-                a, b = rng.integers(0, len(self.pool), 2)
-                v = self.pool[a] + self.pool[b] + rng.normal(0, NOISE, self.pool.shape[1])
-                v = v / np.linalg.norm(v)
-            out.append([float(x) for x in v])
-        return out
-
-    async def close(self) -> None:
-        pass
 
 
 async def open_parts(settings: Any, embedder: Any) -> tuple[Any, Any, Any, Any]:
@@ -215,40 +184,6 @@ async def bench_ingest(settings_for: Any, corpus: list[dict[str, Any]], root: Pa
 # -- search ------------------------------------------------------------------------------------------
 
 
-def indexed_vectors(data_dir: Path) -> dict[str, Any]:
-    """The vectors an index built by ``bench/retrieval_eval.py --keep`` holds, by the text they embed."""
-    import sqlite3
-
-    import chromadb
-    import numpy as np
-
-    from chatgate.rag.ingest import embed_text
-    from chatgate.rag.types import Chunk
-
-    con = sqlite3.connect(data_dir / "chatgate.db")
-    try:
-        dense_name = con.execute("SELECT dense_name FROM rag_collections WHERE name = 'scifact'").fetchone()[0]
-        rows = con.execute(
-            "SELECT c.id, c.text, c.title, c.headings FROM rag_chunks c JOIN rag_documents d ON d.id = c.document_id "
-            "WHERE d.status = 'ready'"
-        ).fetchall()
-    finally:
-        con.close()
-    texts = {
-        str(i): embed_text(Chunk(text=t, ordinal=0, tokens=0, headings=tuple(json.loads(h or "[]"))), title)
-        for i, t, title, h in rows
-    }
-    client = chromadb.PersistentClient(path=str(data_dir / "chroma"))
-    col = client.get_collection(dense_name)
-    out: dict[str, Any] = {}
-    ids = list(texts)
-    for start in range(0, len(ids), 5000):
-        got = col.get(ids=ids[start : start + 5000], include=["embeddings"])
-        for i, v in zip(got["ids"], got["embeddings"], strict=True):
-            out[texts[i]] = np.asarray(v, dtype=np.float32)
-    return out
-
-
 def real_vectors(settings: Any, texts: list[str], cache: Path, known: dict[str, Any] | None = None) -> Any:
     """all-MiniLM-L6-v2 vectors of ``texts``: from ``known`` (vectors the pipeline computed), else embedded
     here (cached in ``cache`` by text digest)."""
@@ -315,8 +250,8 @@ async def build_index(settings: Any, files: Sequence[Any], embedder: TableEmbedd
 
 
 async def time_search(settings: Any, queries: list[tuple[str, list[float]]], warmup: int) -> dict[str, list[float]]:
+    from chatgate.app import build_lexical
     from chatgate.rag.dense import DenseIndex
-    from chatgate.rag.lexical import LexicalIndex
     from chatgate.rag.repo import RagRepo
     from chatgate.rag.retrieve import MODES, Retriever
     from chatgate.store.db import Store, database_url
@@ -326,11 +261,10 @@ async def time_search(settings: Any, queries: list[tuple[str, list[float]]], war
     repo = RagRepo(store.engine)
     collection = await repo.find_collection("admin", COLLECTION)
     assert collection is not None
-    lexical = LexicalIndex.from_settings(store.engine, settings.rag.retrieval, settings.data_dir)
+    lexical = build_lexical(settings, store.engine)
     started = time.perf_counter()
     await lexical.ready()
-    if lexical.postings is not None:
-        print(f"  lexical postings ready in {time.perf_counter() - started:.2f} s: {lexical.postings.stats()}")
+    print(f"  lexical index ready in {time.perf_counter() - started:.2f} s: {lexical.stats()}")
     retriever = Retriever(repo, lexical, dense, None, settings.rag.retrieval)
     out: dict[str, list[float]] = {}
     try:
@@ -345,7 +279,7 @@ async def time_search(settings: Any, queries: list[tuple[str, list[float]]], war
                 assert hits or mode == "lexical"
             out[mode] = times
     finally:
-        lexical.close()
+        await lexical.close()
         dense.close()
         await store.close()
     return out
@@ -359,12 +293,15 @@ async def bench_search(
     n_queries: int,
     queries: list[str],
     vectors_from: Path | None,
+    store: str = "sqlite",
+    pg_url: str = DEFAULT_PG,
+    keep: bool = False,
 ) -> tuple[dict[int, dict[str, Any]], Path]:
     import numpy as np
 
     from chatgate.rag.embedders import LOCAL_MODEL_DIMENSION, LOCAL_MODEL_NAME
 
-    base = settings_for(root / "unused")
+    base = settings_for(root / "unused", None)
     small, large = sizes
     real_files = write_files(root / "files", corpus)
     per_doc = chunk_texts(base, real_files)
@@ -388,23 +325,27 @@ async def bench_search(
     results: dict[int, dict[str, Any]] = {}
     large_dir = root / f"{large}"
     for size, extra in ((small, []), (large, syn_docs)):
-        folder = root / f"{size}"
-        settings = settings_for(folder / "data")
-        stamp = folder / "built.json"
-        want = {"real": len(real_files), "synthetic": len(extra)}
-        built = None
-        if stamp.exists() and json.loads(stamp.read_text())["want"] == want:
-            built = json.loads(stamp.read_text())
-        if built is None:
-            shutil.rmtree(folder, ignore_errors=True)
-            files = real_files + write_files(root / "synthetic", extra)
-            embedder = TableEmbedder(table, vectors, LOCAL_MODEL_NAME, LOCAL_MODEL_DIMENSION)
-            chunks, seconds = await build_index(settings, files, embedder, f"{size:,}")
-            built = {"want": want, "chunks": chunks, "seconds": seconds, "docs": len(files)}
-            folder.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(json.dumps(built))
-        times = await time_search(settings, timed, warmup=min(20, len(timed)))
-        results[size] = {**built, "times": times}
+        folder = root / (f"{size}" if store == "sqlite" else f"{size}-pg")
+        async with store_url(store, pg_url, kept_name(f"speed{size}", root) if keep else None) as url:
+            settings = settings_for(folder / "data", url)
+            stamp = folder / "built.json"
+            want = {"real": len(real_files), "synthetic": len(extra)}
+            built = None
+            if stamp.exists() and json.loads(stamp.read_text())["want"] == want:
+                built = json.loads(stamp.read_text())
+            if built is None:
+                shutil.rmtree(folder, ignore_errors=True)
+                if url is not None:
+                    await reset_database(url)
+                files = real_files + write_files(root / "synthetic", extra)
+                embedder = TableEmbedder(table, vectors, LOCAL_MODEL_NAME, LOCAL_MODEL_DIMENSION)
+                chunks, seconds = await build_index(settings, files, embedder, f"{size:,}")
+                built = {"want": want, "chunks": chunks, "seconds": seconds, "docs": len(files)}
+                folder.mkdir(parents=True, exist_ok=True)
+                stamp.write_text(json.dumps(built))
+            print(f"  {size:,}: {store}, load average {os.getloadavg()}", file=sys.stderr)
+            times = await time_search(settings, timed, warmup=min(20, len(timed)))
+            results[size] = {**built, "times": times}
     return results, large_dir
 
 
@@ -506,12 +447,13 @@ def cpu_model() -> str:
 async def run(args: argparse.Namespace) -> None:
     from chatgate.settings import Settings
 
-    def settings_for(data_dir: Path) -> Settings:
-        return Settings(data_dir=data_dir)
+    def settings_for(data_dir: Path, url: str | None = None) -> Settings:
+        return Settings(data_dir=data_dir) if url is None else Settings(data_dir=data_dir, database_url=url)
 
     print("$", shlex.join([".venv/bin/python", "bench/retrieval_speed.py", *sys.argv[1:]]))
     model = cpu_model()
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs ({model}), load average {os.getloadavg()}")
+    print(f"store {args.store}")
     corpus = read_jsonl(args.data / "corpus.jsonl")
     queries = [q["text"] for q in read_jsonl(args.data / "queries.jsonl")]  # texts only
     root = args.keep or Path(tempfile.mkdtemp(prefix="chatgate-rag-speed-"))
@@ -534,7 +476,16 @@ async def run(args: argparse.Namespace) -> None:
         if "search" in args.parts or "serve" in args.parts:
             sizes = [2_000, 20_000] if args.quick else [10_000, 100_000]
             results, large_dir = await bench_search(
-                settings_for, corpus, root, sizes, args.queries, queries, args.vectors_from
+                settings_for,
+                corpus,
+                root,
+                sizes,
+                args.queries,
+                queries,
+                args.vectors_from,
+                args.store,
+                args.pg_url,
+                args.keep is not None,
             )
             if "search" in args.parts:
                 print(f"\nsearch, query embedding excluded ({args.queries} queries; top_k, candidates as configured)")
@@ -547,7 +498,9 @@ async def run(args: argparse.Namespace) -> None:
                         )
                 for res in results.values():
                     print(f"  ({res['chunks']:,} chunks, {res['docs']:,} documents: indexed in {res['seconds']:.0f} s)")
-        if "serve" in args.parts and large_dir is not None:
+        if "serve" in args.parts and args.store != "sqlite":
+            print("\nserver start: measured on SQLite only (--store sqlite)")
+        elif "serve" in args.parts and large_dir is not None:
             s = bench_serve(large_dir / "data", queries[0])
             print(f"\nserver start, {s['chunks']:,} persisted chunks (chatgate serve, 1 worker):")
             print(f"  /health 200 after {s['health']:.2f} s")
@@ -579,6 +532,8 @@ def main() -> None:
         help="take the SciFact chunk vectors from an index built by bench/retrieval_eval.py --keep DIR",
     )
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--store", choices=STORES, default="sqlite", help="the store the indexes are built on")
+    parser.add_argument("--pg-url", default=DEFAULT_PG, help=f"PostgreSQL server for --store postgres ({DEFAULT_PG})")
     parser.add_argument("--quick", action="store_true", help="300 documents; 2k and 20k chunks; 100 queries")
     args = parser.parse_args()
     args.parts = set(args.parts.split(","))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -42,7 +43,15 @@ from chatgate.observe.logging import configure as configure_logging
 from chatgate.observe.metrics import Metrics, metrics_dir
 from chatgate.observe.requests import RequestRecorder
 from chatgate.observe.tracing import TracedAccessLog, Tracing
+from chatgate.rag.dense import DenseIndex
+from chatgate.rag.embedders import build_embedder
 from chatgate.rag.ground import Grounder
+from chatgate.rag.lexical import LexicalIndex
+from chatgate.rag.lexical_fts5 import Fts5Search
+from chatgate.rag.lexical_pg import PgFullText
+from chatgate.rag.lexical_postings import ChunkFeed, PostingsSearch
+from chatgate.rag.postings_pg import PostgresFeed
+from chatgate.rag.postings_sqlite import SqliteFeed
 from chatgate.rag.service import Rag
 from chatgate.sessions.connections import Connections
 from chatgate.sessions.manager import SessionManager
@@ -155,6 +164,39 @@ def build_cache(settings: Settings) -> ResponseCache | None:
     return MemoryCache(ttl=c.ttl, max_entries=c.max_entries, max_bytes=c.max_bytes, max_entry_bytes=c.max_entry_bytes)
 
 
+def build_lexical(settings: Settings, engine: AsyncEngine) -> LexicalIndex:
+    """Lexical search: BM25 over in-memory postings kept in step with the store (``rag.retrieval.lexical_postings``),
+    the store's own ranker answering until they are ready (FTS5 on SQLite, ``ts_rank_cd`` on PostgreSQL); or
+    that ranker alone."""
+    r = settings.rag.retrieval
+    postgres = engine.dialect.name == "postgresql"
+    fallback: LexicalIndex = PgFullText(engine, r.lexical_max_df) if postgres else Fts5Search(engine, r.lexical_max_df)
+    database = engine.url.database
+    feed: ChunkFeed
+    if not r.lexical_postings:
+        return fallback
+    if postgres:
+        feed = PostgresFeed(engine)
+    elif database and database != ":memory:":
+        feed = SqliteFeed(Path(database))
+    else:
+        return fallback
+    return PostingsSearch(feed, engine, fallback, settings.data_dir / "lexical", r.lexical_max_df)
+
+
+def build_rag(settings: Settings, engine: AsyncEngine, metrics: Metrics) -> Rag:
+    """RAG: its lexical index now; the dense index (Chroma) and the embedder opened by ``Rag`` when first
+    needed, or in the background at start when documents exist."""
+    return Rag(
+        settings,
+        engine,
+        lexical=build_lexical(settings, engine),
+        open_dense=functools.partial(DenseIndex.open, settings.rag.retrieval, settings.data_dir),
+        make_embedder=functools.partial(build_embedder, settings.rag.embeddings),
+        metrics=metrics,
+    )
+
+
 def build_services(
     settings: Settings,
     store: Store,
@@ -177,7 +219,7 @@ def build_services(
         metrics,
     )
     cache = build_cache(settings)
-    rag = Rag(settings, store.engine, metrics)  # cheap: the index and the embedder open when documents are in use
+    rag = build_rag(settings, store.engine, metrics)  # cheap: the index and the embedder open when documents are in use
     return Services(
         upstream=client,
         catalog=catalog,

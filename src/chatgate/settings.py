@@ -652,10 +652,11 @@ class RetrievalSettings(_Section):
     )
     lexical_postings: bool = Field(
         True,
-        description="SQLite store: rank lexical searches with FTS5's BM25 over postings held in memory (kept in step "
-        "with the store, saved under `<data_dir>/lexical`), several times faster than FTS5 ranking its matches "
-        "itself at 100k chunks; FTS5 answers until they are built. Costs ~8 bytes of memory per (chunk, "
-        "distinct word) in each process. Off: FTS5 ranks every search.",
+        description="Rank lexical searches with FTS5's BM25 over postings held in memory (kept in step with the "
+        "store by every process, saved under `<data_dir>/lexical`), on SQLite and PostgreSQL alike (the same "
+        "scores on both); the store ranks until they are built (SQLite: FTS5 itself, the same ranking, slower; "
+        "PostgreSQL: `ts_rank_cd`, a poorer one). Costs ~8 bytes of memory per (chunk, distinct word) in each "
+        "process. Off: the store ranks every search.",
     )
     lexical_while_loading: bool = Field(
         True,

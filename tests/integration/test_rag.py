@@ -173,13 +173,14 @@ def test_admin_snapshot_shows_the_index(gw: Gateway, hr: str) -> None:
     httpx.post(f"{gw.url}/api/v1/collections/{hr}/search", json={"query": "leave"}, headers=h(gw.key))
 
     def postings() -> dict[str, Any]:
-        return httpx.get(gw.url + "/admin/metrics", headers=h(gw.key)).json()["rag"]["lexical_postings"]
+        return httpx.get(gw.url + "/admin/metrics", headers=h(gw.key)).json()["rag"]["lexical"]
 
     deadline = time.monotonic() + 10  # built in the background, after the first search at the latest
     while not postings()["ready"] and time.monotonic() < deadline:
         time.sleep(0.05)
     found = postings()
     assert found["ready"], found
+    assert found["ranker"] == "bm25_postings" and found["fallback"] == "fts5"
     assert found["chunks"] > 0 and found["postings"] > 0  # lexical ranking in memory
 
 

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatgate.app import build_lexical
 from chatgate.rag.chunking import Chunker
 from chatgate.rag.dense import DenseIndex
 from chatgate.rag.ingest import Ingestor, Parser, SourceFile
@@ -17,7 +19,7 @@ from chatgate.rag.lexical import LexicalIndex
 from chatgate.rag.loaders import parse
 from chatgate.rag.repo import CollectionRow, RagRepo
 from chatgate.rag.retrieve import Retriever
-from chatgate.settings import RetrievalSettings
+from chatgate.settings import RetrievalSettings, Settings
 from chatgate.store import Store
 from tests.integration.cluster import ChromaServer, chroma_server  # noqa: F401  (chroma_server: a fixture)
 from tests.rag.doubles import CountingEmbedder, HashEmbedder
@@ -68,6 +70,18 @@ class Rag:
     def files(self, folder: Path) -> list[SourceFile]:
         return [SourceFile(source=p.name, path=p) for p in sorted(folder.iterdir()) if p.is_file()]
 
+    async def close(self) -> None:
+        await self.retriever.lexical.close()
+        self.dense.close()
+        await self.store.close()
+
+
+async def lexical_index(engine: AsyncEngine, root: Path, **retrieval: object) -> LexicalIndex:
+    """The lexical index the gateway would build with these settings, ready."""
+    lexical = build_lexical(Settings(data_dir=root, rag={"retrieval": retrieval}), engine)
+    await lexical.ready()
+    return lexical
+
 
 async def make_rag(url: str, root: Path, dense: DenseIndex | None = None, **settings: object) -> Rag:
     cfg = RetrievalSettings(chroma_path=root / "chroma", **settings)  # type: ignore[arg-type]
@@ -75,6 +89,7 @@ async def make_rag(url: str, root: Path, dense: DenseIndex | None = None, **sett
     repo = RagRepo(store.engine)
     dense = dense or DenseIndex.open(cfg, root, write="require")
     embedder = CountingEmbedder(HashEmbedder())
+    lexical = await lexical_index(store.engine, root)
     return Rag(
         store=store,
         repo=repo,
@@ -83,7 +98,7 @@ async def make_rag(url: str, root: Path, dense: DenseIndex | None = None, **sett
         embedder=embedder,
         settings=cfg,
         ingestor=Ingestor(repo, dense, embedder, test_parser(), cfg),
-        retriever=Retriever(repo, LexicalIndex(store.engine), dense, embedder, cfg),
+        retriever=Retriever(repo, lexical, dense, embedder, cfg),
         root=root,
     )
 
@@ -92,13 +107,11 @@ async def make_rag(url: str, root: Path, dense: DenseIndex | None = None, **sett
 async def rag(db_url: str, tmp_path: Path) -> AsyncIterator[Rag]:
     r = await make_rag(db_url, tmp_path)
     yield r
-    r.dense.close()
-    await r.store.close()
+    await r.close()
 
 
 @pytest.fixture
 async def rag_sqlite(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Rag]:
     r = await make_rag(sqlite_url, tmp_path)
     yield r
-    r.dense.close()
-    await r.store.close()
+    await r.close()

@@ -17,7 +17,7 @@ import pytest
 from chatgate.cli import parser
 from chatgate.cli_rag import cmd_ingest, cmd_reindex
 from chatgate.rag.dense import DenseIndex
-from chatgate.rag.lexical import LexicalIndex
+from chatgate.rag.lexical_fts5 import Fts5Search
 from chatgate.rag.repo import RagRepo
 from chatgate.rag.retrieve import Retriever
 from chatgate.settings import RetrievalSettings, Settings
@@ -115,7 +115,7 @@ async def _check(data: Path) -> tuple[dict[str, int], list[str]]:
     try:
         repo = RagRepo(store.engine)
         (c,) = await repo.list_collections()
-        retriever = Retriever(repo, LexicalIndex(store.engine), dense, HashEmbedder(), RetrievalSettings())
+        retriever = Retriever(repo, Fts5Search(store.engine), dense, HashEmbedder(), RetrievalSettings())
         docs = await repo.list_documents(c.id)
         ready = {d.id for d in docs if d.status == "ready"}
         for d in docs:

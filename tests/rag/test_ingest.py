@@ -92,8 +92,7 @@ async def test_a_restart_reembeds_nothing(db_url: str, tmp_path: Path) -> None:
     first = await make_rag(db_url, tmp_path)
     c = await first.collection()
     assert (await first.ingestor.ingest(c, first.files(folder))).counts()["added"] == 3
-    first.dense.close()
-    await first.store.close()
+    await first.close()
 
     second = await make_rag(db_url, tmp_path)  # a new process: new store, index and ingestor on the same data
     try:
@@ -105,8 +104,7 @@ async def test_a_restart_reembeds_nothing(db_url: str, tmp_path: Path) -> None:
         hits = await second.retriever.search([c2], "disk encryption laptops", top_k=1, mode="dense")
         assert hits[0].source == "security.html"
     finally:
-        second.dense.close()
-        await second.store.close()
+        await second.close()
 
 
 async def test_batches_span_documents(rag_sqlite: Rag, tmp_path: Path) -> None:
@@ -277,8 +275,7 @@ async def test_ingest_and_replace_against_a_chroma_server(
         await rag.ingestor.delete_collection(c)
         assert await rag.dense.count(c.dense_name) == 0
     finally:
-        rag.dense.close()
-        await rag.store.close()
+        await rag.close()
 
 
 async def test_an_openai_embedder_learns_its_dimension_before_the_first_ingestion(

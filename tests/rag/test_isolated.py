@@ -91,7 +91,9 @@ async def test_a_worker_that_crashes_fails_its_file(parser: IsolatedParser) -> N
     pid = await worker_pid(parser)
     await asyncio.sleep(0.05)  # it is reading or parsing the file
     os.kill(pid, signal.SIGSEGV)
-    with pytest.raises(ParseError, match=r"the parser crashed \(SIGSEGV\)"):
+    # SIGSEGV by name when asyncio's child watcher saw the exit status (it may not, when another watcher in the
+    # test process reaped the child first: then it is "stopped")
+    with pytest.raises(ParseError, match=r"the parser (crashed \(SIGSEGV\)|stopped)"):
         await task
     assert (await parser.parse(b"after", "a.txt")).sections[0].text == "after"
 

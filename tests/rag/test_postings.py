@@ -1,17 +1,25 @@
-"""The in-memory BM25 postings (SQLite): the same ranking as FTS5, kept in step with the store, saved
-and loaded again."""
+"""The in-memory BM25 postings on SQLite: the same ranking as FTS5, kept in step with the store, saved and
+loaded again (PostgreSQL: test_postings_pg.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chatgate.app import build_lexical
 from chatgate.rag import postings as postings_module
+from chatgate.rag import postings_sqlite
 from chatgate.rag.fts5 import Fts5Tokenizer
 from chatgate.rag.lexical import LexicalIndex
+from chatgate.rag.lexical_fts5 import Fts5Search
+from chatgate.rag.lexical_postings import PostingsSearch
+from chatgate.rag.postings import PostingsIndex
+from chatgate.settings import Settings
 from tests.rag.conftest import Rag
 from tests.rag.test_lexical import add
 
@@ -47,14 +55,30 @@ async def remove(rag: Rag, collection_id: str, source: str) -> None:
     await rag.repo.purge(doc.id)
 
 
-async def ready(lex: LexicalIndex) -> None:
-    opening = lex.warm()
-    assert opening is not None
-    await asyncio.wrap_future(opening)
-    assert lex.postings is not None and lex.postings.ready
+def postings(engine: AsyncEngine, root: Path) -> PostingsSearch:
+    """The postings the gateway builds (not started yet)."""
+    lex = build_lexical(Settings(data_dir=root), engine)
+    assert isinstance(lex, PostingsSearch)
+    return lex
+
+
+async def ready(lex: PostingsSearch) -> None:
+    await lex.ready()
+    assert lex.index is not None
+
+
+def index_of(lex: PostingsSearch) -> PostingsIndex:
+    assert lex.index is not None
+    return lex.index
 
 
 async def assert_same_as_fts5(
+    fast: LexicalIndex, fts: LexicalIndex, collections: list[str], qs: list[str], documents: list[str] | None = None
+) -> None:
+    await assert_same(fast, fts, collections, qs, documents)
+
+
+async def assert_same(
     fast: LexicalIndex, fts: LexicalIndex, collections: list[str], qs: list[str], documents: list[str] | None = None
 ) -> None:
     for q in qs:
@@ -70,10 +94,10 @@ def _tied(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
 
 
 @pytest.fixture
-def fast(rag_sqlite: Rag, tmp_path: Path) -> LexicalIndex:
-    lex = LexicalIndex(rag_sqlite.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+async def fast(rag_sqlite: Rag, tmp_path: Path) -> AsyncIterator[PostingsSearch]:
+    lex = postings(rag_sqlite.store.engine, tmp_path / "fast")
     yield lex
-    lex.close()
+    await lex.close()
 
 
 def test_tokenizer_is_fts5s() -> None:
@@ -91,9 +115,9 @@ def test_tokenizer_is_fts5s() -> None:
     assert tok.words(["foo_bar"]) == [("foo", "bar")]  # remembered
 
 
-async def test_ranks_exactly_as_fts5(rag_sqlite: Rag, fast: LexicalIndex) -> None:
+async def test_ranks_exactly_as_fts5(rag_sqlite: Rag, fast: PostingsSearch) -> None:
     rag = rag_sqlite
-    fts = LexicalIndex(rag.store.engine)
+    fts = Fts5Search(rag.store.engine)
     c = await rag.collection()
     other = await rag.collection("other")
     texts = corpus(1, 120)
@@ -109,15 +133,15 @@ async def test_ranks_exactly_as_fts5(rag_sqlite: Rag, fast: LexicalIndex) -> Non
     docs = [d.id for d in await rag.repo.list_documents(c.id, "ready")][:3]
     await assert_same_as_fts5(fast, fts, [c.id], qs[:10], documents=docs)
     await assert_same_as_fts5(fast, fts, [c.id], ["foo_bar patients", "-- ?", "the of"])  # a phrase: FTS5 answers
-    assert fast.postings is not None and fast.postings.stats()["chunks"] == 120
+    assert index_of(fast).stats()["chunks"] == 120
 
 
 async def test_keeps_in_step_with_the_store(
-    rag_sqlite: Rag, fast: LexicalIndex, monkeypatch: pytest.MonkeyPatch
+    rag_sqlite: Rag, fast: PostingsSearch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(postings_module, "FULL_SYNC_EVERY", 0.0)
+    monkeypatch.setattr(postings_sqlite, "FULL_SYNC_EVERY", 0.0)
     rag = rag_sqlite
-    fts = LexicalIndex(rag.store.engine)
+    fts = Fts5Search(rag.store.engine)
     c = await rag.collection()
     await fill(rag, c.id, 3, 40, 4)
     await ready(fast)
@@ -138,11 +162,11 @@ async def test_keeps_in_step_with_the_store(
     await assert_same_as_fts5(fast, fts, [c.id], [*qs, "balloons heart", "zeppelin heart"])
 
 
-async def test_a_reused_id_seen_first_at_search_time_is_caught(rag_sqlite: Rag, fast: LexicalIndex) -> None:
+async def test_a_reused_id_seen_first_at_search_time_is_caught(rag_sqlite: Rag, fast: PostingsSearch) -> None:
     """Between two searches, a chunk went and another took its id, the count and highest id unchanged:
     the hit's document differs from the one known, so FTS5 answers and the next search resynchronises."""
     rag = rag_sqlite
-    fts = LexicalIndex(rag.store.engine)
+    fts = Fts5Search(rag.store.engine)
     c = await rag.collection()
     await add(rag, c.id, "keep.md", "steady text about mice")
     first = await add(rag, c.id, "a.md", "quokka island mice")
@@ -151,9 +175,9 @@ async def test_a_reused_id_seen_first_at_search_time_is_caught(rag_sqlite: Rag, 
     await remove(rag, c.id, "a.md")
     second = await add(rag, c.id, "b.md", "quokka quokka wombat mice")
     assert second == first
-    postings = fast.postings
-    assert postings is not None
-    postings._last_full = float("inf")  # as if compared a moment ago: only the hit check can tell
+    feed = fast.feed
+    assert isinstance(feed, postings_sqlite.SqliteFeed)
+    feed._last_full = float("inf")  # as if compared a moment ago: only the hit check can tell
     got = await fast.search([c.id], "quokka wombat", 5)
     assert got == await fts.search([c.id], "quokka wombat", 5)
     await assert_same_as_fts5(fast, fts, [c.id], ["quokka wombat", "mice", "island"])
@@ -164,12 +188,12 @@ async def test_saved_and_loaded_without_tokenizing_again(
     rag_sqlite: Rag, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rag = rag_sqlite
-    fts = LexicalIndex(rag.store.engine)
+    fts = Fts5Search(rag.store.engine)
     c = await rag.collection()
     await fill(rag, c.id, 5, 30, 3)
-    first = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+    first = postings(rag.store.engine, tmp_path)
     await ready(first)
-    first.close()  # waits for the snapshot to be written
+    await first.close()  # waits for the snapshot to be written
     assert (tmp_path / "lexical" / "postings.npz").exists()
 
     tokenized: list[int] = []
@@ -180,51 +204,50 @@ async def test_saved_and_loaded_without_tokenizing_again(
         return real(self, texts)
 
     monkeypatch.setattr(Fts5Tokenizer, "postings", counting)
-    again = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+    again = postings(rag.store.engine, tmp_path)
     await ready(again)
     assert tokenized == []  # everything came from the snapshot
     await assert_same_as_fts5(again, fts, [c.id], queries(6, 10))
-    again.close()
+    await again.close()
 
     await add(rag, c.id, "late.md", "narwhal tusks and the heart")  # while no postings were open
-    third = LexicalIndex(rag.store.engine, postings=True, postings_dir=tmp_path / "lexical")
+    third = postings(rag.store.engine, tmp_path)
     await ready(third)
     assert tokenized == [1]  # only the new chunk
     assert len(await third.search([c.id], "narwhal", 5)) == 1
     await assert_same_as_fts5(third, fts, [c.id], queries(7, 10))
-    third.close()
+    await third.close()
 
 
 async def test_compaction_merges_new_chunks(
-    rag_sqlite: Rag, fast: LexicalIndex, monkeypatch: pytest.MonkeyPatch
+    rag_sqlite: Rag, fast: PostingsSearch, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(postings_module, "COMPACT_SHARE", 0.01)
-    monkeypatch.setattr(postings_module, "FULL_SYNC_EVERY", 0.0)
+    monkeypatch.setattr(postings_sqlite, "FULL_SYNC_EVERY", 0.0)
     rag = rag_sqlite
-    fts = LexicalIndex(rag.store.engine)
+    fts = Fts5Search(rag.store.engine)
     c = await rag.collection()
     texts = corpus(8, 60)
     await add(rag, c.id, "base.md", *texts[:20])
     await ready(fast)
-    postings = fast.postings
-    assert postings is not None
+    index = index_of(fast)
     for i in range(20, 60, 5):
         await add(rag, c.id, f"d{i}.md", *texts[i : i + 5])
         await fast.search([c.id], "patients", 3)  # in step, and a compaction started
     await remove(rag, c.id, "d20.md")
     for _ in range(20):  # each round waits for the compaction under way (events, not a clock)
         await fast.search([c.id], "patients", 3)
-        s = postings.stats()
+        s = index.stats()
         if s["delta_postings"] == 0 and s["dead"] == 0:
             break
-        if (pending := postings._compacting) is not None:
+        if (pending := index._compacting) is not None:  # wait for the compaction under way: events, not a clock
             await asyncio.wrap_future(pending)
-    assert postings.stats()["delta_postings"] == 0 and postings.stats()["dead"] == 0
-    assert postings.stats()["chunks"] == 55
+    assert index.stats()["delta_postings"] == 0 and index.stats()["dead"] == 0
+    assert index.stats()["chunks"] == 55
     await assert_same_as_fts5(fast, fts, [c.id], queries(9, 20))
 
 
-async def test_chunks_not_ready_do_not_crowd_out_the_ready(rag_sqlite: Rag, fast: LexicalIndex) -> None:
+async def test_chunks_not_ready_do_not_crowd_out_the_ready(rag_sqlite: Rag, fast: PostingsSearch) -> None:
     rag = rag_sqlite
     c = await rag.collection()
     mine = await add(rag, c.id, "mine.md", "A note on glaciers among many other things said here at length.")

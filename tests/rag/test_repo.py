@@ -55,9 +55,10 @@ async def test_migration_creates_the_lexical_index(rag: Rag) -> None:
 
 
 def lexical_index_objects(name: str | None, type_: str, _parent: object) -> bool:
-    """The lexical index is SQL the models do not describe: FTS5 tables (SQLite), ``tsv`` (PostgreSQL)."""
+    """The lexical index is SQL the models do not describe: FTS5 tables (SQLite), ``tsv`` and the chunk change
+    log (PostgreSQL)."""
     if type_ == "table":
-        return not (name or "").startswith("rag_chunks_fts")
+        return not (name or "").startswith(("rag_chunks_fts", "rag_chunk_changes"))
     return name not in ("tsv", "ix_rag_chunks_tsv")
 
 

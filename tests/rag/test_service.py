@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chatgate.rag import embedders
+from chatgate.app import build_lexical
+from chatgate.rag.dense import DenseIndex
 from chatgate.rag.ingest import SourceFile
 from chatgate.rag.jobs import JobRepo, Upload
 from chatgate.rag.service import Rag
@@ -18,6 +19,18 @@ from chatgate.settings import Settings
 from chatgate.store import Store
 from chatgate.store.db import database_url
 from tests.rag.doubles import HashEmbedder
+
+
+def with_embedder(settings: Settings, store: Store, embedder: HashEmbedder) -> Rag:
+    """``Rag`` as ``app.build_rag`` makes it, with this embedder."""
+    r = settings.rag.retrieval
+    return Rag(
+        settings,
+        store.engine,
+        lexical=build_lexical(settings, store.engine),
+        open_dense=lambda write: DenseIndex.open(r, settings.data_dir, write),
+        make_embedder=lambda: embedder,
+    )
 
 
 class LoadingEmbedder(HashEmbedder):
@@ -37,12 +50,11 @@ class LoadingEmbedder(HashEmbedder):
 
 
 @pytest.fixture
-async def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Rag, LoadingEmbedder]]:
+async def service(tmp_path: Path) -> AsyncIterator[tuple[Rag, LoadingEmbedder]]:
     embedder = LoadingEmbedder()
-    monkeypatch.setattr(embedders, "build_embedder", lambda _settings: embedder)
     settings = Settings(data_dir=tmp_path / "data")
     store = await Store.open(database_url(settings))
-    rag = Rag(settings, store.engine)
+    rag = with_embedder(settings, store, embedder)
     await rag.start()
     yield rag, embedder
     await rag.close()
@@ -80,12 +92,11 @@ async def test_hybrid_is_lexical_while_the_model_loads(service: tuple[Rag, Loadi
     assert mode == "hybrid" and hits[0].dense_score is not None and hits[0].lexical_score is not None
 
 
-async def test_waits_when_told_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_waits_when_told_to(tmp_path: Path) -> None:
     embedder = LoadingEmbedder()
-    monkeypatch.setattr(embedders, "build_embedder", lambda _settings: embedder)
     settings = Settings(data_dir=tmp_path / "data", rag={"retrieval": {"lexical_while_loading": False}})
     store = await Store.open(database_url(settings))
-    rag = Rag(settings, store.engine)
+    rag = with_embedder(settings, store, embedder)
     try:
         row = await rag.repo.create_collection("docs", "admin", "admin", embedder.name, embedder.dimension)
         search = asyncio.ensure_future(rag.search([row], "anything"))
@@ -127,19 +138,16 @@ async def test_assistant_collections_by_name_operator_first_then_the_callers_own
     assert [c.id for c in mine.collections] == [operator.id, theirs.id, secret.id] and mine.unresolved == ("missing",)
 
 
-async def test_an_instance_with_no_index_open_yet_runs_the_jobs_that_wait(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_instance_with_no_index_open_yet_runs_the_jobs_that_wait(tmp_path: Path) -> None:
     """Started with no documents, the service loads nothing; when a job waits for a runner (queued by another
     instance, or left by a dead one), it opens the index and runs it."""
     embedder = HashEmbedder()
-    monkeypatch.setattr(embedders, "build_embedder", lambda _settings: embedder)
     settings = Settings(
         data_dir=tmp_path / "data",
         rag={"retrieval": {"job_poll_interval": 0.05}, "parsing": {"isolate": False}},
     )
     store = await Store.open(database_url(settings))
-    rag = Rag(settings, store.engine)
+    rag = with_embedder(settings, store, embedder)
     try:
         await rag.start()
         assert rag.dense is None and rag.runner is None  # nothing to do: nothing loaded

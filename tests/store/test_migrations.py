@@ -16,13 +16,14 @@ TABLES = {"alembic_version", "api_keys", "conversations", "messages", "request_l
 TABLES |= {"rag_collections", "rag_documents", "rag_chunks", "rag_jobs", "assistants"}  # 0004, 0005
 TABLES |= {"write_batches"}  # 0006
 TABLES |= {"rag_uploads", "rag_dense_deletions"}  # 0008 (0007: conversations.request_task)
-HEAD = "0008"
+HEAD = "0009"  # 0009: the chunk change log (PostgreSQL), outside the models
 
 
 def _not_lexical_index(name: str | None, type_: str, _parent: object) -> bool:
-    """RAG's lexical index is SQL the models do not describe: FTS5 tables (SQLite), ``tsv`` (PostgreSQL)."""
+    """RAG's lexical index is SQL the models do not describe: FTS5 tables (SQLite), ``tsv`` and the chunk
+    change log (PostgreSQL, 0006)."""
     if type_ == "table":
-        return not (name or "").startswith("rag_chunks_fts")
+        return not (name or "").startswith(("rag_chunks_fts", "rag_chunk_changes"))
     return name not in ("tsv", "ix_rag_chunks_tsv")
 
 
@@ -32,7 +33,8 @@ async def test_migrates_from_empty_and_twice(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
         async with engine.connect() as conn:
-            tables = {t for t in await conn.run_sync(lambda c: inspect(c).get_table_names()) if "_fts" not in t}
+            names = await conn.run_sync(lambda c: inspect(c).get_table_names())
+            tables = {t for t in names if "_fts" not in t and not t.startswith("rag_chunk_changes")}
             version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).scalars().all()
     finally:
         await engine.dispose()

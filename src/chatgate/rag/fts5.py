@@ -79,14 +79,3 @@ class Fts5Tokenizer:
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def tokenize_option(create_sql: str) -> str:
-    """The ``tokenize='...'`` option of the FTS5 table's CREATE statement (FTS5's default when none)."""
-    at = create_sql.find("tokenize=")
-    if at < 0:
-        return "unicode61"
-    rest = create_sql[at + len("tokenize=") :].lstrip()
-    if rest[:1] in ("'", '"'):
-        return rest[1 : rest.index(rest[0], 1)]
-    return rest.split(",")[0].split(")")[0].strip()

@@ -1,21 +1,16 @@
-"""FTS5's BM25 ranking computed over in-memory postings (SQLite store).
+"""FTS5's BM25 ranking computed over in-memory postings, whatever the store.
 
 FTS5 must score every chunk that any query word matches before it can sort them, and a question's words
 together match about half of all chunks: 80+ ms a search at 100k chunks. This index holds the same terms
 (produced by FTS5's own tokenizer, run on an in-memory FTS5 table with the store's ``tokenize`` option),
 the same statistics (every chunk row counts, as in FTS5) and the same formula as FTS5's ``bm25()`` (k1 1.2,
 b 0.75, idf floored at 1e-6, title and text weighted alike), as NumPy arrays: a query's postings are scored
-in a few milliseconds. It is a cache of the store: FTS5 stays the index of record, and answers whenever this
-one is not ready yet (its first build) or a query word is a phrase to FTS5 (``foo_bar``).
+in a few milliseconds. On SQLite it is a cache of FTS5; on PostgreSQL it is the BM25 ranking itself (the
+same figures as on SQLite for the same chunks). It knows nothing of the store: a feed tells it which
+chunks came and went (``lexical_postings.py``, ``postings_sqlite.py``, ``postings_pg.py``).
 
-Kept in step with the table: before a search, ``PRAGMA data_version`` on its own read-only connection says
-whether another connection wrote the database; if so, chunks above the highest id known are added, and
-when the count says some went (a replaced or deleted document), every ``(id, document)`` pair is compared
-and the missing ones marked dead (their postings stay until the next compaction, skipped when counting).
-The hits are checked against the store (ready document, in the collections, same document as known); a
-chunk found changed under a known id makes the next search resynchronise and this one use FTS5.
-
-New chunks go to a small delta; past ``COMPACT_SHARE`` of the main postings (or dead chunks), a background
+A chunk gone is marked dead (its postings stay until the next compaction, skipped when counting). New
+chunks go to a small delta; past ``COMPACT_SHARE`` of the main postings (or dead chunks), a background
 thread merges everything into new main arrays and saves them (``<data_dir>/lexical/postings.npz``), so a
 restart loads the arrays instead of tokenizing every chunk again, and only synchronises the difference.
 """
@@ -24,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +27,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from chatgate.rag.fts5 import Fts5Tokenizer, tokenize_option
+from chatgate.rag.fts5 import Fts5Tokenizer
+from chatgate.rag.lexical import common
 from chatgate.rag.postings_file import Snapshot
 
 log = logging.getLogger(__name__)
@@ -45,7 +39,6 @@ MIN_IDF = 1e-6
 BATCH = 2_000  # chunks tokenized at a time
 COMPACT_SHARE = 0.25
 MAX_BATCHES = 256  # delta batches (each looked up per query term) before a compaction
-FULL_SYNC_EVERY = 1.0  # seconds: at most this often, every (id, document) pair is compared
 
 
 class _Grow:
@@ -103,18 +96,14 @@ class _Main:
 
 
 class PostingsIndex:
-    """See the module. Every method but ``open``/``close`` runs on the index's own thread (``submit``);
+    """See the module. Every method but ``submit``/``close`` runs on the index's own thread (``submit``);
     a compaction builds new main arrays on a second thread, and the index's thread swaps them in."""
 
-    def __init__(self, database: Path, snapshot_dir: Path | None) -> None:
-        self.database = database
+    def __init__(self, snapshot_dir: Path | None) -> None:
         self._file = snapshot_dir / "postings.npz" if snapshot_dir is not None else None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="chatgate-postings")
         self._compactor = ThreadPoolExecutor(1, thread_name_prefix="chatgate-postings-compact")
-        self._conn: sqlite3.Connection | None = None
         self._tokenizer: Fts5Tokenizer | None = None
-        self.ready = False
-        self.failed = False
         # Chunks, by internal index (never reused).
         self._ids = _Grow(np.int64)
         self._dl = _Grow(np.float64)
@@ -130,10 +119,7 @@ class PostingsIndex:
         self._dead = 0  # dead chunks whose postings are still held
         self._alive_n = 0
         self._total = 0.0  # tokens in alive chunks
-        self._version: int | None = None
         self._max_id = 0
-        self._last_full = 0.0
-        self._resync = False
         self._compacting: Future[tuple[_Main, int, int, np.ndarray]] | None = None
         self._closing = False
         self._changes = 0  # chunks killed so far (a key of the cached collection mask)
@@ -141,11 +127,8 @@ class PostingsIndex:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
-    def open(self) -> Future[None]:
-        """Load the snapshot (if any) and synchronise with the store, on the index's thread."""
-        return self._pool.submit(self._open)
-
     def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Run ``fn`` on the index's thread (every method below but ``close`` runs there)."""
         return self._pool.submit(fn, *args)
 
     def close(self) -> None:
@@ -153,87 +136,51 @@ class PostingsIndex:
         self._closing = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._compactor.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.close()
 
-    def _open(self) -> None:
-        try:
-            conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, check_same_thread=False)
-            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'rag_chunks_fts'").fetchone()
-            tokenize = tokenize_option(sql[0] if sql else "")
-            self._conn, self._tokenizer = conn, Fts5Tokenizer(tokenize)
-            started = time.monotonic()
-            loaded = self._load(tokenize)
-            self.sync(force=True, compact=False)
-            if self._delta_postings or self._dead:
-                self._swap(self._compaction()(), save=True)
-            self.ready = True
-            log.info(
-                "lexical postings ready",
-                extra={"chunks": self._alive_n, "seconds": round(time.monotonic() - started, 3), "snapshot": loaded},
-            )
-        except _Closing:
-            pass
-        except Exception:
-            self.failed = True
-            log.warning("lexical postings unavailable; FTS5 answers alone", exc_info=True)
+    def start(self, tokenize: str) -> bool:
+        """Take the store's tokenizer and load the snapshot, when there is one made with it (True)."""
+        self._tokenizer = Fts5Tokenizer(tokenize)
+        return self._load(tokenize)
 
-    # -- keeping in step -----------------------------------------------------------------------------------
+    @property
+    def known(self) -> tuple[int, int]:
+        """(highest chunk id ever added, chunks alive): what a feed compares with the store."""
+        return self._max_id, self._alive_n
 
-    def sync(self, force: bool = False, compact: bool = True) -> None:
-        """Bring the index up to the store's chunks (one PRAGMA when nothing was written)."""
-        conn = self._conn
-        assert conn is not None
-        self._finish_compaction()
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
-        if version == self._version and not force and not self._resync:
-            if compact:  # a compaction that just ended may have left work (chunks that went meanwhile)
-                self._maybe_compact()
-            return
-        conn.execute("BEGIN")
-        try:
-            top, count = conn.execute("SELECT coalesce(max(id), 0), count(*) FROM rag_chunks").fetchone()
-            if top > self._max_id:
-                self._add(conn, "c.id > ?", (self._max_id,))
-            now = time.monotonic()
-            if count != self._alive_n or top < self._max_id or self._resync or force:
-                if force or self._resync or now - self._last_full >= FULL_SYNC_EVERY:
-                    self._full_sync(conn)
-                    self._last_full = now
-                    self._resync = False
-                else:
-                    version = None  # compare again at a later search
-        finally:
-            conn.execute("COMMIT")
-        self._version = version
-        if compact:
-            self._maybe_compact()
+    # -- keeping in step (a feed says what changed: ``lexical_postings.py``) ------------------------------
 
-    def invalidate(self) -> None:
-        """A hit was found changed in the store: compare everything before the next search."""
-        self._resync = True
+    def remove(self, ids: Iterable[int]) -> None:
+        """Chunks gone from the store (unknown ids are ignored)."""
+        for cid in ids:
+            if cid in self._where:
+                self._kill(cid)
 
-    def _full_sync(self, conn: sqlite3.Connection) -> None:
-        """Compare every (id, document) pair: mark the missing dead, add what is new (also under an old id)."""
-        present = {int(i): d for i, d in conn.execute("SELECT id, document_id FROM rag_chunks")}
+    def reconcile(self, present: dict[int, str]) -> list[int]:
+        """Every chunk in the store (id -> document id): the missing or changed ones marked dead; the ids
+        to add (new, or under an old id)."""
         for cid, at in list(self._where.items()):
             if present.get(cid) != self._docs[at]:
                 self._kill(cid)
-        missing = [cid for cid in present if cid not in self._where]
-        for start in range(0, len(missing), 500):
-            part = missing[start : start + 500]
-            self._add(conn, "c.id IN (" + ",".join("?" * len(part)) + ")", part)
+        return [cid for cid in present if cid not in self._where]
 
-    def _add(self, conn: sqlite3.Connection, where: str, params: Sequence[object]) -> None:
-        sql = (
-            "SELECT c.id, c.document_id, d.collection_id, c.title || ' ' || c.text FROM rag_chunks c "
-            f"JOIN rag_documents d ON d.id = c.document_id WHERE {where} ORDER BY c.id"
-        )
-        cursor = conn.execute(sql, tuple(params))
-        while rows := cursor.fetchmany(BATCH):
+    def add(self, rows: Sequence[tuple[int, str, str, str]]) -> None:
+        """Chunks (id, document id, collection id, title and text), tokenized ``BATCH`` at a time; a known id
+        is replaced."""
+        for start in range(0, len(rows), BATCH):
             if self._closing:
-                raise _Closing
-            self._add_rows(rows)
+                raise Closing
+            self._add_rows(rows[start : start + BATCH])
+
+    def settle(self, now: bool = False) -> None:
+        """After changes: a compaction started when the delta or the dead have grown (``now``: merged at
+        once and saved, as after the first build, unless one is already running)."""
+        if now:
+            self._finish_compaction(again=False)
+            if self._compacting is None and (self._delta_postings or self._dead):
+                self._swap(self._compaction()(), save=True)
+        else:
+            self._finish_compaction()
+            self._maybe_compact()
 
     def _add_rows(self, rows: Sequence[tuple[int, str, str, str]]) -> None:
         assert self._tokenizer is not None
@@ -284,7 +231,9 @@ class PostingsIndex:
         ):
             self._compacting = self._compactor.submit(self._compaction())
 
-    def _finish_compaction(self) -> None:
+    def _finish_compaction(self, again: bool = True) -> None:
+        """Swap a finished compaction in (and, ``again``, start another if what changed meanwhile calls for
+        one)."""
         done = self._compacting
         if done is not None and done.done():
             self._compacting = None
@@ -294,6 +243,8 @@ class PostingsIndex:
                 log.warning("lexical postings compaction failed", exc_info=True)
                 return
             self._swap(result, save=True)
+            if again:
+                self._maybe_compact()
 
     def _compaction(self) -> Callable[[], tuple[_Main, int, int, np.ndarray]]:
         """A function merging the main arrays and the delta known now, without dead chunks' postings; it
@@ -376,39 +327,32 @@ class PostingsIndex:
         return out
 
     def rank(
-        self, terms: Sequence[str], collection_ids: Sequence[str], documents: Sequence[str] | None, limit: int
+        self,
+        terms: Sequence[str],
+        collection_ids: Sequence[str],
+        documents: Sequence[str] | None,
+        limit: int,
+        max_df: float | None = None,
     ) -> list[tuple[int, float, str]]:
         """The best ``limit`` (chunk id, BM25 score, document id), best first, among the alive chunks of the
-        collections (and of ``documents`` when given). Each term scores as one FTS5 phrase."""
+        collections (and of ``documents`` when given). Each term scores as one FTS5 phrase. ``max_df``: terms
+        found in more than this share of the chunks are left out (``lexical.common``)."""
+        self._finish_compaction()
         n = self._ids.n
         codes = [self._collections[c] for c in collection_ids if c in self._collections]
         if not codes or not n or limit <= 0:
             return []
-        main, delta = self._main, self._delta
         alive, total = self._alive.a[:n], self._alive_n
+        found_postings = [self._postings(term, alive) for term in terms]
+        if max_df is not None:
+            drop = common([0 if p is None else len(p[0]) for p in found_postings], total, max_df)
+            found_postings = [p for i, p in enumerate(found_postings) if i not in drop]
         norm = K1 * (1 - B + B * self._dl.a[:n] / (self._total / total if total else 1.0))
         scores = np.zeros(n, np.float64)
-        for term in terms:
-            tid = self._terms.get(term)
-            if tid is None:
+        for posting in found_postings:
+            if posting is None:
                 continue
-            parts = []
-            if tid + 1 < len(main.offsets) and main.offsets[tid + 1] > main.offsets[tid]:
-                s, e = main.offsets[tid], main.offsets[tid + 1]
-                parts.append((main.idx[s:e], main.tf[s:e]))
-            for b in delta:
-                at = b.lookup.get(tid)
-                if at is not None:
-                    parts.append((b.idx[at[0] : at[1]], b.tf[at[0] : at[1]]))
-            if not parts:
-                continue
-            idx = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-            tf = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-            if self._dead:
-                live = alive[idx]
-                idx, tf = idx[live], tf[live]
-            if not len(idx):
-                continue
+            idx, tf = posting
             df = len(idx)
             idf = math.log((total - df + 0.5) / (df + 0.5))
             f = tf.astype(np.float64)
@@ -427,10 +371,31 @@ class PostingsIndex:
         found = found[np.lexsort((self._ids.a[found], -scores[found]))]
         return [(int(self._ids.a[i]), float(scores[i]), self._docs[i]) for i in found]
 
+    def _postings(self, term: str, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """A term's postings among the alive chunks: (chunk indexes, term frequencies), or None."""
+        tid = self._terms.get(term)
+        if tid is None:
+            return None
+        main = self._main
+        parts = []
+        if tid + 1 < len(main.offsets) and main.offsets[tid + 1] > main.offsets[tid]:
+            s, e = main.offsets[tid], main.offsets[tid + 1]
+            parts.append((main.idx[s:e], main.tf[s:e]))
+        for b in self._delta:
+            at = b.lookup.get(tid)
+            if at is not None:
+                parts.append((b.idx[at[0] : at[1]], b.tf[at[0] : at[1]]))
+        if not parts:
+            return None
+        idx = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        tf = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        if self._dead:
+            live = alive[idx]
+            idx, tf = idx[live], tf[live]
+        return (idx, tf) if len(idx) else None
+
     def stats(self) -> dict[str, object]:
         return {
-            "ready": self.ready,
-            "started": True,
             "chunks": self._alive_n,
             "terms": len(self._terms),
             "postings": len(self._main.idx) + self._delta_postings,
@@ -439,5 +404,5 @@ class PostingsIndex:
         }
 
 
-class _Closing(Exception):
+class Closing(Exception):
     """The index is closing: the build stops."""

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -92,15 +92,32 @@ def mismatch(exc: EmbeddingMismatch) -> Conflict:
     return err
 
 
+DenseOpener = Callable[[Literal["try"]], DenseIndex]
+"""Opens the dense index (``write="try"``: as its writer when the directory is free); may block."""
+EmbedderFactory = Callable[[], Embedder]
+
+
 class Rag:
-    def __init__(self, settings: Settings, engine: AsyncEngine, metrics: Metrics | None = None) -> None:
+    """RAG on the gateway, over the backends ``app.build_rag`` chose: the lexical index (ready to search at
+    once), and how to open the dense index and make the embedder (called on first need)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine,
+        lexical: LexicalIndex,
+        open_dense: DenseOpener,
+        make_embedder: EmbedderFactory,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.retrieval = settings.rag.retrieval
         self.engine = engine
         self.repo = RagRepo(engine)
         self.jobs = JobRepo(engine)
-        self.lexical = LexicalIndex.from_settings(engine, self.retrieval, settings.data_dir)
+        self.lexical = lexical
+        self._open_dense, self._make_embedder = open_dense, make_embedder
         self.assistants = Assistants(settings.assistants, AssistantRepo(engine))
         self.retriever = Retriever(self.repo, self.lexical, None, None, self.retrieval)
         self.dense: DenseIndex | None = None
@@ -142,10 +159,8 @@ class Rag:
         await asyncio.shield(self._open_soon())
 
     async def _open(self) -> None:
-        from chatgate.rag.embedders import build_embedder
-
-        dense = await asyncio.to_thread(DenseIndex.open, self.retrieval, self.settings.data_dir, "try")
-        embedder = build_embedder(self.settings.rag.embeddings)
+        dense = await asyncio.to_thread(self._open_dense, "try")
+        embedder = self._make_embedder()
         start = getattr(embedder, "start", None)
         if start is not None:
             start()  # the local model loads on its own thread
@@ -185,7 +200,7 @@ class Rag:
             await self.embedder.close()
         if self.dense is not None:
             self.dense.close()
-        await asyncio.to_thread(self.lexical.close)
+        await self.lexical.close()
 
     def overview(self) -> dict[str, object]:
         """For ``/admin/metrics``: whether the index is open (and written here), the embedder, the job runner."""
@@ -198,7 +213,7 @@ class Rag:
             "embedder_ready": bool(getattr(embedder, "ready", True)) if embedder is not None else False,
             "job_runner": self.runner is not None,
             "assistants_configured": len(self.assistants.configured),
-            "lexical_postings": self.lexical.postings_stats(),
+            "lexical": self.lexical.stats(),
         }
 
     async def embedder_info(self) -> tuple[str, int]:
