@@ -76,6 +76,20 @@ class Framing:
     parse: bool = False  # the door needs every chunk's text as it arrives (``transform`` reads it)
 
 
+@dataclass(slots=True)
+class ToolStep:
+    """A server tool the model called during the tool loop (``tools/loop.py``): what a door shows of it while the
+    answer streams (``Door.tool_event``), before it runs (``done`` False) and once it has (``done`` True)."""
+
+    step: int  # the loop's step (1: the model's first answer)
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    done: bool = False
+    error: str | None = None  # what the tool said went wrong, when it did
+    sources: list[dict[str, Any]] = field(default_factory=list)  # what a search found, numbered as the model saw
+
+
 class Door(Protocol):
     """Where a request came in: everything about it that differs between front ends, and nothing else.
 
@@ -93,6 +107,7 @@ class Door(Protocol):
     def answer(self, turn: Turn, body: bytes) -> bytes: ...
     def framing(self, turn: Turn) -> Framing: ...
     def tail(self, turn: Turn) -> bytes: ...
+    def tool_event(self, turn: Turn, step: ToolStep) -> bytes: ...
     def replay(self, turn: Turn, entry: Entry) -> Answer: ...
 
 

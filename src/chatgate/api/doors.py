@@ -19,9 +19,9 @@ from chatgate.errors import NotFound
 from chatgate.rag.ground import sources_event
 from chatgate.sessions.manager import Session
 from chatgate.sessions.messages import Kept, new_messages
-from chatgate.turn import Answer, Framing, Services, Turn
+from chatgate.turn import Answer, Framing, Services, ToolStep, Turn
 from chatgate.upstream.answer import parse_answer
-from chatgate.upstream.sse import DONE_EVENT, choiceless_chunk, encode_data
+from chatgate.upstream.sse import DONE_EVENT, choiceless_chunk, encode_comment, encode_data
 
 
 class Replay:
@@ -82,6 +82,11 @@ class OpenAIDoor:
             out += choiceless_chunk(turn.reply_head, usage=turn.usage)
         return out
 
+    def tool_event(self, turn: Turn, step: ToolStep) -> bytes:
+        """An SSE comment while a server tool runs: it keeps proxies from timing the stream out, and OpenAI
+        clients skip it."""
+        return encode_comment(f"tool {step.name}".encode()) if not step.done else b""
+
     def replay(self, turn: Turn, entry: Entry) -> Answer:
         if not turn.stream:
             return entry.body  # a grounded answer was stored with its sources
@@ -135,6 +140,17 @@ class ChatAPIDoor:
 
     def tail(self, turn: Turn) -> bytes:
         return encode_data(orjson.dumps({"type": "done", **self.body(turn)}))
+
+    def tool_event(self, turn: Turn, step: ToolStep) -> bytes:
+        """``{"type": "tool", "step", "name", "arguments"}`` when a server tool starts; ``{"type": "tool_result",
+        "step", "name", "sources" (how many), "error"}`` when it is done."""
+        if not step.done:
+            event: dict[str, Any] = {"type": "tool", "step": step.step, "name": step.name, "arguments": step.arguments}
+        else:
+            event = {"type": "tool_result", "step": step.step, "name": step.name, "sources": len(step.sources)}
+            if step.error is not None:
+                event["error"] = step.error
+        return encode_data(orjson.dumps(event))
 
     def replay(self, turn: Turn, entry: Entry) -> Answer:
         stored = parse_answer(entry.body).get("sources")  # a grounded answer was stored with its sources
