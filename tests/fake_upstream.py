@@ -18,6 +18,7 @@ tests set them on the client request):
 - ``style``: ``multiline`` (JSON split over several ``data:`` lines), ``crlf``, ``keepalive``.
 - ``no_done``: end the stream without ``data: [DONE]``.
 - ``answer``: the answer's text, instead of the echo.
+- ``script``: a tool loop's answers, one per step (tool calls, then content; see ``_scripted``).
 
 Knobs can also ride in the last user message, for doors that send the upstream only messages (the chat
 API, the web page): ``[fake:{"id": "x", "chunk_delay": 0.2}]`` anywhere in it is read as JSON knobs and
@@ -161,18 +162,28 @@ async def _summary(body: dict[str, Any], text: str) -> web.Response:
     )
 
 
-MESSAGE_KNOBS = re.compile(r"\[fake:(\{.*?\})\]", re.DOTALL)
+MESSAGE_KNOBS = "[fake:"
 
 
 def _message_knobs(request: web.Request, body: dict[str, Any]) -> str:
-    """Knobs from the last user message (``[fake:{...}]``) and from ``--answers`` merged into ``body["fake"]``;
-    the message's text without them."""
+    """Knobs from the last user message (``[fake:{...}]``, any JSON object) and from ``--answers`` merged into
+    ``body["fake"]``; the message's text without them."""
     text = _last_user_text(body)
     knobs: dict[str, Any] = {}
-    for match in MESSAGE_KNOBS.finditer(text):
-        knobs.update(json.loads(match.group(1)))
-    if knobs:
-        text = MESSAGE_KNOBS.sub("", text).strip()
+    decoder = json.JSONDecoder()
+    start = text.find(MESSAGE_KNOBS)
+    while start != -1:
+        try:
+            found, end = decoder.raw_decode(text, start + len(MESSAGE_KNOBS))
+        except json.JSONDecodeError:
+            found, end = None, -1
+        if isinstance(found, dict) and text.startswith("]", end):
+            knobs.update(found)
+            text = text[:start] + text[end + 1 :]
+            start = text.find(MESSAGE_KNOBS, start)
+        else:
+            start = text.find(MESSAGE_KNOBS, start + 1)
+    text = text.strip() if knobs else text
     knobs.update(request.app["answers"].get(text, {}))
     if knobs:
         body["fake"] = {**(body.get("fake") or {}), **knobs}
@@ -233,7 +244,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
     created = int(time.time())
     base = {"id": "chatcmpl-fake", "created": created, "model": body.get("model"), "system_fingerprint": name}
     tool_calls = None
-    if body.get("tools") and not openwebui:
+    if "script" in knobs:
+        scripted = await _scripted(request, body, knobs)
+        if isinstance(scripted, web.StreamResponse):
+            return scripted
+        text, tool_calls = scripted
+    elif body.get("tools") and not openwebui:
         fn = body["tools"][0]["function"]["name"]
         tool_calls = [{"id": "call_1", "type": "function", "function": {"name": fn, "arguments": '{"x": 1}'}}]
     if STATS[knobs.get("id", "default")]["attempts"] <= int(knobs.get("truncate", 0)):
@@ -245,7 +261,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         request.transport.abort()
         return resp
     if not body.get("stream"):
-        message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+        scripted_text = "script" in knobs and text  # a scripted step may write before its calls
+        message: dict[str, Any] = {"role": "assistant", "content": text if scripted_text or not tool_calls else None}
         if tool_calls:
             message["tool_calls"] = tool_calls
         STATS[knobs.get("id", "default")]["completed"] += 1
@@ -265,6 +282,50 @@ async def chat(request: web.Request) -> web.StreamResponse:
             }
         )
     return await _stream(request, body, base, text, tool_calls)
+
+
+def _this_turn(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages after the last user message: the tool loop's steps so far."""
+    messages = body.get("messages") or []
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return messages[last + 1 :]
+
+
+async def _scripted(
+    request: web.Request, body: dict[str, Any], knobs: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]] | None] | web.StreamResponse:
+    """The ``script`` knob's answer for this step of a tool loop: step n (from 0) is the number of assistant
+    messages after the last user message; past the script's end its last entry again. An entry is
+    ``{"call": [{"name", "arguments"}], "content"}`` (tool calls), ``{"answer": text}`` (``{results}`` in it:
+    the tool results it was given, joined by `` | ``), ``{"status": 500}`` or ``{"hang": true}``. Asked with
+    ``tool_choice: none``, it answers (the entry's ``answer``, else ``done after N steps``)."""
+    turn = _this_turn(body)
+    script = knobs["script"]
+    n = sum(1 for m in turn if m.get("role") == "assistant")
+    entry = script[min(n, len(script) - 1)]
+    results = " | ".join(str(m.get("content")) for m in turn if m.get("role") == "tool")
+    if "status" in entry:
+        status = int(entry["status"])
+        return web.json_response({"error": {"message": f"fake failure {status}", "type": "fake_error"}}, status=status)
+    if entry.get("hang"):
+        stats = STATS[knobs.get("id", "default")]
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stats["cancelled"] += 1
+            raise
+    if "call" in entry and body.get("tool_choice") != "none":
+        calls = [
+            {
+                "id": f"call_{n}_{j}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": json.dumps(c.get("arguments", {}))},
+            }
+            for j, c in enumerate(entry["call"])
+        ]
+        return entry.get("content") or "", calls
+    answer = str(entry.get("answer", f"done after {n} steps"))
+    return answer.replace("{results}", results), None
 
 
 async def _stream(
@@ -297,15 +358,29 @@ async def _stream(
         }
     ]
     if tool_calls:
-        chunks.append(
-            {
-                **base,
-                "object": "chat.completion.chunk",
-                "choices": [
-                    {"index": 0, "delta": {"tool_calls": [{**tool_calls[0], "index": 0}]}, "finish_reason": None}
-                ],
-            }
-        )
+        if text and "script" in knobs:  # content before the calls, as some models write
+            chunks.append(
+                {
+                    **base,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+                }
+            )
+        for i, call in enumerate(tool_calls):  # each call's head, then its arguments in two pieces
+            args = call["function"]["arguments"]
+            half = len(args) // 2
+            head = {"index": i, "id": call["id"], "type": "function", "function": {"name": call["function"]["name"]}}
+            for delta in (
+                {**head, "function": {**head["function"], "arguments": args[:half]}},
+                {"index": i, "function": {"arguments": args[half:]}},
+            ):
+                chunks.append(
+                    {
+                        **base,
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}],
+                    }
+                )
     else:
         for word in text.split(" "):
             chunks.append(

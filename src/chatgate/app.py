@@ -61,6 +61,8 @@ from chatgate.settings import Settings, load_settings
 from chatgate.store.db import Store, database_url
 from chatgate.store.writebehind import WriteBehind
 from chatgate.tokens.counter import TokenCounter
+from chatgate.tools.loop import ToolLoop
+from chatgate.tools.registry import Tools
 from chatgate.turn import Services
 from chatgate.upstream.breaker import CircuitBreaker
 from chatgate.upstream.catalog import ModelCatalog
@@ -220,6 +222,11 @@ def build_services(
     )
     cache = build_cache(settings)
     rag = build_rag(settings, store.engine, metrics)  # cheap: the index and the embedder open when documents are in use
+    tools = Tools(settings.tools, rag, counter.count)
+    for defined in settings.assistants:  # the config file's assistants offer tools that exist
+        unknown = [name for name in defined.tools if name not in tools.named]
+        if unknown:
+            raise ValueError(f"assistants: {defined.name!r} offers the tool {unknown[0]!r}, which is not defined")
     return Services(
         upstream=client,
         catalog=catalog,
@@ -238,6 +245,7 @@ def build_services(
         rag=rag,
         grounder=Grounder(rag, settings.grounding, counter, windows),
         tracing=tracing,
+        tool_loop=ToolLoop(tools, settings.tools, fitter, counter, metrics, tracing),
     )
 
 

@@ -37,7 +37,8 @@ from chatgate.limits.admit import completion_budget, used_tokens
 from chatgate.observe.tracing import step
 from chatgate.rag.ground import with_sources, with_system
 from chatgate.sessions.messages import calls_tool, request_kind
-from chatgate.turn import Answer, Door, Services, Turn
+from chatgate.tools.loop import ToolRun, ToolStream
+from chatgate.turn import Answer, Chunks, Door, Services, Turn
 from chatgate.upstream.answer import parse_answer, reply_content, usage_of
 from chatgate.upstream.sse import error_event
 from chatgate.upstream.stream import Relay, ReplyBuffer, ask_for_usage
@@ -121,6 +122,8 @@ async def session(services: Services, door: Door, turn: Turn) -> None:
             )
         if messages is not turn.payload.get("messages"):
             _rewrite(turn, {**turn.payload, "messages": messages})
+        if services.tool_loop is not None and turn.task is None and (tools := services.tool_loop.offer(turn)):
+            _rewrite(turn, {**turn.payload, "tools": tools})  # the assistant's server tools, after the client's
         turn.connection = services.connections.enter(
             turn.resolved.identity.user_id,
             None if conversation.ephemeral else conversation.id,
@@ -176,6 +179,7 @@ async def ground(services: Services, turn: Turn) -> None:
             turn.payload["messages"],
             turn.fitted,
             applied=session is not None and session.rag_applied,
+            versioned=services.answers is not None,
         )
     turn.scope = grounded.scope
     if grounded.messages is not None:
@@ -201,22 +205,27 @@ async def cached(services: Services, turn: Turn) -> Entry | None:
 
 
 async def call(services: Services, door: Door, turn: Turn) -> Answer:
+    """The upstream's answer; for an assistant with server tools, the tool loop's (``tools/loop.py``)."""
+    loop = services.tool_loop.begin(turn, door) if services.tool_loop is not None and turn.server_tools else None
     if turn.stream:
-        return await _stream(services, door, turn)
-    with step(services.tracing, "call"):
-        body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
+        return await _stream(services, door, turn, loop)
+    if loop is not None:
+        body = await loop.complete(services.upstream)
+    else:
+        with step(services.tracing, "call"):
+            body = await services.upstream.call("/chat/completions", turn.payload, turn.raw, turn.trace)
     data = parse_answer(body)
-    turn.usage, turn.reply, turn.completed = usage_of(data), reply_content(data), True
+    turn.usage, turn.reply, turn.completed = usage_of(data) or turn.usage, reply_content(data), True
     turn.called_tool = calls_tool(turn.reply)
     body = with_sources(body, turn.sources) or body
-    if services.answers is not None:
+    if services.answers is not None and (loop is None or loop.cacheable):
         await services.answers.put(turn.cache_key, body)
     return door.answer(turn, body)
 
 
-async def _stream(services: Services, door: Door, turn: Turn) -> Relay:
+async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | None) -> Chunks:
     framing = door.framing(turn)
-    payload, _ = ask_for_usage(turn.payload)
+    payload, _ = ask_for_usage(turn.payload if loop is None else loop.payload())
     with step(services.tracing, "call"):
         opened = await services.upstream.open(
             "/chat/completions", payload, turn.raw if payload is turn.payload else None, turn.trace
@@ -241,18 +250,23 @@ async def _stream(services: Services, door: Door, turn: Turn) -> Relay:
     async def end(completed: bool) -> None:
         turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
         if completed and turn.completed and turn.cache_key is not None and services.answers is not None:
-            await services.answers.put(turn.cache_key, with_sources(reply.completion(turn.usage), turn.sources))
+            if loop is None or loop.cacheable:
+                await services.answers.put(turn.cache_key, with_sources(reply.completion(turn.usage), turn.sources))
         await account(services, door, turn)
 
-    relay = Relay(
-        opened,
-        include_usage=framing.include_usage,
-        on_usage=turn.record_usage,
-        reply=reply,
-        transform=framing.transform,
-        tail=tail,
-        on_end=end,
-    )
+    relay: Relay | ToolStream
+    if loop is not None:
+        relay = loop.stream(services.upstream, opened, framing, reply, tail, end)
+    else:
+        relay = Relay(
+            opened,
+            include_usage=framing.include_usage,
+            on_usage=turn.record_usage,
+            reply=reply,
+            transform=framing.transform,
+            tail=tail,
+            on_end=end,
+        )
     turn.streaming = True
     return relay
 

@@ -787,10 +787,11 @@ class AssistantSettings(_Section):
         description="Collections searched, by id or by name (a name matches admin-managed collections and the "
         "caller's own); never another user's private one.",
     )
-    retrieval: Literal["every_turn", "once_per_conversation", "off"] = Field(
+    retrieval: Literal["every_turn", "once_per_conversation", "tool", "off"] = Field(
         "every_turn",
         description="When to search: `every_turn`; `once_per_conversation` (the first request of a conversation "
-        "that finds something); `off`.",
+        "that finds something); `tool` (the model decides: it is offered `search_documents`, run by the tool "
+        "loop); `off`.",
     )
     top_k: int | None = Field(None, ge=1, le=200, description="Chunks retrieved; unset: `rag.retrieval.top_k`.")
     mode: Literal["hybrid", "dense", "lexical"] | None = Field(
@@ -798,6 +799,50 @@ class AssistantSettings(_Section):
     )
     research: bool = Field(False, description="Requests to it are typed `research` for analytics.")
     description: str | None = Field(None, description="Shown in `/v1/models`.")
+    tools: list[str] = Field(
+        default_factory=list,
+        description="Server tools offered to the model besides `search_documents` (which `retrieval: tool` "
+        "offers): `current_time`, or a tool declared under `tools.custom`. The tool loop runs them.",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, le=16, description="Tool-loop steps for this assistant; unset: `tools.max_steps`."
+    )
+
+
+class CustomToolSettings(_Section):
+    """A server tool of the deployer's: a Python callable, ``async def tool(arguments: dict) -> str`` (or a
+    plain function, run in a thread; a dict or list it returns is sent as JSON). A callable that takes a second
+    argument gets the caller too: ``{"user_id", "assistant"}``."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="The name the model calls it by.")
+    description: str = Field(min_length=1, description="What it does, for the model.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="Its arguments, as a JSON schema (an object).",
+    )
+    callable: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="`module:function`, imported at start.")
+    deterministic: bool = Field(
+        False, description="The same arguments always give the same result: an answer that called it may be cached."
+    )
+
+
+class ToolSettings(_Section):
+    """The tool loop (the call step of an assistant that offers server tools): call the model, run the server
+    tools it asked for, give it their results, call it again."""
+
+    max_steps: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Model answers with server tool calls followed, at most; then one more call "
+        "with `tool_choice: none` asks for the answer.",
+    )
+    timeout: float = Field(10.0, gt=0, description="Seconds a tool may run; past it the model is told it timed out.")
+    result_tokens: int = Field(
+        1500, ge=50, description="Tokens a tool's result may take (a search's sources are cut to fit)."
+    )
+    search_top_k: int = Field(5, ge=1, le=50, description="`search_documents`' results when the model asks for none.")
+    custom: list[CustomToolSettings] = Field(default_factory=list, description="More server tools (see below).")
 
 
 class GroundingSettings(_Section):
@@ -951,6 +996,7 @@ class Settings(BaseSettings):
     assistants: list[AssistantSettings] = Field(
         default_factory=list, description="Assistants: model ids with a system prompt and collections (see below)."
     )
+    tools: ToolSettings = Field(default_factory=ToolSettings, description="Server tools and the tool loop.")
 
     @field_validator("data_dir")
     @classmethod

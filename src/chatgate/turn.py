@@ -31,6 +31,7 @@ from chatgate.upstream.client import CallTrace, UpstreamClient
 
 if TYPE_CHECKING:
     from chatgate.rag.service import Rag
+    from chatgate.tools.loop import ToolLoop
 
 
 @dataclass(slots=True)
@@ -54,6 +55,7 @@ class Services:
     rag: Rag | None = None  # collections, search, assistants (rag/service.py)
     grounder: Grounder | None = None  # the ground step (rag/ground.py), with ``rag``
     tracing: Tracing | None = None  # None: tracing off, no spans
+    tool_loop: ToolLoop | None = None  # assistants' server tools (``tools/loop.py``)
 
 
 class Chunks(Protocol):
@@ -146,7 +148,10 @@ class Turn:
     # call, account
     trace: CallTrace = field(default_factory=CallTrace)
     usage: dict[str, Any] | None = None
-    usage_counted: bool = False  # the usage was counted here: the upstream reported none
+    usage_counted: bool = False  # the usage is the gateway's (counted here, or a tool loop's sum): the door sends it
+    server_tools: dict[str, Any] = field(default_factory=dict)  # the assistant's server tools (``tools/``), by name
+    tool_calls: int = 0  # server tool calls the tool loop ran
+    tool_steps: int = 0  # the tool loop's model answers
     called_tool: bool = False  # the answer called a tool
     reply: Any = None  # the assistant's reply, as stored
     reply_head: dict[str, Any] = field(default_factory=dict)  # a streamed reply's id, model and created

@@ -60,6 +60,13 @@ def config(fake: Fake, **extra: Any) -> dict[str, Any]:
         "assistants": [
             {"name": "hr-assistant", "model": "fake-model", "collections": ["hr"], "description": "HR handbook"},
             {"name": "hostile-assistant", "model": "fake-model", "collections": ["hostile"]},
+            {
+                "name": "hr-tools",
+                "model": "fake-model",
+                "collections": ["hr"],
+                "retrieval": "tool",
+                "tools": ["current_time"],
+            },
         ],
         **extra,
     }
@@ -94,7 +101,7 @@ def test_sign_in_refuses_a_wrong_key_then_accepts_the_right_one(tab: Tab, gw: Ga
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     options = page.get_by_label("Model", exact=True).locator("option")
-    expect(options).to_have_text(["hr-assistant — HR handbook", "hostile-assistant", "fake-model"])
+    expect(options).to_have_text(["hr-assistant — HR handbook", "hostile-assistant", "hr-tools", "fake-model"])
     assert page.evaluate("sessionStorage.getItem('chatgate.key')") == ada
     assert ada not in page.url
     assert ada not in gw.logs()  # no key in URLs or logs
@@ -284,36 +291,26 @@ def test_documents_upload_with_progress_failures_and_delete(tab: Tab, gw: Gatewa
     expect(dialog.locator("tr[data-status=failed]")).to_contain_text("corrupt.pdf")
 
 
-def test_tool_steps_render_before_the_answer(tab: Tab, ada: str) -> None:
-    """The tool loop's stream events (being built): the page shows each step as a "searched: ..." line."""
-    events = [
-        {
-            "type": "tool",
-            "step": 1,
-            "name": "search_documents",
-            "arguments": {"query": "parental leave", "collection": "hr"},
-        },
-        {"type": "tool", "step": 2, "name": "lookup", "arguments": {"id": 7}},
-        {"type": "delta", "content": "Sixteen "},
-        {"type": "delta", "content": "weeks."},
-        {
-            "type": "done",
-            "response": "Sixteen weeks.",
-            "session_id": "s-tools",
-            "cached": False,
-            "sources": [],
-            "usage": None,
-        },
+def test_tool_steps_render_before_the_answer(tab: Tab, fake: Fake, ada: str) -> None:
+    """An assistant that searches when the model asks (``retrieval: tool``): the page shows each tool-loop step
+    as it runs ("searched: ..."), how it ended, then the answer with the sources the search found."""
+    script = [
+        {"call": [{"name": "search_documents", "arguments": {"query": "parental leave"}}]},
+        {"call": [{"name": "current_time", "arguments": {"timezone": "Mars/Olympus"}}]},
+        {"answer": "Twenty six weeks [1]."},
     ]
-    stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
     sign_in(tab, ada)
-    tab.page.route(
-        "**/api/v1/chat", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=stream)
-    )
-    answer = send(tab, "how long?")
+    tab.page.get_by_label("Model", exact=True).select_option("hr-tools")
+    answer = send(tab, knobs("how long is parental leave?", id="web-tools", script=script))
     done(answer)
-    expect(answer.locator(".step")).to_have_text(["searched: “parental leave” in hr", 'lookup: {"id":7}'])
-    expect(answer.locator(".msg-body")).to_have_text("Sixteen weeks.")
+    steps = answer.locator(".step")
+    expect(steps).to_have_text(
+        ["searched: “parental leave” · 2 found", 'current_time: {"timezone":"Mars/Olympus"} · failed (zone)']
+    )
+    expect(steps.nth(0)).to_have_attribute("data-state", "done")
+    expect(steps.nth(1)).to_have_attribute("data-state", "failed")  # a zone it does not know
+    expect(answer.locator(".msg-body")).to_contain_text("Twenty six weeks")
+    assert len(fake.stats("web-tools")["bodies"]) == 3
 
 
 def test_narrow_layout_has_no_horizontal_scroll_and_every_control_is_reachable(

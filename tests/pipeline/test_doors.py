@@ -227,7 +227,14 @@ class FixedSources:
     """A grounder that always finds the same source (retrieval itself is tested in tests/rag)."""
 
     async def ground(
-        self, assistant: Any, user_id: str, messages: list[dict[str, Any]], fitted: Any, *, applied: bool
+        self,
+        assistant: Any,
+        user_id: str,
+        messages: list[dict[str, Any]],
+        fitted: Any,
+        *,
+        applied: bool,
+        versioned: bool = False,
     ) -> Grounded:
         source = {"index": 1, "document": "handbook/leave.md", "title": "Leave", "score": 0.9}
         context = [{"role": "system", "content": "[1] Leave\nParental leave is sixteen weeks."}, *messages]

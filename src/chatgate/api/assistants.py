@@ -24,7 +24,7 @@ def _registry(request: Request) -> Assistants:
     return services.rag.assistants
 
 
-def _parse(data: dict[str, Any]) -> Assistant:
+def _parse(request: Request, data: dict[str, Any]) -> Assistant:
     top_k = data.get("top_k")
     if isinstance(top_k, float) and top_k.is_integer():  # JSON Schema's integer: 5.0 is 5
         data = {**data, "top_k": int(top_k)}
@@ -34,7 +34,11 @@ def _parse(data: dict[str, Any]) -> Assistant:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "body"
         raise BadRequest(f"'{field}': {error['msg']}.", details={"field": field}) from None
-    return Assistant.from_settings(settings, source="api")
+    assistant = Assistant.from_settings(settings, source="api")
+    loop = _admin(request).tool_loop
+    if loop is not None:
+        loop.tools.check(assistant)  # a tool it offers that does not exist: said now, not on its first request
+    return assistant
 
 
 def _no_assistant(name: str) -> NotFound:
@@ -55,7 +59,7 @@ async def list_assistants(request: Request) -> Response:
 async def create_assistant(request: Request) -> Response:
     """``POST /admin/assistants``: 201, or 409 when the name is taken."""
     registry = _registry(request)
-    assistant = _parse(parse_object(await request.body()))
+    assistant = _parse(request, parse_object(await request.body()))
     if assistant.name in registry.configured or not await registry.repo.create(assistant):
         raise Conflict(f"An assistant named {assistant.name!r} exists.", details={"field": "name"})
     await registry.refresh()
@@ -82,7 +86,7 @@ async def replace_assistant(request: Request) -> Response:
         raise BadRequest("'name' must match the path (an assistant cannot be renamed).", details={"field": "name"})
     if name in registry.configured:
         raise _read_only(name)
-    assistant = _parse(data)
+    assistant = _parse(request, data)
     if not await registry.repo.replace(assistant):
         raise _no_assistant(name)
     await registry.refresh()

@@ -143,13 +143,15 @@ class ChatAPIDoor:
 
     def tool_event(self, turn: Turn, step: ToolStep) -> bytes:
         """``{"type": "tool", "step", "name", "arguments"}`` when a server tool starts; ``{"type": "tool_result",
-        "step", "name", "sources" (how many), "error"}`` when it is done."""
+        "step", "name", "sources" (how many), "outcome": "ok" | "error", "reason"}`` when it is done (``reason``:
+        the tool's short error code; never an ``error`` field, which marks a stream's failure)."""
         if not step.done:
             event: dict[str, Any] = {"type": "tool", "step": step.step, "name": step.name, "arguments": step.arguments}
         else:
             event = {"type": "tool_result", "step": step.step, "name": step.name, "sources": len(step.sources)}
+            event["outcome"] = "ok" if step.error is None else "error"
             if step.error is not None:
-                event["error"] = step.error
+                event["reason"] = step.error
         return encode_data(orjson.dumps(event))
 
     def replay(self, turn: Turn, entry: Entry) -> Answer:

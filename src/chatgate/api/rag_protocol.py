@@ -93,9 +93,11 @@ class AssistantDefinition(BaseModel):
     model: str
     system_prompt: str | None = None
     collections: list[str] = []
-    retrieval: Literal["every_turn", "once_per_conversation", "off"] = "every_turn"
+    retrieval: Literal["every_turn", "once_per_conversation", "tool", "off"] = "every_turn"
     top_k: int | None = None
     mode: Literal["hybrid", "dense", "lexical"] | None = None
     research: bool = False
     description: str | None = None
+    tools: list[str] = Field([], description="Server tools offered besides `search_documents` (`retrieval: tool`).")
+    max_steps: int | None = Field(None, description="Tool-loop steps; unset: `tools.max_steps`.")
     source: Literal["config", "api"] | None = Field(None, description="In answers: where it is defined.")

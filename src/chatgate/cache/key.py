@@ -74,6 +74,7 @@ class Scope:
     assistant: str | None = None
     collections: tuple[str, ...] = ()
     private_user: str | None = None
+    versions: tuple[str, ...] = ()  # the collections' versions, when the model searches them (the tool loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +175,8 @@ def _digest(payload: Mapping[str, Any], scope: Scope) -> str:
     canonical = {
         "params": params,
         "messages": [_message(m) for m in payload["messages"]],
-        "scope": [scope.assistant, sorted(set(scope.collections)), scope.private_user],
+        "scope": [scope.assistant, sorted(set(scope.collections)), scope.private_user]
+        + ([sorted(scope.versions)] if scope.versions else []),
     }
     data = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     return hashlib.sha256(KEY_VERSION + data).hexdigest()

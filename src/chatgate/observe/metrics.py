@@ -39,6 +39,7 @@ FLUSH_INTERVAL = 1.0
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKEN_BUCKETS = (16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0)
+STEP_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 17.0)
 RATIO_BUCKETS = (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -224,6 +225,24 @@ class Metrics:
                 "Requests for an assistant some of whose collections matched nothing the caller may read, by "
                 "assistant.",
                 ["assistant"],
+            )
+        )
+        self.tool_calls = self._add(
+            Counter(
+                "chatgate_tool_calls",
+                "Server tool calls in the tool loop, by tool and outcome (ok, error, timeout).",
+                ["tool", "outcome"],
+            )
+        )
+        self.tool_latency = self._add(
+            Histogram("chatgate_tool_duration_seconds", "Server tool run time, by tool.", ["tool"], LATENCY_BUCKETS)
+        )
+        self.tool_steps = self._add(
+            Histogram(
+                "chatgate_tool_loop_steps",
+                "Model answers per tool-loop request (1: it answered without calling a server tool).",
+                (),
+                STEP_BUCKETS,
             )
         )
         self.sessions_active = self._add(Gauge("chatgate_sessions_active", "Sessions held hot in memory."))

@@ -42,8 +42,8 @@ class RequestRecorder:
             # a stream the client left before it completed: 499, like a request it left
             status = 499 if turn.streaming and not turn.completed and not turn.stream_failed else 200
             code = "STREAM_INTERRUPTED" if turn.stream_failed else None
-        elif isinstance(error, ChatgateError):
-            status, code = error.status, error.code
+        elif isinstance(error, ChatgateError):  # a stream had sent its 200 already: it keeps it
+            status, code = 200 if turn.streaming else error.status, error.code
         else:
             status, code = 499, None  # cancelled: the client left
         model = trace.model or turn.payload.get("model")
@@ -61,6 +61,8 @@ class RequestRecorder:
             stream=turn.stream,
             started=turn.started,
             ttft=ttft if turn.stream else None,
+            tool_steps=turn.tool_steps,
+            tool_calls=turn.tool_calls,
         )
 
     def record(
@@ -79,6 +81,8 @@ class RequestRecorder:
         stream: bool,
         started: float,
         ttft: float | None,
+        tool_steps: int = 0,
+        tool_calls: int = 0,
     ) -> None:
         """``started``: ``time.perf_counter()`` when the request came in; ``ttft``: seconds to its first token."""
         if self.writer is None:
@@ -101,6 +105,8 @@ class RequestRecorder:
                 stream=stream,
                 latency_ms=round((time.perf_counter() - started) * 1000),
                 ttft_ms=round(ttft * 1000) if ttft is not None else None,
+                tool_steps=tool_steps,
+                tool_calls=tool_calls,
             )
         )
 

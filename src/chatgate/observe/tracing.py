@@ -94,11 +94,12 @@ class Tracing:
         await asyncio.to_thread(self.provider.shutdown)
 
 
-def step(tracing: Tracing | None, name: str) -> AbstractContextManager[Any]:
-    """A span around one pipeline step (the current span while it runs); nothing when tracing is off."""
+def step(tracing: Tracing | None, name: str, attributes: dict[str, Any] | None = None) -> AbstractContextManager[Any]:
+    """A span around one pipeline step (the current span while it runs, given as the ``with`` target); nothing
+    (None) when tracing is off."""
     if tracing is None:
         return _OFF
-    return tracing.tracer.start_as_current_span(name, record_exception=False)
+    return tracing.tracer.start_as_current_span(name, attributes=attributes, record_exception=False)
 
 
 def incoming(headers: Iterable[tuple[bytes, bytes]]) -> Context | None:

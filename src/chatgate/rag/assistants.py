@@ -26,8 +26,8 @@ from chatgate.store.models import ASSISTANTS, utcnow
 
 log = logging.getLogger("chatgate.rag")
 
-Policy = Literal["every_turn", "once_per_conversation", "off"]
-POLICIES: tuple[Policy, ...] = ("every_turn", "once_per_conversation", "off")
+Policy = Literal["every_turn", "once_per_conversation", "tool", "off"]
+POLICIES: tuple[Policy, ...] = ("every_turn", "once_per_conversation", "tool", "off")
 _A = ASSISTANTS.c
 
 
@@ -42,6 +42,8 @@ class Assistant:
     mode: Mode | None = None
     research: bool = False
     description: str | None = None
+    tools: tuple[str, ...] = ()  # server tools offered besides search_documents (retrieval: tool)
+    max_steps: int | None = None  # the tool loop's, when not ``tools.max_steps``
     source: str = "config"  # "config" (read-only) or "api"
 
     @classmethod
@@ -56,6 +58,8 @@ class Assistant:
             mode=s.mode,
             research=s.research,
             description=s.description,
+            tools=tuple(s.tools),
+            max_steps=s.max_steps,
             source=source,
         )
 
@@ -70,6 +74,8 @@ class Assistant:
             "mode": self.mode,
             "research": self.research,
             "description": self.description,
+            "tools": list(self.tools),
+            "max_steps": self.max_steps,
             "source": self.source,
         }
 
@@ -132,6 +138,8 @@ def _values(a: Assistant) -> dict[str, Any]:
         "mode": a.mode,
         "research": a.research,
         "description": a.description,
+        "tools": list(a.tools),
+        "max_steps": a.max_steps,
     }
 
 
@@ -147,6 +155,8 @@ def _assistant(m: Any) -> Assistant:
         mode=cast(Mode, m["mode"]) if m["mode"] in MODES else None,
         research=bool(m["research"]),
         description=m["description"],
+        tools=tuple(m["tools"] or ()),
+        max_steps=m["max_steps"],
         source="api",
     )
 

@@ -28,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from chatgate.settings import RetrievalSettings
 log = logging.getLogger("chatgate.rag")
 
 LOCK_NAME = "chatgate-writer.lock"
+OPEN_LOCK_NAME = "chatgate-open.lock"  # held while opening: Chroma's first open creates its tables
 STAMP_NAME = "chatgate-writes"  # touched by the writer after each change; readers reload when it moves
 WriteMode = Literal["require", "try", "never"]
 
@@ -80,6 +81,25 @@ class WriterLock:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _opening(directory: Path) -> Iterator[None]:
+    """Held while a process opens the persistent directory: Chroma creates its tables on first open, and two
+    workers doing that at once collide (``table collections already exists``)."""
+    fd = os.open(directory / OPEN_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def persistent_client(directory: Path) -> Any:
+    import chromadb
+
+    with _opening(directory):
+        return chromadb.PersistentClient(path=str(directory), settings=_chroma_settings())
 
 
 def _chroma_settings() -> Any:
@@ -143,7 +163,7 @@ class DenseIndex:
                     )
                 lock = None
         path.mkdir(parents=True, exist_ok=True)
-        client = chromadb.PersistentClient(path=str(path), settings=_chroma_settings())
+        client = persistent_client(path)
         return cls(
             client,
             writable=lock is not None,
@@ -188,13 +208,12 @@ class DenseIndex:
             stamp = self._stamp_value()
             if stamp == self._seen:
                 return
-            import chromadb
             from chromadb.api.shared_system_client import SharedSystemClient
 
             # Chroma shares one system per directory in a process: drop it so the new client loads afresh.
             SharedSystemClient._identifier_to_system.pop(str(self._stamp.parent), None)
             SharedSystemClient._identifier_to_refcount.pop(str(self._stamp.parent), None)
-            self._client = chromadb.PersistentClient(path=str(self._stamp.parent), settings=_chroma_settings())
+            self._client = persistent_client(self._stamp.parent)
             self._collections = {}
             self._seen = stamp
             self.reloads += 1

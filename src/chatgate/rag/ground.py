@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -59,13 +59,22 @@ class Grounder:
         fitted: Fitted | None,
         *,
         applied: bool,
+        versioned: bool = False,
     ) -> Grounded:
         """The assistant's documents into ``messages`` per its retrieval policy (``applied``: the conversation
-        was grounded before, which ``once_per_conversation`` heeds), within the room the window leaves."""
+        was grounded before, which ``once_per_conversation`` heeds), within the room the window leaves.
+
+        With ``retrieval: tool`` nothing goes in: the model searches when it chooses (the tool loop), so what
+        it may find is part of the scope: with ``versioned`` (the cache is on), the collections' versions."""
         rag = self.rag
         collections = await rag.for_assistant(assistant, user_id) if assistant.collections else []
         private = any(c.visibility == "private" for c in collections)
         scope = Scope(assistant.name, tuple(c.id for c in collections), user_id if private else None)
+        if assistant.retrieval == "tool":
+            if versioned and collections:
+                found = await rag.repo.versions(scope.collections)
+                scope = replace(scope, versions=tuple(f"{cid}@{found[cid]}" for cid in scope.collections))
+            return Grounded(scope)
         if not collections or assistant.retrieval == "off":
             return Grounded(scope)
         if assistant.retrieval == "once_per_conversation" and applied:

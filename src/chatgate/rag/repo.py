@@ -294,6 +294,21 @@ class RagRepo:
         async with self.engine.connect() as conn:
             return [_document(r) for r in (await conn.execute(stmt)).all()]
 
+    async def versions(self, collection_ids: Sequence[str]) -> dict[str, str]:
+        """Each collection's version: its searchable documents' count and newest change (a document added,
+        replaced or removed changes it), for what a cached answer searched."""
+        if not collection_ids:
+            return {}
+        stmt = (
+            select(_D.collection_id, func.count(), func.max(_D.updated_at))
+            .where(_D.collection_id.in_(list(collection_ids)), _D.status == "ready")
+            .group_by(_D.collection_id)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        found = {cid: f"{n}:{latest.isoformat() if latest is not None else ''}" for cid, n, latest in rows}
+        return {cid: found.get(cid, "0:") for cid in collection_ids}
+
     async def document_counts(self) -> dict[str, dict[str, int]]:
         """Collection id -> documents by status, for every collection."""
         stmt = select(_D.collection_id, _D.status, func.count()).group_by(_D.collection_id, _D.status)

@@ -128,6 +128,8 @@ class RecordRequest:
     stream: bool
     latency_ms: int
     ttft_ms: int | None
+    tool_steps: int = 0  # the tool loop's model answers (0: no loop)
+    tool_calls: int = 0  # the server tool calls it ran
 
 
 WriteOp = UpsertUser | UpsertConversation | AddMessage | CountRequest | TouchKey | SetBrief | RecordRequest
@@ -376,6 +378,8 @@ _LOG_COLUMNS = (
     "stream",
     "latency_ms",
     "ttft_ms",
+    "tool_steps",
+    "tool_calls",
 )
 _ROLLUP_COLUMNS = ("hour", "user_id", "model", "kind", *ROLLUP_SUMS)
 
@@ -447,6 +451,8 @@ async def _record_requests(conn: AsyncConnection, ops: list[RecordRequest]) -> N
                 op.stream,
                 op.latency_ms,
                 op.ttft_ms,
+                op.tool_steps,
+                op.tool_calls,
             )
         )
         key = (at.replace(minute=0, second=0, microsecond=0), user_id, model, kind)

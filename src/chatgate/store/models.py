@@ -212,6 +212,8 @@ class RequestLog(Base):
     stream: Mapped[bool]
     latency_ms: Mapped[int]
     ttft_ms: Mapped[int | None]
+    tool_steps: Mapped[int] = mapped_column(server_default="0")  # the tool loop's model answers (0: no loop)
+    tool_calls: Mapped[int] = mapped_column(server_default="0")  # server tool calls it ran
 
 
 # Hourly rollups per (UTC hour, user, model, kind), upserted with ``col = col + excluded.col`` in the batch
@@ -396,6 +398,8 @@ class Assistant(Base):
     mode: Mapped[str | None] = mapped_column(String(16))
     research: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     description: Mapped[str | None] = mapped_column(Text)
+    tools: Mapped[list[str] | None]  # server tools besides search_documents (0010)
+    max_steps: Mapped[int | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

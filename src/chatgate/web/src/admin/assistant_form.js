@@ -11,13 +11,14 @@ const options = (values, selected) => values.map(([v, label]) => h("option", { v
 
 /** Opens the form for `assistant` (null: a new one); calls `saved()` after a successful save. */
 export function editAssistant(api, assistant, saved) {
-  const a = assistant ?? { name: "", model: "", system_prompt: "", collections: [], retrieval: "every_turn", top_k: null, mode: null, research: false, description: "" };
+  const a = assistant ?? { name: "", model: "", system_prompt: "", collections: [], retrieval: "every_turn", top_k: null, mode: null, research: false, description: "", tools: [], max_steps: null };
   const name = h("input", { required: true, value: a.name, readonly: assistant ? true : null });
   const model = h("input", { required: true, value: a.model });
   const prompt = h("textarea", { rows: 4 });
   prompt.value = a.system_prompt ?? "";
   const collections = h("input", { value: a.collections.join(", "), "aria-describedby": "asst-collections-hint" });
-  const retrieval = h("select", {}, options([["every_turn", "Every turn"], ["once_per_conversation", "Once per conversation"], ["off", "Off"]], a.retrieval));
+  const retrieval = h("select", {}, options([["every_turn", "Every turn"], ["once_per_conversation", "Once per conversation"], ["tool", "When the model asks (tool)"], ["off", "Off"]], a.retrieval));
+  const tools = h("input", { value: (a.tools ?? []).join(", ") });
   const topK = h("input", { type: "number", min: 1, max: 200, value: a.top_k ?? "" });
   const mode = h("select", {}, options([["", "Default"], ["hybrid", "Hybrid"], ["dense", "Dense"], ["lexical", "Lexical"]], a.mode));
   const research = h("input", { type: "checkbox", checked: a.research });
@@ -34,6 +35,7 @@ export function editAssistant(api, assistant, saved) {
     field("asst-collections", "Collections (names or ids, comma separated)", collections),
     h("p", { id: "asst-collections-hint", class: "hint" }, "“My documents” searches each user's own uploads."),
     field("asst-retrieval", "Retrieval", retrieval),
+    field("asst-tools", "Server tools besides search (comma separated, e.g. current_time)", tools),
     field("asst-topk", "Chunks retrieved (empty: the default)", topK),
     field("asst-mode", "Search mode", mode),
     h("div", { class: "field check" }, research, h("label", { for: "asst-research" }, "Research assistant (typed research in analytics)")),
@@ -55,6 +57,8 @@ export function editAssistant(api, assistant, saved) {
       system_prompt: prompt.value.trim() || null,
       collections: collections.value.split(",").map((c) => c.trim()).filter(Boolean),
       retrieval: retrieval.value,
+      tools: tools.value.split(",").map((t) => t.trim()).filter(Boolean),
+      max_steps: a.max_steps ?? null,
       top_k: topK.value ? Number(topK.value) : null,
       mode: mode.value || null,
       research: research.checked,

@@ -1,6 +1,7 @@
 // One answer as it streams in: the chat API's events applied one by one (apply), so the renderer can be
 // driven by a real stream or by any list of events. Events: {type: "tool", step, name, arguments} (a
-// tool-loop step, shown as a "searched: ..." line), {type: "delta", content}, {type: "done", response,
+// tool-loop step, shown as a "searched: ..." line), {type: "tool_result", step, name, sources, outcome,
+// reason} (that step done: how many sources it found, or why it failed), {type: "delta", content}, {type: "done", response,
 // session_id, cached, sources, usage}.
 import { h } from "../lib/dom.js";
 import { formatNumber } from "../lib/format.js";
@@ -46,8 +47,22 @@ export class AnswerView {
     switch (event?.type) {
       case "tool":
         this.steps.hidden = false;
-        this.steps.append(h("li", { class: "step", dataset: { step: event.step ?? "" } }, describeStep(event)));
+        this.steps.append(
+          h("li", { class: "step", dataset: { step: event.step ?? "", name: event.name ?? "", state: "running" } }, describeStep(event)),
+        );
         break;
+      case "tool_result": {
+        // the first of this step's calls to that tool still running
+        const item = [...this.steps.children].find(
+          (li) => li.dataset.state === "running" && li.dataset.step === String(event.step ?? "") && li.dataset.name === (event.name ?? ""),
+        );
+        if (!item) break;
+        const failed = event.outcome === "error";
+        item.dataset.state = failed ? "failed" : "done";
+        const found = typeof event.sources === "number" && event.name === "search_documents" ? ` · ${event.sources} found` : "";
+        item.append(failed ? ` · failed (${event.reason ?? "error"})` : found);
+        break;
+      }
       case "delta":
         if (typeof event.content !== "string" || !event.content) break;
         if (firstDelta) {

@@ -83,7 +83,7 @@ export class Conversation {
       for await (const data of sseData(resp.body)) {
         if (data === "[DONE]") break;
         const event = JSON.parse(data);
-        if (event.error) {
+        if (event.error && !event.type) {  // the stream's failure (typed events are the answer's own)
           answer.end("error", event.error.message ?? "The answer failed.");
           ended = true;
           break;
