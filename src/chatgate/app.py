@@ -62,7 +62,7 @@ from chatgate.store.db import Store, database_url
 from chatgate.store.writebehind import WriteBehind
 from chatgate.tokens.counter import TokenCounter
 from chatgate.tools.loop import ToolLoop
-from chatgate.tools.registry import Tools
+from chatgate.tools.registry import Tools, tool_names
 from chatgate.turn import Services
 from chatgate.upstream.breaker import CircuitBreaker
 from chatgate.upstream.catalog import ModelCatalog
@@ -414,7 +414,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             *([Route(metrics_api.PATH, scrape)] if scrape is not None else []),  # every method: it says 405
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
-            *docs.routes(credentials, settings.server.public_paths),
+            *docs.routes(credentials, settings.server.public_paths, tool_names=tool_names(settings.tools)),
             *(pages.routes() if pages is not None else []),
         ],
         middleware=[

@@ -122,7 +122,9 @@ def _bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key", "").strip() or None
 
 
-def routes(authenticator: Authenticator, public_paths: Sequence[str] = ("/health",)) -> list[BaseRoute]:
+def routes(
+    authenticator: Authenticator, public_paths: Sequence[str] = ("/health",), tool_names: Sequence[str] = ()
+) -> list[BaseRoute]:
     documents: dict[bool, bytes] = {}
     page = _HTML.format(static=STATIC, spec=SPEC)
 
@@ -144,7 +146,7 @@ def routes(authenticator: Authenticator, public_paths: Sequence[str] = ("/health
 
             from chatgate.api.spec import openapi_schema
 
-            schema: dict[str, Any] = openapi_schema(admin=admin, public_paths=public_paths)
+            schema: dict[str, Any] = openapi_schema(admin=admin, public_paths=public_paths, tool_names=tool_names)
             body = documents[admin] = orjson.dumps(schema)
         return Response(body, media_type="application/json", headers={"cache-control": "no-store"})
 

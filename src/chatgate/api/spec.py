@@ -492,9 +492,12 @@ def is_admin_path(path: str) -> bool:
     return path.startswith(ADMIN_PATHS)
 
 
-def openapi_schema(admin: bool = True, public_paths: Sequence[str] = ("/health",)) -> dict[str, Any]:
+def openapi_schema(
+    admin: bool = True, public_paths: Sequence[str] = ("/health",), tool_names: Sequence[str] | None = None
+) -> dict[str, Any]:
     """The OpenAPI document: every route for an admin key; without the admin routes (and the schemas only they
-    use) for any other caller. Operations on ``public_paths`` (``server.public_paths``) need no key."""
+    use) for any other caller. Operations on ``public_paths`` (``server.public_paths``) need no key.
+    ``tool_names``: the server tools this gateway defines, the only values an assistant's ``tools`` takes."""
     schema = get_openapi(title="chatgate", version=__version__, description=DESCRIPTION, routes=DOCUMENTED)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in (ChatCompletionRequest, EmbeddingRequest, ChatAPIRequest):
@@ -503,6 +506,10 @@ def openapi_schema(admin: bool = True, public_paths: Sequence[str] = ("/health",
         components[model.__name__] = js
     for name in _NOT_OURS:
         components.pop(name, None)
+    if tool_names is not None:
+        for name in (AssistantCreate.__name__, AssistantReplace.__name__):
+            if name in components:
+                components[name]["properties"]["tools"]["items"] = {"type": "string", "enum": sorted(tool_names)}
     exact = {p for p in public_paths if not p.endswith("*")}
     prefixes = tuple(p[:-1] for p in public_paths if p.endswith("*"))
     paths: dict[str, Any] = {}

@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from chatgate.rag.service import Rag
 
 
+def tool_names(settings: ToolSettings) -> list[str]:
+    """The names an assistant's ``tools`` may take: the built-in tools and the deployer's ``tools.custom``."""
+    return sorted([CurrentTime.name, *(custom.name for custom in settings.custom)])
+
+
 class Tools:
     def __init__(self, settings: ToolSettings, rag: Rag | None, count: Callable[[str], int]) -> None:
         self.settings = settings
