@@ -17,7 +17,8 @@ over bounded sets, so that every cache fills and then turns over:
 
 Every cache is bounded by its setting (``--cache-entries``: ``cache.max_entries``; ``--count-cache``:
 ``tokens.cache_size``, which every new chat-API message adds to): a short run lowers both so that they fill
-within its warm-up. Every ``--sample`` seconds it reads the resident memory (``VmRSS``) of ``chatgate serve`` and of each worker.
+within its warm-up. Every ``--sample`` seconds it reads the resident memory (``VmRSS``) of ``chatgate serve``
+and of each worker.
 The figure: each worker's growth from the end of warm-up (``--warmup-minutes``, default a quarter of the run,
 when every cache is full; medians of three samples at each end) to the end of the run (the target: at most 5%).
 It also prints the request count, errors and the caches' fill (``/admin/metrics`` of each worker) at warm-up's
