@@ -97,22 +97,23 @@ def test_the_scripted_cluster_works_as_documented(deployed, fake_a: Fake) -> Non
     proc, port = deployed
     lb = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {KEY}"}
+    http = httpx.Client(timeout=30)  # a loaded machine: 30 s per request rather than httpx's 5
     turns([lb], KEY, fake_a, [f"t{i}" for i in range(1, 13)])  # over the balancer: either instance, exact history
 
-    made = httpx.post(f"{lb}/api/v1/collections", json={"name": "handbook", "visibility": "shared"}, headers=auth)
+    made = http.post(f"{lb}/api/v1/collections", json={"name": "handbook", "visibility": "shared"}, headers=auth)
     assert made.status_code == 201, made.text
     cid = made.json()["id"]
     doc = b"# Leave\n\nParental leave is twenty six weeks at full pay.\n"
-    up = httpx.post(f"{lb}/api/v1/collections/{cid}/documents", files=[("files", ("handbook.md", doc))], headers=auth)
+    up = http.post(f"{lb}/api/v1/collections/{cid}/documents", files=[("files", ("handbook.md", doc))], headers=auth)
     assert up.status_code == 202, up.text
     for _ in range(300):
-        job = httpx.get(f"{lb}/api/v1/jobs/{up.json()['job_id']}", headers=auth).json()
+        job = http.get(f"{lb}/api/v1/jobs/{up.json()['job_id']}", headers=auth).json()
         if job["status"] in ("done", "failed"):
             break
         time.sleep(0.1)
     assert job["status"] == "done", job
     for _ in range(4):  # whichever instance answers
-        hits = httpx.post(
+        hits = http.post(
             f"{lb}/api/v1/collections/{cid}/search", json={"query": "parental leave"}, headers=auth
         ).json()["data"]
         assert hits and hits[0]["document"] == "handbook.md"
@@ -121,7 +122,7 @@ def test_the_scripted_cluster_works_as_documented(deployed, fake_a: Fake) -> Non
     assert first is not None and serving(port + 2) is not None
     os.kill(first, signal.SIGKILL)
     for _ in range(20):  # the other instance answers through the balancer meanwhile
-        assert httpx.get(f"{lb}/health", timeout=10).status_code == 200
+        assert http.get(f"{lb}/health", timeout=10).status_code == 200
     for _ in range(600):  # started again by the script
         again = serving(port + 1)
         if again is not None and again != first:
@@ -129,9 +130,10 @@ def test_the_scripted_cluster_works_as_documented(deployed, fake_a: Fake) -> Non
         time.sleep(0.1)
     assert again is not None and again != first
     wait_http(f"http://127.0.0.1:{port + 1}/health", timeout=120)
-    resp = httpx.post(f"http://127.0.0.1:{port + 1}/api/v1/chat", json={"message": "back"}, headers=auth, timeout=30)
+    resp = http.post(f"http://127.0.0.1:{port + 1}/api/v1/chat", json={"message": "back"}, headers=auth, timeout=30)
     assert resp.status_code == 200, resp.text
     assert proc.poll() is None
+    http.close()
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0
     assert serving(port + 1) is None and serving(port + 2) is None  # nothing left behind

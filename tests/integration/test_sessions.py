@@ -72,7 +72,9 @@ def gw(request, tmp_path_factory, fake_b) -> Iterator[Gateway]:
         "retry": {"base": 0.01, "cap": 0.1},
         "limits": {"user_requests_per_minute": 10_000},  # 100 concurrent requests from one user below
     }
-    gateway = start_gateway(tmp_path_factory.mktemp(f"sess-{request.param}"), config, env=env, args=["--workers", "2"])
+    gateway = start_gateway(
+        tmp_path_factory.mktemp(f"sess-{request.param}"), config, env=env, args=["--workers", "2"], ready_timeout=120
+    )
     gateway.extra["env"] = {k: v for k, v in env.items() if k == "CHATGATE_DATABASE_URL"}
     gateway.extra["backend"] = request.param
     yield gateway
@@ -131,7 +133,7 @@ def test_twenty_sequential_turns_go_upstream_with_exactly_the_last_turns_in_orde
 
 def test_one_worker_is_correct_too(tmp_path, fake_b):
     config = {"upstreams": [{"name": "b", "base_url": fake_b.base_url}], "limits": {"user_requests_per_minute": 1000}}
-    gateway = start_gateway(tmp_path, config, args=["--workers", "1"])
+    gateway = start_gateway(tmp_path, config, args=["--workers", "1"], ready_timeout=120)
     try:
         assert asyncio.run(follow_ups([gateway.url], gateway.key, tries=50)) == {200: 50}
         turns([gateway.url], gateway.key, fake_b, [f"t{i}" for i in range(1, 21)])
@@ -375,7 +377,7 @@ def test_kill_9_under_load_loses_no_acknowledged_turn(tmp_path, fake_b, door):
         "limits": {"user_requests_per_minute": 100_000},
         "store": {"flush_interval": 1.0, **({"durability": "every_turn"} if door != "chat-api" else {})},
     }
-    gateway = start_gateway(tmp_path, config, args=["--workers", "2"])
+    gateway = start_gateway(tmp_path, config, args=["--workers", "2"], ready_timeout=120)
     run = uuid.uuid4().hex[:8]
     acknowledged: dict[str, list[str]] = {}  # conversation (session id / chat id) -> the texts answered, in order
     enough = asyncio.Event()
@@ -443,7 +445,9 @@ def test_kill_9_under_load_loses_no_acknowledged_turn(tmp_path, fake_b, door):
     asyncio.run(load())
     answered = sum(map(len, acknowledged.values()))
     assert answered >= 300
-    restarted = start_gateway(tmp_path, config, args=["--workers", "1"])  # the same data directory, as it was left
+    restarted = start_gateway(
+        tmp_path, config, args=["--workers", "1"], ready_timeout=120
+    )  # the same data directory, as it was left
     try:
         with sqlite3.connect(restarted.data_dir / "chatgate.db") as db:
             rows = db.execute("select conversation_id, role, content from messages order by id").fetchall()
