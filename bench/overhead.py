@@ -14,7 +14,9 @@ Starts, as child processes in a temporary directory:
 Then drives each with ``wrk`` (non-streaming throughput and latency at each concurrency) and with
 a small sequential keep-alive socket client (streaming time to first byte at concurrency 1), and
 prints the figures and their ratios. It prints figures, never a verdict; the targets are shown for
-reference. Results also go to ``bench/results/overhead-<timestamp>.json``.
+reference. With ``--sessions`` a second chatgate (``cg-durable``, ``store.durability: every_turn``) is measured
+in the same rounds, so that what committing every turn before its answer costs is read against writing it
+behind, same run, same load. Results also go to ``bench/results/overhead-<timestamp>.json``.
 
 Needs ``wrk`` and ``nginx`` (``make bench-deps``).
 """
@@ -50,6 +52,7 @@ MODEL = "bench-model"  # routed by chatgate to the "json" nginx port
 STREAM_MODEL = "bench-stream"  # routed by chatgate to the "sse" nginx port
 ANSWER = "Hello from the benchmark upstream."
 TARGETS = ("direct", "baseline", "chatgate")
+DURABLE = "cg-durable"  # with --sessions: chatgate with store.durability every_turn (the default writes behind)
 
 # Targets shown next to the figures (for reference only; nothing here passes or fails).
 TARGET_RPS_RATIO = 0.60  # chatgate RPS / baseline RPS at c=64, at least
@@ -734,7 +737,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--sessions",
         action="store_true",
-        help="requests carry Open WebUI identity headers: chatgate resolves users and persists every message",
+        help="requests carry Open WebUI identity headers: chatgate resolves users and persists every message; "
+        "also measures cg-durable (store.durability every_turn) against it",
     )
     args = p.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
@@ -752,7 +756,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def start_all(tmp: Path, args: argparse.Namespace, python: str, chatgate: str, nginx: str) -> dict[str, Target]:
-    json_port, sse_port, base_port, cg_port = free_ports(4)
+    json_port, sse_port, base_port, cg_port, durable_port = free_ports(5)
     children: dict[str, Target] = {}
 
     # nginx
@@ -823,9 +827,20 @@ def start_all(tmp: Path, args: argparse.Namespace, python: str, chatgate: str, n
     # cwd is the temp dir, so no stray ./.env is read.
     cg = Child("chatgate", argv, log=tmp / "chatgate.log", cwd=tmp, env=env)
     children["chatgate"] = Target("chatgate", cg_port, cg_port, cg)
+    if args.sessions:  # the same, every turn committed before its answer: the cost of durability, same run
+        durable_argv = [*argv[:3], str(durable_port), *argv[4:]]
+        durable_env = {
+            **env,
+            "CHATGATE_DATA_DIR": str(tmp / "data-durable"),
+            "CHATGATE_STORE__DURABILITY": "every_turn",
+        }
+        dur = Child(DURABLE, durable_argv, log=tmp / "chatgate-durable.log", cwd=tmp, env=durable_env)
+        children[DURABLE] = Target(DURABLE, durable_port, durable_port, dur)
 
     wait_ready(base, base_port, "POST", "/v1/chat/completions", chat_request(stream=False))
     wait_ready(cg, cg_port, "GET", "/health", None)
+    if args.sessions:
+        wait_ready(children[DURABLE].child, durable_port, "GET", "/health", None)
     for t in children.values():
         check_json_target(t)
     return children
@@ -876,18 +891,19 @@ def run(args: argparse.Namespace, tmp: Path, report: dict[str, Any]) -> None:
         )
         return r
 
+    names = (*TARGETS, DURABLE) if args.sessions else TARGETS
     log("non-streaming (wrk):")
     every: list[WrkResult] = []
     for round_ in range(args.repeat):
         if args.repeat > 1:
             log(f" round {round_ + 1} of {args.repeat}")
         for conc in args.concurrency:
-            for name in TARGETS:
+            for name in names:
                 every.append(measure(targets[name], conc, stream=False))
     rows = [
         combine([r for r in every if r.target == name and r.concurrency == conc])
         for conc in args.concurrency
-        for name in TARGETS
+        for name in names
     ]
     report["non_streaming"] = [asdict(r) for r in rows]
     if args.repeat > 1:
@@ -897,7 +913,7 @@ def run(args: argparse.Namespace, tmp: Path, report: dict[str, Any]) -> None:
     if not args.no_stream_rps:
         top = max(args.concurrency)
         log(f"streaming throughput (wrk, c={top}):")
-        for name in TARGETS:
+        for name in names:
             stream_rows.append(measure(targets[name], top, stream=True))
     report["streaming_throughput"] = [asdict(r) for r in stream_rows]
 
@@ -924,6 +940,16 @@ def _row(rows: list[WrkResult], target: str, conc: int) -> WrkResult | None:
     return next((r for r in rows if r.target == target and r.concurrency == conc), None)
 
 
+def durability_cost(durable: WrkResult, behind: WrkResult) -> dict[str, Any]:
+    """Every turn committed before its answer against the same turns written behind (the same run)."""
+    return {
+        "durable_over_write_behind_rps": durable.rps / behind.rps if behind.rps else None,
+        "durable_added_p50_ms": durable.p50_ms - behind.p50_ms,
+        "durable_added_p99_ms": durable.p99_ms - behind.p99_ms,
+        "durable_minus_write_behind_cpu_us_per_req": (durable.cpu_us_per_req or 0) - (behind.cpu_us_per_req or 0),
+    }
+
+
 def summarise(
     rows: list[WrkResult], stream_rows: list[WrkResult], ttfb: dict[str, dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -941,6 +967,8 @@ def summarise(
             "baseline_added_p99_ms": b.p99_ms - d.p99_ms,
             "chatgate_minus_baseline_cpu_us_per_req": (c.cpu_us_per_req or 0) - (b.cpu_us_per_req or 0),
         }
+        if (durable := _row(rows, DURABLE, conc)) is not None:
+            out["per_concurrency"][str(conc)].update(durability_cost(durable, c))
     hi, lo = str(max(args.concurrency)), str(min(args.concurrency))
     out["headline"] = {
         "rps_ratio_concurrency": int(hi),
@@ -957,6 +985,9 @@ def summarise(
     if stream_rows:
         b, c = _row(stream_rows, "baseline", int(hi)), _row(stream_rows, "chatgate", int(hi))
         out["headline"]["stream_chatgate_over_baseline_rps"] = c.rps / b.rps if b and c and b.rps else None
+        durable = _row(stream_rows, DURABLE, int(hi))
+        if durable is not None and c is not None:
+            out["stream_durability"] = durability_cost(durable, c)
     errors = [
         f"{r.target} c={r.concurrency}{' stream' if r in stream_rows else ''}: {r.non_2xx} non-2xx, "
         f"socket errors {r.socket_errors}"
@@ -1072,6 +1103,27 @@ def print_report(
             f" {p['baseline_added_p50_ms']:>+9.3f} {p['chatgate_added_p99_ms']:>+10.3f}"
             f" {p['baseline_added_p99_ms']:>+9.3f} {p['chatgate_minus_baseline_cpu_us_per_req']:>+14.0f}"
         )
+
+    if args.sessions:
+        w("")
+        w(
+            f"Durable turns: {DURABLE} = chatgate with store.durability every_turn (each answer waits for the commit"
+            " of its turn) against chatgate writing behind (the default for this door)"
+        )
+        w(f"{'conc':>5}  {'durable/behind RPS':>18} {'+p50 ms':>8} {'+p99 ms':>8} {'+CPU us/req':>11}")
+        for conc in args.concurrency:
+            p = s["per_concurrency"][str(conc)]
+            w(
+                f"{conc:>5}  {fmt(p.get('durable_over_write_behind_rps')):>18} {p['durable_added_p50_ms']:>+8.3f}"
+                f" {p['durable_added_p99_ms']:>+8.3f} {p['durable_minus_write_behind_cpu_us_per_req']:>+11.0f}"
+            )
+        if "stream_durability" in s:
+            p = s["stream_durability"]
+            w(
+                f"{'stream':>5}  {fmt(p['durable_over_write_behind_rps']):>18} {p['durable_added_p50_ms']:>+8.3f}"
+                f" {p['durable_added_p99_ms']:>+8.3f} {p['durable_minus_write_behind_cpu_us_per_req']:>+11.0f}"
+                f"   (c={max(args.concurrency)})"
+            )
 
     if stream_rows:
         w("")

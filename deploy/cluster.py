@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Several chatgate instances behind nginx on this machine, on the local PostgreSQL and Redis and a Chroma
-server it starts: the scale-out setup of deploy/compose.yaml as real processes. Ctrl-C stops everything.
+server it starts: the scale-out setup of deploy/compose.yaml as real processes. An instance that exits is
+started again a second later (compose's ``restart: unless-stopped``). Ctrl-C stops everything.
 
     .venv/bin/python deploy/cluster.py                       # 2 instances, load balancer on :8080
     .venv/bin/python deploy/cluster.py --instances 3 --port 9000 --config my.yaml
@@ -176,11 +177,17 @@ def main() -> int:
 
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def launch(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    launched: dict[str, tuple[list[str], Path, dict[str, str] | None]] = {}
+
+    def launch(
+        name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None, keep: bool = True
+    ) -> subprocess.Popen[bytes]:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        procs.append((name, proc))
+        if keep:
+            procs.append((name, proc))
+        launched[name] = (cmd, log, env)
         return proc
 
     def shutdown(*_: object) -> None:
@@ -216,13 +223,22 @@ def main() -> int:
         print(f"cluster: http://127.0.0.1:{args.port} -> {backends}")
         print(f"cluster: admin key {key[:6]}... (CHATGATE_ADMIN_KEY or {root / 'admin_key'}); logs under {root}")
         print("cluster: Ctrl-C stops everything")
-        seen: set[str] = set()
-        while True:
-            for name, proc in procs:
-                if proc.poll() is not None and name not in seen:
-                    seen.add(name)
-                    print(f"cluster: {name} exited with {proc.returncode}; the others go on")
-            time.sleep(1)
+        down_since: dict[str, float] = {}
+        while True:  # an instance that exits is started again a second later, as compose's `restart: unless-stopped`
+            for i, (name, proc) in enumerate(procs):
+                if proc.poll() is None:
+                    continue
+                if name not in down_since:
+                    down_since[name] = time.monotonic()
+                    again = "starting it again" if name.startswith("chatgate-") else "the others go on"
+                    print(f"cluster: {name} exited with {proc.returncode}; {again}", flush=True)
+                elif name.startswith("chatgate-") and time.monotonic() - down_since[name] >= 1.0:
+                    with contextlib.suppress(ProcessLookupError):  # what the dead one left behind (its model server)
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    cmd, log, inst_env = launched[name]
+                    procs[i] = (name, launch(name, cmd, log, inst_env, keep=False))
+                    del down_since[name]
+            time.sleep(0.5)
     except KeyboardInterrupt:
         print("\ncluster: stopping")
     finally:

@@ -167,6 +167,14 @@ class StoreSettings(_Section):
     )
     batch_size: int = Field(1000, ge=1, description="Most writes flushed to the database in one transaction.")
     flush_interval: float = Field(0.05, gt=0, description="Seconds the write-behind queue waits to gather a batch.")
+    durability: Literal["stored_history", "every_turn"] = Field(
+        "stored_history",
+        description="Which turns are committed before their answer completes (group commit: the batch starts at "
+        "once, concurrent turns share it): `stored_history`, those of conversations whose history chatgate keeps "
+        "(the chat API and the web page), while the OpenAI door's, whose clients resend their history, are written "
+        "behind; `every_turn`, the OpenAI door's too. A turn written behind is lost if the process dies within "
+        "`flush_interval` of it.",
+    )
     keep_inline_bytes: bool = Field(
         False, description="Store inline data (images, audio) of messages as sent; otherwise as a SHA-256 and a size."
     )

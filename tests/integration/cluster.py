@@ -352,11 +352,11 @@ def base_config(fake: Fake, chroma: ChromaServer, prefix: str) -> dict[str, Any]
 ClusterFactory = Callable[..., Cluster]
 
 
-@pytest.fixture
-def cluster_factory(
-    request: pytest.FixtureRequest, tmp_path: Path, chroma_server: ChromaServer, fake_a: Fake
-) -> Iterator[ClusterFactory]:
-    """``make(n=2, config=None, per_instance=None, workers=1, start=True)``: a cluster for this test."""
+@contextlib.contextmanager
+def clusters(root: Path, chroma: ChromaServer, fake: Fake, failed: Callable[[], bool]) -> Iterator[ClusterFactory]:
+    """``make(n=2, config=None, per_instance=None, workers=1, start=True, redis_url=None)``: clusters under
+    ``root``, stopped and their database and Redis keys removed at the end (their logs printed if ``failed()``).
+    ``redis_url``: another Redis server than the session's (one a test may stop)."""
     made: list[Cluster] = []
 
     def make(
@@ -365,33 +365,51 @@ def cluster_factory(
         per_instance: list[dict[str, Any]] | None = None,
         workers: int = 1,
         start: bool = True,
+        redis_url: str | None = None,
     ) -> Cluster:
         url = scratch_database()
         prefix = f"cgtest:{secrets.token_hex(4)}:"
-        common = merge(base_config(fake_a, chroma_server, prefix), config or {})
+        common = merge(base_config(fake, chroma, prefix), config or {})
         instances = []
         for i in range(n):
             own = merge(common, (per_instance or [{}] * n)[i] if per_instance else {})
-            env = {"CHATGATE_DATABASE_URL": url, "CHATGATE_REDIS_URL": REDIS_URL}
-            instances.append(Instance(chr(ord("a") + i), tmp_path / f"cluster{len(made)}-{i}", own, env, workers))
-        cluster = Cluster(instances, url, REDIS_URL, prefix, chroma_server)
+            env = {"CHATGATE_DATABASE_URL": url, "CHATGATE_REDIS_URL": redis_url or REDIS_URL}
+            instances.append(Instance(chr(ord("a") + i), root / f"cluster{len(made)}-{i}", own, env, workers))
+        cluster = Cluster(instances, url, redis_url or REDIS_URL, prefix, chroma)
         made.append(cluster)
         if start:
             for inst in instances:  # one after another: the first applies the migrations
                 inst.start()
         return cluster
 
-    yield make
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    for cluster in made:
-        if failed:
-            print(cluster.logs())  # shown with the failure
-        cluster.stop()
-        drop_database(cluster.database_url)
-        client = redis.Redis.from_url(cluster.redis_url)
-        try:
-            keys = list(client.scan_iter(match=cluster.redis_prefix + "*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            if failed():
+                print(cluster.logs())  # shown with the failure
+            cluster.stop()
+            drop_database(cluster.database_url)
+            client = redis.Redis.from_url(cluster.redis_url, socket_timeout=5)
+            try:
+                keys = list(client.scan_iter(match=cluster.redis_prefix + "*", count=1000))
+                if keys:
+                    client.delete(*keys)
+            except redis.RedisError:
+                pass  # a test's own Redis, gone with it
+            finally:
+                client.close()
+
+
+@pytest.fixture
+def cluster_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, chroma_server: ChromaServer, fake_a: Fake
+) -> Iterator[ClusterFactory]:
+    """``make(n=2, config=None, per_instance=None, workers=1, start=True, redis_url=None)``: clusters for this
+    test (``clusters``)."""
+
+    def failed() -> bool:
+        return getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+
+    with clusters(tmp_path, chroma_server, fake_a, failed) as make:
+        yield make

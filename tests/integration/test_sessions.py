@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +22,8 @@ import openai
 import pytest
 
 from tests.conftest import Gateway, start_gateway, stop
+from tests.integration.cluster import descendants
+from tests.integration.conversations import follow_ups, session_misses_per_worker, turns
 
 CHATGATE = str(Path(sys.executable).with_name("chatgate"))
 
@@ -69,7 +72,9 @@ def gw(request, tmp_path_factory, fake_b) -> Iterator[Gateway]:
         "retry": {"base": 0.01, "cap": 0.1},
         "limits": {"user_requests_per_minute": 10_000},  # 100 concurrent requests from one user below
     }
-    gateway = start_gateway(tmp_path_factory.mktemp(f"sess-{request.param}"), config, env=env, args=["--workers", "2"])
+    gateway = start_gateway(
+        tmp_path_factory.mktemp(f"sess-{request.param}"), config, env=env, args=["--workers", "2"], ready_timeout=120
+    )
     gateway.extra["env"] = {k: v for k, v in env.items() if k == "CHATGATE_DATABASE_URL"}
     gateway.extra["backend"] = request.param
     yield gateway
@@ -112,6 +117,28 @@ def test_chat_api_keeps_history_server_side(gw, alice, fake_b):
         page = c.get(f"/api/v1/chat/sessions/{sid}", params={"limit": 1, "offset": 1}).json()
         assert [m["content"] for m in page["messages"]] == ["echo: my name is Ada"] and page["total_messages"] == 4
         assert sid in {s["session_id"] for s in c.get("/api/v1/chat/sessions").json()["data"]}
+
+
+def test_a_follow_up_right_after_the_reply_that_made_its_session_finds_it_on_either_worker(gw, alice):
+    before = session_misses_per_worker(gw.url, gw.key)
+    statuses = asyncio.run(follow_ups([gw.url], alice, tries=200))
+    assert statuses == {200: 200}  # not one 404 No such session
+    after = session_misses_per_worker(gw.url, gw.key)
+    assert set(after) == set(before) and all(after[pid] > before[pid] for pid in after)  # both workers answered
+
+
+def test_twenty_sequential_turns_go_upstream_with_exactly_the_last_turns_in_order(gw, alice, fake_b):
+    turns([gw.url], alice, fake_b, [f"t{i}" for i in range(1, 21)])
+
+
+def test_one_worker_is_correct_too(tmp_path, fake_b):
+    config = {"upstreams": [{"name": "b", "base_url": fake_b.base_url}], "limits": {"user_requests_per_minute": 1000}}
+    gateway = start_gateway(tmp_path, config, args=["--workers", "1"], ready_timeout=120)
+    try:
+        assert asyncio.run(follow_ups([gateway.url], gateway.key, tries=50)) == {200: 50}
+        turns([gateway.url], gateway.key, fake_b, [f"t{i}" for i in range(1, 21)])
+    finally:
+        stop(gateway.proc)
 
 
 def test_chat_api_streams_sse(gw, alice):
@@ -329,6 +356,118 @@ def test_clean_shutdown_under_load_loses_no_write(tmp_path, fake_b):
         messages = db.execute("select count(*) from messages").fetchone()[0]
         conversations = db.execute("select count(*) from conversations").fetchone()[0]
     assert ok > 0 and messages == 2 * ok and conversations == ok
+
+
+def kill_9(proc: subprocess.Popen[bytes]) -> None:
+    """A crash: SIGKILL to the server and every worker at once (no shutdown, no drain)."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("door", ["chat-api", "openai-every-turn"])
+def test_kill_9_under_load_loses_no_acknowledged_turn(tmp_path, fake_b, door):
+    """32 clients in conversations (half streaming) until 300 turns are answered, then kill -9: every turn whose
+    answer a client received in full is in the store after a restart. The chat API commits its turns before
+    it answers; the OpenAI door does with ``store.durability: every_turn``. Writes behind would be flushed
+    only every second here."""
+    config = {
+        "upstreams": [{"name": "b", "base_url": fake_b.base_url}],
+        "limits": {"user_requests_per_minute": 100_000},
+        "store": {"flush_interval": 1.0, **({"durability": "every_turn"} if door != "chat-api" else {})},
+    }
+    gateway = start_gateway(tmp_path, config, args=["--workers", "2"], ready_timeout=120)
+    run = uuid.uuid4().hex[:8]
+    acknowledged: dict[str, list[str]] = {}  # conversation (session id / chat id) -> the texts answered, in order
+    enough = asyncio.Event()
+
+    async def one_turn(c: httpx.AsyncClient, i: int, n: int, sid: str | None, history: list[Any]) -> str | None:
+        """The turn's conversation when its answer arrived in full, else None."""
+        text, stream = f"{run} c{i} n{n}", i % 2 == 1
+        if door == "chat-api":
+            body: dict[str, Any] = {"message": text, "model": "fake-model", "stream": stream}
+            if sid:
+                body["session_id"] = sid
+            url, headers = "/api/v1/chat", {}
+        else:
+            history.append({"role": "user", "content": text})
+            body = {"model": "fake-model", "messages": history, "stream": stream}
+            url, headers = "/v1/chat/completions", {"X-OpenWebUI-User-Id": f"u{i}", "X-OpenWebUI-Chat-Id": sid or ""}
+        async with c.stream("POST", url, json=body, headers=headers) as resp:
+            raw = (await resp.aread()).decode()
+        if resp.status_code != 200:
+            return None
+        if not stream:
+            answer = json.loads(raw)
+            reply = answer["response"] if door == "chat-api" else answer["choices"][0]["message"]["content"]
+            got = answer.get("session_id", sid)
+        else:  # answered in full: the last event, then [DONE]
+            events = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+            if events[-1:] != ["[DONE]"]:
+                return None
+            parsed = [json.loads(e) for e in events[:-1]]
+            if door == "chat-api":
+                done = parsed[-1]
+                if done.get("type") != "done":
+                    return None
+                reply, got = done["response"], done["session_id"]
+            else:
+                reply = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in parsed if ch.get("choices"))
+                got = sid
+        assert reply.strip() == f"echo: {text}"
+        if door != "chat-api":
+            history.append({"role": "assistant", "content": reply})
+        return got
+
+    async def client_loop(i: int) -> None:
+        sid = None if door == "chat-api" else f"chat-{run}-{i}"
+        history: list[Any] = []
+        async with httpx.AsyncClient(base_url=gateway.url, headers={"x-api-key": gateway.key}, timeout=30) as c:
+            for n in range(10_000):
+                try:
+                    got = await one_turn(c, i, n, sid, history)
+                except (httpx.HTTPError, json.JSONDecodeError, IndexError, KeyError):
+                    return  # the server died under this request: not acknowledged
+                if got is None:
+                    return
+                sid = got
+                acknowledged.setdefault(sid, []).append(f"{run} c{i} n{n}")
+                if sum(map(len, acknowledged.values())) >= 300:
+                    enough.set()
+
+    async def load() -> None:
+        tasks = [asyncio.create_task(client_loop(i)) for i in range(32)]
+        await asyncio.wait_for(enough.wait(), 120)
+        kill_9(gateway.proc)  # mid-flight: 32 requests are out
+        await asyncio.gather(*tasks)
+
+    asyncio.run(load())
+    answered = sum(map(len, acknowledged.values()))
+    assert answered >= 300
+    restarted = start_gateway(
+        tmp_path, config, args=["--workers", "1"], ready_timeout=120
+    )  # the same data directory, as it was left
+    try:
+        with sqlite3.connect(restarted.data_dir / "chatgate.db") as db:
+            rows = db.execute("select conversation_id, role, content from messages order by id").fetchall()
+        stored: dict[str, list[tuple[str, Any]]] = {}
+        for cid, role, content in rows:
+            stored.setdefault(cid, []).append((role, json.loads(content).strip()))  # a streamed echo ends in " "
+        lost = []
+        for conv, texts in acknowledged.items():
+            cid = conv if door == "chat-api" else next((c for c in stored if (("user", texts[0]) in stored[c])), None)
+            have = stored.get(cid or "", [])
+            lost += [t for t in texts if ("user", t) not in have or ("assistant", f"echo: {t}") not in have]
+        assert lost == [], f"{len(lost)} of {answered} acknowledged turns lost: {lost[:5]}"
+        if door == "chat-api":  # and the chat API serves them from the restarted server
+            sid, texts = next(iter(acknowledged.items()))
+            with api(restarted, restarted.key) as c:
+                info = c.get(f"/api/v1/chat/sessions/{sid}", params={"limit": 500}).json()
+            users = [m["content"] for m in info["messages"] if m["role"] == "user"]
+            assert users[: len(texts)] == texts
+    finally:
+        stop(restarted.proc)
 
 
 # ---- reading the store directly --------------------------------------------------------------

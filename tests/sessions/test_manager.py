@@ -10,7 +10,7 @@ import pytest
 from chatgate.identity.model import Identity
 from chatgate.sessions.manager import Session, SessionManager, conversation_id
 from chatgate.sessions.messages import Kept
-from chatgate.settings import SessionSettings
+from chatgate.settings import SessionSettings, StoreSettings
 from chatgate.store.db import Store
 from chatgate.store.writebehind import WriteBehind
 
@@ -160,6 +160,27 @@ async def test_find_for_user_reads_the_store_and_never_another_users(parts):
     again = await sessions.find_for_user("u:owner", s.id)  # ...is what the first worker reads next
     assert again is not None and again.message_count == 4
     assert [m["content"] for m in again.recent] == ["q", "a", "q2", "a2"]
+
+
+async def test_the_openai_doors_turns_are_behind_unless_durability_is_every_turn(tmp_path):
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/d.db")
+    writer = WriteBehind(store, flush_interval=3600)  # written behind: not before this test ends
+    await writer.start()
+    try:
+        behind = SessionManager(store, writer, SessionSettings())
+        s = await behind.get_or_create(who(), "openai-chat", "openai")
+        await keep(behind, s, "q", "a")
+        assert writer.depth > 0 and await store.conversations.get(s.id) is None  # queued, not committed
+        await writer.flush()
+        every = SessionManager(store, writer, SessionSettings(), StoreSettings(durability="every_turn"))
+        t = await every.get_or_create(who(), "openai-chat-2", "openai")
+        await keep(every, t, "q", "a")  # the door's own wish (durable=False) is overridden
+        assert writer.depth == 0
+        row = await store.conversations.get(t.id)
+        assert row is not None and row.message_count == 2
+    finally:
+        await writer.close()
+        await store.close()
 
 
 async def test_rows_the_session_already_has_are_not_queued_again(parts):

@@ -144,3 +144,16 @@ async def test_unreachable_database_gives_up_and_close_does_not_hang() -> None:
     await wb.close()  # returns (pytest's timeout would catch a hang) having given every op up
     assert wb.written == 0 and wb.lost == 1000 and wb.failures >= 3 and wb.depth == 0
     await store.close()
+
+
+async def test_a_commit_does_not_wait_for_a_batch_being_gathered(store: Store) -> None:
+    wb = WriteBehind(store, flush_interval=3600)  # a batch gathered for an hour
+    await wb.start()
+    try:
+        (cid,) = seed(wb, "u1", "chat")
+        assert wb.put(msg(cid, "behind"))  # the flusher starts gathering
+        await asyncio.sleep(0)
+        await asyncio.wait_for(wb.commit([msg(cid, "acknowledged")]), 30)  # committed now, with what was queued
+        assert await _rows(store) == 2 and wb.depth == 0
+    finally:
+        await wb.close()

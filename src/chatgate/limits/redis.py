@@ -179,7 +179,9 @@ class RedisLimiter:
         return result
 
     def _unavailable(self) -> LimiterUnavailable:
-        return LimiterUnavailable("Rate limiting is unavailable; try again shortly.", details={"backend": "redis"})
+        return LimiterUnavailable(
+            "Rate limiting is unavailable; try again shortly.", details={"backend": "redis"}, retry_after=1.0
+        )
 
     async def _check(self, limits: Sequence[Limit], costs: Mapping[str, int], mode: str) -> list[int]:
         keys = [self.prefix + limit.counter for limit in limits]

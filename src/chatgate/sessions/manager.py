@@ -231,8 +231,8 @@ class SessionManager:
         durable: bool,
     ) -> None:
         """A turn into its conversation: its kind and tokens counted, its new messages and the reply added
-        (hot at once). ``durable``: returns once they are committed (raises ``StoreUnavailable`` if they
-        could not be), else they are queued behind."""
+        (hot at once). ``durable`` (the door keeps the history) or ``store.durability: every_turn``: returns once
+        they are committed (raises ``StoreUnavailable`` if they could not be), else they are queued behind."""
         usage = usage or {}
         ops: list[WriteOp | None] = []
         if not session.ephemeral and not session.stored:
@@ -265,7 +265,7 @@ class SessionManager:
         if session.ephemeral:
             return
         kept = [op for op in ops if op is not None]
-        if durable:
+        if durable or store.durability == "every_turn":
             await self.writer.commit(kept)
         else:
             for op in kept:

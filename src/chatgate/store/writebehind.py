@@ -8,9 +8,9 @@ one op per transaction so one bad op cannot sink its neighbours. ``close()`` dra
 so a clean shutdown loses nothing.
 
 ``commit(ops)`` is the durable path (group commit): the ops join the queue, the flusher starts at
-once instead of after ``flush_interval``, and the call returns when the batch holding them has
-committed, so a reply that waits for it survives a crash. Whatever is queued meanwhile goes in the
-same transaction, so concurrent turns share one commit.
+once instead of after ``flush_interval`` (also when it was already gathering a batch), and the call
+returns when the batch holding them has committed, so a reply that waits for it survives a crash.
+Whatever is queued meanwhile goes in the same transaction, so concurrent turns share one commit.
 
 Each batch carries an id, inserted in its own transaction (``batch.apply``): a batch retried after a
 commit whose outcome was lost (the connection dropped mid-commit) finds its id and is skipped, so
@@ -20,6 +20,7 @@ counters are never added twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -119,6 +120,7 @@ class WriteBehind:
         self._waiters: deque[_Waiter] = deque()
         self._urgent = False
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # a commit waits: stop gathering
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -161,6 +163,7 @@ class WriteBehind:
         self._waiters.append(waiter)
         self._urgent = True
         self._wake.set()
+        self._hurry.set()
         await asyncio.shield(waiter.future)
 
     def _settle(self, n: int, ok: bool) -> None:
@@ -190,6 +193,7 @@ class WriteBehind:
         """Write everything queued, then stop; ``put`` refuses ops afterwards."""
         self._closing = True
         self._wake.set()
+        self._hurry.set()
         if self._task is not None:
             task, self._task = self._task, None
             await task
@@ -217,8 +221,10 @@ class WriteBehind:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
-            if not self._closing and not self._urgent:
-                await asyncio.sleep(self._flush_interval)
+            if not self._closing and not self._urgent:  # gather a batch, unless a commit or close comes first
+                self._hurry.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), self._flush_interval)
             self._wake.clear()
             self._urgent = False
             try:
