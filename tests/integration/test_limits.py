@@ -454,3 +454,105 @@ def test_anonymous_callers_are_limited_per_ip(tmp_path, fake_a: Fake) -> None:
         )
     finally:
         stop(g.proc)
+
+
+# ---- the workers of one server: one limiter without Redis ----------------------------------------------
+
+
+def pids_admitted(g: Gateway, tries: int = 60) -> dict[int, int]:
+    """Each worker's ``admitted`` count (``/admin/metrics`` answers for the worker that took the connection)."""
+    seen: dict[int, int] = {}
+    for _ in range(tries):
+        snap = httpx.get(g.url + "/admin/metrics", headers=auth(g), timeout=10).json()
+        seen[snap["pid"]] = snap["limits"]["admitted"]
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_two_workers_without_redis_admit_exactly_60_of_200(tmp_path, fake_a: Fake) -> None:
+    g = start_gateway(tmp_path, config(fake_a, user_requests_per_minute=60), args=["--workers", "2"])
+    try:
+        user = new_user()
+        responses = asyncio.run(burst(g, [chat_body(user) for _ in range(200)]))
+        statuses = [r.status_code for r in responses]
+        assert statuses.count(200) == 60 and statuses.count(429) == 140
+        admitted = pids_admitted(g)
+        assert len(admitted) == 2 and all(admitted.values()), admitted  # both workers took part: together 60
+        assert sum(admitted.values()) == 60
+        view = httpx.get(f"{g.url}/admin/users/admin/{user}/limits", headers=auth(g)).json()
+        assert view["backend"] == "shared"
+        assert {line["scope"]: line["used"] for line in view["limits"]}["user:requests_per_minute"] == 60
+        limits_file = g.data_dir / "limits.sqlite"
+        assert limits_file.stat().st_mode & 0o777 == 0o600
+        assert "per worker process" not in g.logs()
+    finally:
+        stop(g.proc)
+
+
+def test_two_workers_without_redis_hold_a_token_budget_exactly(tmp_path, fake_a: Fake) -> None:
+    """Admitted calls hang (their reservations held), so the budget admits exactly ``limit // reservation``."""
+    g = start_gateway(
+        tmp_path,
+        config(fake_a, user_tokens_per_hour=5000, user_requests_per_minute=10_000),
+        args=["--workers", "2"],
+    )
+
+    async def scenario() -> None:
+        def body(user: str) -> dict[str, Any]:
+            return chat_body(user, max_tokens=90, fake={"hang": True, "id": "lim-hang-" + user})
+
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(headers=auth(g), timeout=120, limits=limits) as client:
+            probe = new_user()
+            one = asyncio.create_task(client.post(g.base_url + "/chat/completions", json=body(probe)))
+            reservation = 0
+            while not reservation:  # what one call reserves: the prompt as counted + max_tokens
+                await asyncio.sleep(0.05)
+                resp = await client.get(f"{g.url}/admin/users/admin/{probe}/limits")
+                reservation = {line["scope"]: line["used"] for line in resp.json()["limits"]}["user:tokens_per_hour"]
+            one.cancel()
+            expected = 5000 // reservation
+            user = new_user()
+            tasks = [
+                asyncio.create_task(client.post(g.base_url + "/chat/completions", json=body(user))) for _ in range(200)
+            ]
+            done: set[asyncio.Task[httpx.Response]] = set()
+            pending = set(tasks)
+            while len(done) < 200 - expected:  # the refusals come back at once; the admitted calls hang
+                finished, pending = await asyncio.wait(pending, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                assert finished, f"only {len(done)} answers, expected {200 - expected} refusals"
+                done |= finished
+            assert [t.result().status_code for t in done] == [429] * (200 - expected)
+            assert len(pending) == expected
+            resp = await client.get(f"{g.url}/admin/users/admin/{user}/limits")
+            used = {line["scope"]: line["used"] for line in resp.json()["limits"]}["user:tokens_per_hour"]
+            assert used == expected * reservation <= 5000
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop(g.proc)
+
+
+def test_redis_fail_open_falls_back_to_the_workers_shared_limiter(tmp_path, fake_a: Fake) -> None:
+    proxy = Proxy()
+    proxy.start()
+    cfg = {
+        **config(fake_a, user_requests_per_minute=60, fail_open=True),
+        "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
+    }
+    g = start_gateway(tmp_path, cfg, args=["--workers", "2"])
+    try:
+        proxy.stop()
+        user = new_user()
+        statuses = [r.status_code for r in asyncio.run(burst(g, [chat_body(user) for _ in range(200)]))]
+        assert statuses.count(200) == 60 and statuses.count(429) == 140  # the local fallback is one for both
+        ready = httpx.get(g.url + "/ready", headers=auth(g)).json()["limits"]
+        assert ready["backend"] == "redis" and ready["fallback"] == "shared" and ready["redis_errors"] >= 1
+    finally:
+        stop(g.proc)
+        proxy.stop()

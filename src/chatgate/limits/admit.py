@@ -27,6 +27,7 @@ from chatgate.identity.model import Resolved
 from chatgate.limits.base import Decision, Limit, Limiter, LimiterUnavailable, Reservation
 from chatgate.limits.policy import limits_for
 from chatgate.limits.redis import RedisLimiter
+from chatgate.limits.shared import SharedLimiter
 from chatgate.observe.metrics import Metrics
 from chatgate.settings import LimitSettings
 
@@ -136,13 +137,17 @@ class Admission:
 
     @property
     def backend(self) -> str:
-        return "redis" if isinstance(self.limiter, RedisLimiter) else "memory"
+        """``redis``, ``shared`` (the workers of this server, one table) or ``memory`` (this process)."""
+        if isinstance(self.limiter, RedisLimiter):
+            return "redis"
+        return "shared" if isinstance(self.limiter, SharedLimiter) else "memory"
 
     def overview(self) -> dict[str, Any]:
         """Admission counters (this process), and the Redis backend's outage count."""
         out: dict[str, Any] = {"enabled": self.settings.enabled, "backend": self.backend, **self.stats.as_dict()}
         if isinstance(self.limiter, RedisLimiter):
             out["redis_errors"] = self.limiter.redis_errors
+            out["fallback"] = "shared" if isinstance(self.limiter.fallback, SharedLimiter) else "memory"
         return out
 
     def route_limits(self, principal: Principal | None, client_ip: str | None, route: str) -> list[Limit]:

@@ -75,7 +75,7 @@ class Reservation:
 
     costs: Mapping[str, int]  # unit -> amount reserved
     charges: tuple[Charge, ...]
-    origin: str = "memory"  # "memory" | "redis": which backend holds the charge
+    origin: str = "memory"  # "memory" | "shared" | "redis": which backend holds the charge
 
 
 @dataclass(slots=True)  # not frozen: built per request, and frozen init is slow

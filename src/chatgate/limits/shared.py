@@ -1,0 +1,219 @@
+"""The machine-wide limiter: the slotted sliding window of ``base`` in one SQLite file every worker opens.
+
+``chatgate serve --workers N`` without Redis: the N worker processes of one server share their limits
+through ``<data_dir>/limits.sqlite`` (0600), so that N workers admit exactly what one would. Each
+``acquire`` is one write transaction: every counter of the request is read, checked and, only if all
+fit, charged, while holding an exclusive ``flock`` on ``limits.sqlite.lock``. The flock is what
+serialises the workers (the kernel wakes a waiter the moment it is released), so SQLite's own busy
+handler, which sleeps in steps of milliseconds, never runs. The database is in WAL mode with
+``synchronous=OFF``: nothing is flushed to disk per check, and a crashed process loses no committed
+charge (the operating system still holds the pages), only a power loss would. A process killed inside a
+transaction has it rolled back, and the kernel releases its flock.
+
+Why this one (``bench/limits_check.py``, ``docs/benchmarks.md``): it cost less per check than asking the
+supervisor process over a Unix socket, close to a hand-made table in shared memory (``mmap``), and it
+keeps the same arithmetic as the other backends in a few statements, with no table of our own to size,
+probe and evict: rows are swept once they have left their window. Counts survive a restart: the clock
+is the wall clock (``time.time``), as Redis's ``TIME`` is for the Redis backend.
+
+Each row is one slot of one counter: ``(counter, slot, amount, expires)``, ``expires`` the time the
+slot leaves the window (``(slot + SLOTS + 1) * width``). The calls are synchronous: a check takes tens
+of microseconds (the lock is held for one transaction), far less than a round trip to Redis.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from chatgate.limits.base import (
+    SLOTS,
+    Charge,
+    Decision,
+    Limit,
+    Reservation,
+    free_after,
+    refund_costs,
+    slot_width,
+)
+
+FILE = "limits.sqlite"
+
+SCHEMA = """
+create table if not exists slots (
+  counter text not null,
+  slot integer not null,
+  amount integer not null,
+  expires real not null,
+  primary key (counter, slot)
+) without rowid;
+create index if not exists slots_expires on slots (expires);
+"""
+
+_READ = "select slot, amount from slots where counter = ? and slot >= ? order by slot"
+_ADD = (
+    "insert into slots (counter, slot, amount, expires) values (?, ?, ?, ?) "
+    "on conflict (counter, slot) do update set amount = amount + excluded.amount"
+)
+
+
+def _expires(slot: int, width: float) -> float:
+    return (slot + SLOTS + 1) * width
+
+
+class SharedLimiter:
+    """``Limiter`` in a SQLite file shared by the processes of one machine (exact across them)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sweep_interval: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.sweep_interval = sweep_interval
+        self._clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        with self._locked():  # one process creates the schema and switches to WAL
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("pragma journal_mode=wal")
+            self._db.execute("pragma synchronous=off")
+            self._db.executescript(SCHEMA)
+        for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if name.exists():
+                os.chmod(name, 0o600)
+        self._next_sweep = clock() + sweep_interval
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the flock: committed, or rolled back on any error."""
+        with self._locked():
+            db = self._db
+            db.execute("begin immediate")
+            try:
+                yield db
+            except BaseException:
+                db.execute("rollback")
+                raise
+            db.execute("commit")
+
+    def _slots(self, db: sqlite3.Connection, limit: Limit, now: float) -> tuple[int, float, list[tuple[int, int]]]:
+        """(current slot, slot width, the counted ``(slot, amount)`` oldest first) of one limit's counter."""
+        width = slot_width(limit.window)
+        cur = int(now // width)
+        return cur, width, db.execute(_READ, (limit.counter, cur - SLOTS)).fetchall()
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete every slot that has left its window; returns how many."""
+        now = self._clock() if now is None else now
+        self._next_sweep = now + self.sweep_interval
+        with self._write() as db:
+            return db.execute("delete from slots where expires <= ?", (now,)).rowcount
+
+    async def acquire(self, limits: Sequence[Limit], costs: Mapping[str, int]) -> Decision:
+        now = self._clock()
+        if now >= self._next_sweep:
+            self.sweep(now)
+        with self._write() as db:
+            seen = []
+            blocked: Limit | None = None
+            retry_after = 0.0
+            for limit in limits:
+                cur, width, slots = self._slots(db, limit, now)
+                total = sum(amount for _, amount in slots)
+                seen.append((limit, cur, width, slots, total))
+                over = total + costs.get(limit.unit, 0) - limit.limit
+                if over > 0:
+                    blocked = blocked or limit
+                    wait = free_after(slots, width, now, over)
+                    retry_after = max(retry_after, limit.window + width if math.isinf(wait) else wait)
+            if blocked is None:
+                db.executemany(
+                    _ADD,
+                    [
+                        (limit.counter, cur, cost, _expires(cur, width))
+                        for limit, cur, width, _, _ in seen
+                        if (cost := costs.get(limit.unit, 0))
+                    ],
+                )
+        remaining: dict[str, int] = {}
+        reset_in: dict[str, float] = {}
+        charges = []
+        for limit, cur, width, slots, total in seen:
+            cost = costs.get(limit.unit, 0) if blocked is None else 0
+            oldest = slots[0][0] if slots else (cur if cost else None)
+            remaining[limit.scope] = max(0, limit.limit - total - cost)
+            reset_in[limit.scope] = 0.0 if oldest is None else max(0.0, _expires(oldest, width) - now)
+            charges.append(Charge(limit.counter, limit.unit, limit.window, cur, cost))
+        if blocked is not None:
+            return Decision(False, None, blocked, remaining, reset_in, retry_after)
+        return Decision(True, Reservation(dict(costs), tuple(charges), "shared"), None, remaining, reset_in, 0.0)
+
+    async def reconcile(self, reservation: Reservation, actual: Mapping[str, int]) -> None:
+        now = self._clock()
+        changes = [
+            (charge, delta)
+            for charge in reservation.charges
+            if charge.unit in actual and (delta := actual[charge.unit] - charge.amount)
+        ]
+        if not changes:
+            return
+        with self._write() as db:
+            for charge, delta in changes:
+                width = slot_width(charge.window)
+                cur = int(now // width)
+                row = db.execute(
+                    "select amount from slots where counter = ? and slot = ?", (charge.counter, charge.slot)
+                ).fetchone()
+                if row is not None and charge.slot >= cur - SLOTS:
+                    # Exact: never take back more than this slot holds.
+                    db.execute(_ADD, (charge.counter, charge.slot, max(delta, -row[0]), _expires(charge.slot, width)))
+                elif delta > 0:  # the original slot has left the window: charge the extra now
+                    db.execute(_ADD, (charge.counter, cur, delta, _expires(cur, width)))
+
+    async def refund(self, reservation: Reservation) -> None:
+        await self.reconcile(reservation, refund_costs(reservation))
+
+    async def usage(self, limits: Sequence[Limit]) -> dict[str, dict[str, float]]:
+        now = self._clock()
+        out: dict[str, dict[str, float]] = {}
+        db = self._db  # a read: WAL readers see the last commit without the lock
+        for limit in limits:
+            _, width, slots = self._slots(db, limit, now)
+            used = sum(amount for _, amount in slots)
+            out[limit.scope] = {
+                "used": used,
+                "limit": limit.limit,
+                "remaining": max(0, limit.limit - used),
+                "reset_in": max(0.0, _expires(slots[0][0], width) - now) if slots else 0.0,
+            }
+        return out
+
+    async def reset(self, key_prefix: str) -> int:
+        """Delete the counters of ``key_prefix`` (``matches_prefix``: whole segments, by key range)."""
+        ranges = (key_prefix + ":", key_prefix + ";", key_prefix + "|", key_prefix + "}")
+        where = "(counter >= ? and counter < ?) or (counter >= ? and counter < ?)"
+        with self._write() as db:
+            (count,) = db.execute(f"select count(distinct counter) from slots where {where}", ranges).fetchone()
+            db.execute(f"delete from slots where {where}", ranges)
+        return int(count)
+
+    async def close(self) -> None:
+        self._db.close()
+        os.close(self._lock_fd)
