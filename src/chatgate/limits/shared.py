@@ -56,7 +56,6 @@ create table if not exists slots (
 create index if not exists slots_expires on slots (expires);
 """
 
-_READ = "select slot, amount from slots where counter = ? and slot >= ? order by slot"
 _ADD = (
     "insert into slots (counter, slot, amount, expires) values (?, ?, ?, ?) "
     "on conflict (counter, slot) do update set amount = amount + excluded.amount"
@@ -113,11 +112,26 @@ class SharedLimiter:
                 raise
             db.execute("commit")
 
-    def _slots(self, db: sqlite3.Connection, limit: Limit, now: float) -> tuple[int, float, list[tuple[int, int]]]:
-        """(current slot, slot width, the counted ``(slot, amount)`` oldest first) of one limit's counter."""
-        width = slot_width(limit.window)
-        cur = int(now // width)
-        return cur, width, db.execute(_READ, (limit.counter, cur - SLOTS)).fetchall()
+    def _slots(
+        self, db: sqlite3.Connection, limits: Sequence[Limit], now: float
+    ) -> list[tuple[int, float, list[tuple[int, int]]]]:
+        """Per limit: (current slot, slot width, its counter's counted ``(slot, amount)`` oldest first); one query."""
+        names = list(dict.fromkeys(limit.counter for limit in limits))
+        if not names:
+            return []
+        rows: dict[str, list[tuple[int, int]]] = {name: [] for name in names}
+        marks = ",".join("?" * len(names))
+        for counter, slot, amount in db.execute(
+            f"select counter, slot, amount from slots where counter in ({marks}) order by counter, slot", names
+        ):
+            rows[counter].append((slot, amount))
+        out = []
+        for limit in limits:
+            width = slot_width(limit.window)
+            cur = int(now // width)
+            oldest = cur - SLOTS
+            out.append((cur, width, [(slot, amount) for slot, amount in rows[limit.counter] if slot >= oldest]))
+        return out
 
     def sweep(self, now: float | None = None) -> int:
         """Delete every slot that has left its window; returns how many."""
@@ -134,8 +148,7 @@ class SharedLimiter:
             seen = []
             blocked: Limit | None = None
             retry_after = 0.0
-            for limit in limits:
-                cur, width, slots = self._slots(db, limit, now)
+            for limit, (cur, width, slots) in zip(limits, self._slots(db, limits, now), strict=True):
                 total = sum(amount for _, amount in slots)
                 seen.append((limit, cur, width, slots, total))
                 over = total + costs.get(limit.unit, 0) - limit.limit
@@ -194,8 +207,7 @@ class SharedLimiter:
         now = self._clock()
         out: dict[str, dict[str, float]] = {}
         db = self._db  # a read: WAL readers see the last commit without the lock
-        for limit in limits:
-            _, width, slots = self._slots(db, limit, now)
+        for limit, (_, width, slots) in zip(limits, self._slots(db, limits, now), strict=True):
             used = sum(amount for _, amount in slots)
             out[limit.scope] = {
                 "used": used,
