@@ -347,9 +347,11 @@ def test_admin_limits_are_hidden_from_a_non_admin_key(tmp_path, fake_a: Fake) ->
 
 
 class Proxy:
-    """A TCP proxy to Redis in its own thread's loop; ``stop`` cuts every connection, like Redis dying."""
+    """A TCP proxy to Redis in its own thread's loop; ``stop`` cuts every connection, like Redis dying.
+    ``delay``: seconds each of Redis's answers is held back (a Redis slow to answer)."""
 
-    def __init__(self, target_port: int = 6379) -> None:
+    def __init__(self, target_port: int = 6379, delay: float = 0.0) -> None:
+        self.delay = delay
         import socket
         import threading
 
@@ -384,9 +386,11 @@ class Proxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float = 0.0) -> None:
             try:
                 while data := await src.read(65536):
+                    if delay:
+                        await asyncio.sleep(delay)
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -394,7 +398,7 @@ class Proxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer, self.delay))
 
 
 @pytest.mark.parametrize("fail_open", [True, False])
@@ -434,6 +438,45 @@ def test_redis_stopped_mid_test(tmp_path, fake_a: Fake, fail_open: bool) -> None
     finally:
         stop(g.proc)
         proxy.stop()
+
+
+@pytest.mark.parametrize("redis_timeout", [0.2, 5.0])
+def test_redis_timeout_is_the_setting(tmp_path, fake_a: Fake, redis_timeout: float) -> None:
+    """Redis answers 0.6 s late: below ``redis_timeout`` the limiter and the cache go on using it, above it
+    both take it for an outage (the limiter falls back, the cache misses)."""
+    proxy = Proxy(delay=0.6)
+    proxy.start()
+    prefix = f"cgtest:{secrets.token_hex(6)}:"
+    cfg = {
+        **config(fake_a, user_requests_per_minute=100, redis_prefix=prefix),
+        "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
+        "redis_timeout": redis_timeout,
+        "cache": {"enabled": True, "redis_prefix": prefix + "cache:"},
+    }
+    g = start_gateway(tmp_path, cfg)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        body = chat_body(new_user(), temperature=0)
+        answers = [
+            httpx.post(g.base_url + "/chat/completions", json=body, headers=auth(g), timeout=30) for _ in range(2)
+        ]
+        assert [r.status_code for r in answers] == [200, 200]
+        errors = httpx.get(g.url + "/ready", headers=auth(g), timeout=30).json()["limits"]["redis_errors"]
+        logs = g.logs()
+        if redis_timeout > 0.6:
+            assert errors == 0 and "Redis unreachable" not in logs
+            assert redis.keys(prefix + "u:*"), "the limiter counted in Redis"
+            assert answers[1].headers["x-cache"] == "HIT"  # the cache kept the answer in Redis
+        else:
+            assert errors >= 2
+            assert "rate limiter: Redis unreachable" in logs and "response cache: Redis unreachable" in logs
+            assert answers[1].headers["x-cache"] == "MISS"
+    finally:
+        stop(g.proc)
+        proxy.stop()
+        for key in redis.keys(prefix + "*"):
+            redis.delete(key)
+        redis.close()
 
 
 def test_anonymous_callers_are_limited_per_ip(tmp_path, fake_a: Fake) -> None:
