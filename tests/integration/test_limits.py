@@ -4,9 +4,14 @@ the official openai SDK, the admin API, and Redis (real, and lost mid-test behin
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -206,6 +211,55 @@ def test_user_field_on_an_ordinary_key_does_not_mint_new_limits(tmp_path, fake_a
         ]
         assert statuses == [200] * 5 + [429] * 2  # seven `user` values, one owner: limited as carol
         assert usage_of_user(g, "carol")["user:requests_per_minute"]["used"] == 5
+    finally:
+        stop(g.proc)
+
+
+def key_id_of(gw: Gateway, user_id: str) -> str:
+    """The id of ``user_id``'s one key, as ``chatgate keys list --json`` shows it."""
+    cli = str(Path(sys.executable).with_name("chatgate"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")} | {
+        "CHATGATE_DATA_DIR": str(gw.data_dir)
+    }
+    out = subprocess.run(
+        [cli, "keys", "list", "--user", user_id, "--json"], check=True, env=env, capture_output=True, text=True
+    ).stdout
+    (key,) = json.loads(out)
+    return str(key["id"])
+
+
+def test_admin_view_shows_the_lines_enforced_with_a_keys_override(tmp_path, fake_a: Fake) -> None:
+    """The key's overrides (``limits.keys``) and a listed model's lines, as the admit step enforced them."""
+    limits: dict[str, Any] = {"user_requests_per_minute": 60, "models": {"fake-other": {"requests_per_minute": 2}}}
+    g = start_gateway(tmp_path, config(fake_a, **limits))
+    key = user_key(g, "erin")
+    key_id = key_id_of(g, "erin")
+    stop(g.proc)
+    limits["keys"] = {key_id: {"requests_per_minute": 3, "tokens_per_day": 50_000}}
+    g = start_gateway(tmp_path, config(fake_a, **limits))  # the same data directory: the key is there
+    try:
+
+        def post(model: str) -> int:
+            body = {"model": model, "messages": MESSAGES}
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.post(g.base_url + "/chat/completions", json=body, headers=headers, timeout=10).status_code
+
+        assert [post("fake-model") for _ in range(2)] + [post("fake-other") for _ in range(2)] == [200, 200, 200, 429]
+        view = usage_of_user(g, "erin")
+        assert (
+            view["user:requests_per_minute"] | {"limit": 3, "used": 3, "remaining": 0, "key_ids": [key_id]}
+            == (view["user:requests_per_minute"])
+        )
+        assert view["key:tokens_per_day"]["limit"] == 50_000 and view["key:tokens_per_day"]["used"] > 0
+        assert (
+            view["model:fake-other:requests_per_minute"] | {"limit": 2, "used": 1}
+            == (view["model:fake-other:requests_per_minute"])
+        )
+        assert view["user:tokens_per_hour"]["limit"] == 100_000  # not overridden: the user's own
+        one = httpx.get(f"{g.url}/admin/users/erin/limits", params={"key_id": key_id}, headers=auth(g)).json()
+        assert {line["scope"]: line["limit"] for line in one["limits"]}["user:requests_per_minute"] == 3
+        other = httpx.get(f"{g.url}/admin/users/erin/limits", params={"key_id": "k-other"}, headers=auth(g)).json()
+        assert {line["scope"]: line["limit"] for line in other["limits"]}["user:requests_per_minute"] == 60
     finally:
         stop(g.proc)
 
