@@ -653,3 +653,69 @@ def test_redis_fail_open_falls_back_to_the_workers_shared_limiter(tmp_path, fake
     finally:
         stop(g.proc)
         proxy.stop()
+
+
+# ---- an upstream that ignores max_tokens -------------------------------------------------------------------
+
+
+def sse_events(resp: httpx.Response) -> list[Any]:
+    """The data events of a stream, JSON-decoded; ``[DONE]`` as the string."""
+    events: list[Any] = []
+    for line in resp.iter_lines():
+        if line.startswith("data: "):
+            data = line.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def test_a_stream_past_its_reservation_stops_once_the_token_limit_is_spent(tmp_path, fake_a: Fake) -> None:
+    limit = 2000
+    g = start_gateway(tmp_path, config(fake_a, user_tokens_per_hour=limit, user_requests_per_minute=1000))
+    try:
+        user = new_user()
+        body = chat_body(user, stream=True, max_tokens=50, stream_options={"include_usage": True}, fake={"words": 3000})
+        with httpx.stream("POST", g.base_url + "/chat/completions", json=body, headers=auth(g), timeout=60) as resp:
+            assert resp.status_code == 200
+            events = sse_events(resp)
+        assert events[-1] == "[DONE]"
+        chunks = events[:-1]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        finishes = [
+            c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+        ]
+        assert finishes == ["length"]  # one end, the gateway's: the upstream's own "stop" never came
+        assert 0 < len(text.split()) < 3000
+        usage = chunks[-1]["usage"]  # counted by the gateway (the upstream's usage chunk was never read)
+        charged = usage_of(g, user)["user:tokens_per_hour"]["used"]
+        assert charged == usage["total_tokens"]  # what was sent is what was charged
+        # Stopped within CHECK_EVERY (16) chunks of the limit being spent: a word is at most 3 tokens here.
+        assert limit - 50 <= charged <= limit + 16 * 3
+        refused = httpx.post(g.base_url + "/chat/completions", json=chat_body(user), headers=auth(g), timeout=10)
+        assert refused.status_code == 429
+
+        # The chat API's stream ends the same way: its done event says why.
+        chat = {"message": '[fake:{"words": 3000}] go', "model": "fake-model", "stream": True, "max_tokens": 50}
+        other = user_key(g, "frank")
+        with httpx.stream(
+            "POST", g.url + "/api/v1/chat", json=chat, headers={"Authorization": f"Bearer {other}"}, timeout=60
+        ) as resp:
+            assert resp.status_code == 200
+            events = sse_events(resp)
+        assert events[-1] == "[DONE]"
+        done = events[-2]
+        assert done["type"] == "done" and done["finish_reason"] == "length"
+        assert 0 < len(done["response"].split()) < 3000
+        charged = usage_of_user(g, "frank")["user:tokens_per_hour"]["used"]
+        assert charged == done["usage"]["total_tokens"] and limit - 50 <= charged <= limit + 16 * 3
+    finally:
+        stop(g.proc)
+
+
+def test_a_long_stream_within_the_limit_is_not_stopped(gw: Gateway) -> None:
+    user = new_user()
+    body = chat_body(user, stream=True, max_tokens=50, fake={"words": 3000})
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, headers=auth(gw), timeout=60) as resp:
+        events = sse_events(resp)
+    chunks = [c for c in events[:-1] if c["choices"]]
+    assert len("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks).split()) == 3000
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["stop"]
