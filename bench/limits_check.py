@@ -54,7 +54,8 @@ def limits_for(user: int) -> list[Limit]:
     ]
 
 
-async def timed(limiter: Limiter, n: int, users: int) -> list[float]:
+async def timed(limiter: Limiter, n: int, users: int, settle: bool = False) -> list[float]:
+    """Each acquire's time; with ``settle``, each acquire and its reconcile (what one request costs)."""
     sets = [limits_for(u) for u in range(users)]
     costs = {"requests": 1, "tokens": 1534}
     for s in sets:  # warm: every counter exists
@@ -65,6 +66,9 @@ async def timed(limiter: Limiter, n: int, users: int) -> list[float]:
         s = sets[i % users]
         t0 = clock()
         d = await limiter.acquire(s, costs)
+        if settle:
+            assert d.reservation is not None
+            await limiter.reconcile(d.reservation, {"tokens": 900})
         out.append((clock() - t0) / 1000)
         assert d.allowed
     return out
@@ -129,10 +133,12 @@ async def main() -> None:
     mem = MemoryLimiter()
     us = await timed(mem, a.n, a.users)
     print(f"memory: n={a.n} p50={statistics.median(us):.1f} µs p99={pct(us, 0.99):.1f} µs")
+    show("memory, acquire + reconcile", await timed(MemoryLimiter(), a.n, a.users, settle=True))
 
     with tempfile.TemporaryDirectory() as tmp:
         shared = SharedLimiter(Path(tmp) / "limits.sqlite")
         show("shared", await timed(shared, a.n, a.users))
+        show("shared, acquire + reconcile", await timed(shared, a.n, a.users, settle=True))
         await shared.close()
         two_processes(Path(tmp) / "two.sqlite", a.n // 2, a.users)
         if a.alternatives:
@@ -154,6 +160,7 @@ async def main() -> None:
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     scripts = delta.get("cmdstat_evalsha", 0) + delta.get("cmdstat_eval", 0)
     print(f"redis: n={n_redis} p50={statistics.median(us):.1f} µs p99={pct(us, 0.99):.1f} µs")
+    show("redis, acquire + reconcile", await timed(red, min(n_redis, 2000), a.users, settle=True))
     print(f"redis: {scripts / calls:.3f} EVALSHA/EVAL round trips per acquire ({scripts} for {calls} acquires)")
     inner = {k.removeprefix("cmdstat_"): v for k, v in sorted(delta.items()) if v and "eval" not in k}
     print(f"redis: commands inside the scripts and from the stats reads: {inner}")

@@ -250,7 +250,8 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
 
     async def end(completed: bool) -> None:
         turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
-        if completed and turn.completed and turn.cache_key is not None and services.answers is not None:
+        cacheable = completed and turn.completed and not turn.stopped  # an answer stopped at a limit is not whole
+        if cacheable and turn.cache_key is not None and services.answers is not None:
             if loop is None or loop.cacheable:
                 await services.answers.put(turn.cache_key, with_sources(reply.completion(turn.usage), turn.sources))
         await account(services, door, turn)

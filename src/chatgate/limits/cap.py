@@ -13,8 +13,10 @@ charged (the reply counted, as for any stream without a usage chunk).
 Cheap when nothing is at stake: nothing is parsed or counted while the stream's bytes are fewer than
 the completion reserved (a token is at least one byte); after that the reply is counted every
 ``CHECK_EVERY`` chunks, and the limiter asked only once past the reservation. So a stream stops at most
-``CHECK_EVERY`` chunks after the limit was spent. Tool-call arguments are not counted; a non-streamed
-answer cannot be stopped midway (its bound is in ``base.py``).
+``CHECK_EVERY`` chunks after the limit was spent. Not covered: tool-call arguments (not counted), the
+streams of the tool loop (``tools/loop.py``: each step's answer is charged when the loop ends), and a
+non-streamed answer, which cannot be stopped midway (its bound is in ``base.py``). A stopped answer is not
+kept in the response cache.
 """
 
 from __future__ import annotations

@@ -61,6 +61,8 @@ _ADD = (
     "on conflict (counter, slot) do update set amount = amount + excluded.amount"
 )
 
+_ADJUST = "update slots set amount = max(0, amount + ?) where counter = ? and slot = ?"
+
 
 def _expires(slot: int, width: float) -> float:
     return (slot + SLOTS + 1) * width
@@ -191,13 +193,12 @@ class SharedLimiter:
             for charge, delta in changes:
                 width = slot_width(charge.window)
                 cur = int(now // width)
-                row = db.execute(
-                    "select amount from slots where counter = ? and slot = ?", (charge.counter, charge.slot)
-                ).fetchone()
-                if row is not None and charge.slot >= cur - SLOTS:
+                if charge.slot >= cur - SLOTS and (
                     # Exact: never take back more than this slot holds.
-                    db.execute(_ADD, (charge.counter, charge.slot, max(delta, -row[0]), _expires(charge.slot, width)))
-                elif delta > 0:  # the original slot has left the window: charge the extra now
+                    db.execute(_ADJUST, (delta, charge.counter, charge.slot)).rowcount
+                ):
+                    continue
+                if delta > 0:  # the original slot has left the window (or was reset): charge the extra now
                     db.execute(_ADD, (charge.counter, cur, delta, _expires(cur, width)))
 
     async def refund(self, reservation: Reservation) -> None:
