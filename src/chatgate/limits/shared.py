@@ -4,8 +4,10 @@
 through ``<data_dir>/limits.sqlite`` (0600), so that N workers admit exactly what one would. Each
 ``acquire`` is one write transaction: every counter of the request is read, checked and, only if all
 fit, charged, while holding an exclusive ``flock`` on ``limits.sqlite.lock``. The flock is what
-serialises the workers (the kernel wakes a waiter the moment it is released), so SQLite's own busy
-handler, which sleeps in steps of milliseconds, never runs. The database is in WAL mode with
+serialises the workers, so SQLite's own busy handler, which sleeps in steps of milliseconds, never
+runs. A worker that finds it taken tries again between its event loop's other work a few times (the
+holder is usually done within tens of microseconds), then waits in the kernel, which wakes it the
+moment the flock is released. The database is in WAL mode with
 ``synchronous=OFF``: nothing is flushed to disk per check, and a crashed process loses no committed
 charge (the operating system still holds the pages), only a power loss would. A process killed inside a
 transaction has it rolled back, and the kernel releases its flock.
@@ -17,19 +19,20 @@ probe and evict: rows are swept once they have left their window. Counts survive
 is the wall clock (``time.time``), as Redis's ``TIME`` is for the Redis backend.
 
 Each row is one slot of one counter: ``(counter, slot, amount, expires)``, ``expires`` the time the
-slot leaves the window (``(slot + SLOTS + 1) * width``). The calls are synchronous: a check takes tens
-of microseconds (the lock is held for one transaction), far less than a round trip to Redis.
+slot leaves the window (``(slot + SLOTS + 1) * width``). Nothing awaits inside a transaction: a check
+holds the flock for tens of microseconds, less than a round trip to Redis takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from chatgate.limits.base import (
@@ -44,6 +47,8 @@ from chatgate.limits.base import (
 )
 
 FILE = "limits.sqlite"
+SPINS = 16
+"""Tries of the flock between the event loop's other work before waiting for it in the kernel."""
 
 SCHEMA = """
 create table if not exists slots (
@@ -101,10 +106,23 @@ class SharedLimiter:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the flock: committed, or rolled back on any error."""
-        with self._locked():
+    async def _lock(self) -> None:
+        """The flock, without blocking the event loop while another worker briefly holds it: tried at once, then
+        between the loop's other work (``SPINS`` times), then waited for in the kernel."""
+        for _ in range(SPINS):
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                await asyncio.sleep(0)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[sqlite3.Connection]:
+        """One write transaction under the flock: committed, or rolled back on any error. Nothing awaits
+        inside it."""
+        await self._lock()
+        try:
             db = self._db
             db.execute("begin immediate")
             try:
@@ -113,6 +131,8 @@ class SharedLimiter:
                 db.execute("rollback")
                 raise
             db.execute("commit")
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _slots(
         self, db: sqlite3.Connection, limits: Sequence[Limit], now: float
@@ -135,18 +155,21 @@ class SharedLimiter:
             out.append((cur, width, [(slot, amount) for slot, amount in rows[limit.counter] if slot >= oldest]))
         return out
 
-    def sweep(self, now: float | None = None) -> int:
-        """Delete every slot that has left its window; returns how many."""
-        now = self._clock() if now is None else now
+    def _sweep(self, db: sqlite3.Connection, now: float) -> int:
+        """Delete every slot that has left its window (inside a write transaction); returns how many."""
         self._next_sweep = now + self.sweep_interval
-        with self._write() as db:
-            return db.execute("delete from slots where expires <= ?", (now,)).rowcount
+        return db.execute("delete from slots where expires <= ?", (now,)).rowcount
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Delete every slot that has left its window; returns how many."""
+        async with self._write() as db:
+            return self._sweep(db, self._clock() if now is None else now)
 
     async def acquire(self, limits: Sequence[Limit], costs: Mapping[str, int]) -> Decision:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self.sweep(now)
-        with self._write() as db:
+        async with self._write() as db:
+            now = self._clock()
+            if now >= self._next_sweep:
+                self._sweep(db, now)
             seen = []
             blocked: Limit | None = None
             retry_after = 0.0
@@ -189,7 +212,7 @@ class SharedLimiter:
         ]
         if not changes:
             return
-        with self._write() as db:
+        async with self._write() as db:
             for charge, delta in changes:
                 width = slot_width(charge.window)
                 cur = int(now // width)
@@ -222,7 +245,7 @@ class SharedLimiter:
         """Delete the counters of ``key_prefix`` (``matches_prefix``: whole segments, by key range)."""
         ranges = (key_prefix + ":", key_prefix + ";", key_prefix + "|", key_prefix + "}")
         where = "(counter >= ? and counter < ?) or (counter >= ? and counter < ?)"
-        with self._write() as db:
+        async with self._write() as db:
             (count,) = db.execute(f"select count(distinct counter) from slots where {where}", ranges).fetchone()
             db.execute(f"delete from slots where {where}", ranges)
         return int(count)
