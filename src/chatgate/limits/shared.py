@@ -12,10 +12,14 @@ moment the flock is released. The database is in WAL mode with
 charge (the operating system still holds the pages), only a power loss would. A process killed inside a
 transaction has it rolled back, and the kernel releases its flock.
 
-Why this one (``bench/limits_check.py``, ``docs/benchmarks.md``): it cost less per check than asking the
-supervisor process over a Unix socket, close to a hand-made table in shared memory (``mmap``), and it
-keeps the same arithmetic as the other backends in a few statements, with no table of our own to size,
-probe and evict: rows are swept once they have left their window. Counts survive a restart: the clock
+Chosen by ``app.build_limiter`` when there are several workers and no Redis (and as Redis's fail-open
+fallback then); one worker keeps ``MemoryLimiter``, which is faster. Why this one
+(``bench/limits_check.py --alternatives``, ``docs/benchmarks.md``): it cost a third of asking another
+process over a Unix socket (what the supervisor would serve) and a sixth of Redis; a hand-made table in
+shared memory (``mmap``) was about 3x cheaper as a bare lower bound, but collisions, a full table,
+deleting by prefix and a worker killed mid-write would be ours to get right. Here the arithmetic is the
+other backends' in a few statements, with nothing to size, probe or evict: rows are swept once they
+have left their window. Counts survive a restart: the clock
 is the wall clock (``time.time``), as Redis's ``TIME`` is for the Redis backend.
 
 Each row is one slot of one counter: ``(counter, slot, amount, expires)``, ``expires`` the time the
