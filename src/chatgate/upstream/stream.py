@@ -261,7 +261,10 @@ class Relay:
 
     def _length_chunk(self) -> bytes:
         """The chunk an upstream ends with when it stops at its length, named after the stream's own."""
-        head = self.reply.head if self.reply is not None else {}
+        head: dict[str, Any] = {}
+        if self.reply is not None:
+            self.reply.text  # noqa: B018 -- parses what it kept unparsed: the head is its first chunk's
+            head = self.reply.head
         choice = {"index": 0, "delta": {}, "finish_reason": "length"}
         return orjson.dumps(
             {
