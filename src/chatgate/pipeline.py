@@ -33,7 +33,7 @@ from typing import Any
 from chatgate.cache import Entry
 from chatgate.context import requested_max_tokens
 from chatgate.errors import ChatgateError
-from chatgate.limits.admit import completion_budget, used_tokens
+from chatgate.limits.admit import completion_budget, spent
 from chatgate.observe.tracing import step
 from chatgate.rag.ground import with_sources, with_system
 from chatgate.sessions.messages import calls_tool, request_kind
@@ -91,7 +91,7 @@ async def identify(services: Services, turn: Turn, chat: bool = True) -> None:
             turn.principal, turn.headers, turn.payload, turn.client_ip, turn.forwarded_for
         )
         if metadata is not None:
-            _rewrite(turn, turn.payload)  # metadata was taken out: the upstream gets the payload re-serialised
+            turn.rewrite(turn.payload)  # metadata was taken out: the upstream gets the payload re-serialised
         turn.client_messages = turn.payload.get("messages") or []
         if chat and services.tasks is not None:
             asked = turn.client_messages or [{"role": "user", "content": turn.message}]
@@ -100,11 +100,11 @@ async def identify(services: Services, turn: Turn, chat: bool = True) -> None:
         found = await services.rag.assistants.get(turn.payload["model"]) if chat and services.rag else None
         if found is not None:  # an assistant's name: its base model
             turn.assistant, turn.kind = found, "research" if found.research else None
-            _rewrite(turn, {**turn.payload, "model": found.model})
+            turn.rewrite({**turn.payload, "model": found.model})
         if turn.task is not None:
             turn.kind = "task"
             if services.tasks is not None and services.tasks.model:  # tasks may go to a cheaper model
-                _rewrite(turn, {**turn.payload, "model": services.tasks.model})
+                turn.rewrite({**turn.payload, "model": services.tasks.model})
         await services.catalog.ensure_known(turn.payload["model"])
 
 
@@ -121,9 +121,9 @@ async def session(services: Services, door: Door, turn: Turn) -> None:
                 messages, services.personaliser.prompt(identity.variables, identity.email)
             )
         if messages is not turn.payload.get("messages"):
-            _rewrite(turn, {**turn.payload, "messages": messages})
+            turn.rewrite({**turn.payload, "messages": messages})
         if services.tool_loop is not None and turn.task is None and (tools := services.tool_loop.offer(turn)):
-            _rewrite(turn, {**turn.payload, "tools": tools})  # the assistant's server tools, after the client's
+            turn.rewrite({**turn.payload, "tools": tools})  # the assistant's server tools, after the client's
         turn.connection = services.connections.enter(
             turn.resolved.identity.user_id,
             None if conversation.ephemeral else conversation.id,
@@ -164,7 +164,7 @@ async def fit(services: Services, turn: Turn) -> None:
             prompt_tokens=counted[1] if counted is not None and counted[0] is messages else None,
         )
         if fitted.messages is not messages:
-            _rewrite(turn, {**payload, "messages": fitted.messages})
+            turn.rewrite({**payload, "messages": fitted.messages})
 
 
 async def ground(services: Services, turn: Turn) -> None:
@@ -183,7 +183,7 @@ async def ground(services: Services, turn: Turn) -> None:
         )
     turn.scope = grounded.scope
     if grounded.messages is not None:
-        _rewrite(turn, {**turn.payload, "messages": grounded.messages})
+        turn.rewrite({**turn.payload, "messages": grounded.messages})
         turn.sources = grounded.sources
         turn.kind = turn.kind or "rag"
 
@@ -309,7 +309,7 @@ async def account(services: Services, door: Door | None, turn: Turn) -> None:
         if turn.connection is not None:
             services.connections.leave(turn.connection)
         with step(services.tracing, "settle"):
-            await services.admission.settle(turn.admitted, spent(services, turn))
+            await services.admission.settle(turn.admitted, spent(turn, services.counter))
         services.recorder.finished(turn, kind_of(services, turn))
 
 
@@ -324,27 +324,5 @@ def kind_of(services: Services, turn: Turn) -> str:
     return turn.kind
 
 
-def spent(services: Services, turn: Turn) -> int | None:
-    """The tokens to charge: the usage, else a count of the reply; None (a refund) when nothing was answered.
-    The summariser's tokens were spent for this user whatever became of the call; a hit spent none."""
-    admitted = turn.admitted
-    if admitted is None:
-        return None
-    summarised = (turn.fitted.summary_usage or {}).get("total_tokens", 0) if turn.fitted is not None else 0
-    tokens = 0 if turn.cache_status == "HIT" else used_tokens(turn.usage)
-    if tokens is None and turn.completed:
-        prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
-        counted = services.counter.count_reply(turn.reply, turn.payload.get("model"))
-        tokens = prompt + counted if counted is not None else admitted.reservation.costs.get("tokens")
-    if summarised:
-        tokens = (tokens or 0) + summarised
-    return tokens
-
-
 def _tools(payload: dict[str, Any]) -> Any:
     return payload.get("tools") or payload.get("functions")
-
-
-def _rewrite(turn: Turn, payload: dict[str, Any]) -> None:
-    """The payload changed: the client's bytes can no longer be sent on as they are."""
-    turn.payload, turn.raw = payload, None

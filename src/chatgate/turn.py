@@ -167,5 +167,9 @@ class Turn:
     def stream(self) -> bool:
         return self.payload.get("stream") is True
 
+    def rewrite(self, payload: dict[str, Any]) -> None:
+        """The payload changed: the client's bytes can no longer be sent on as they are."""
+        self.payload, self.raw = payload, None
+
     def record_usage(self, usage: dict[str, Any]) -> None:
         self.usage = usage

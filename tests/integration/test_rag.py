@@ -406,13 +406,21 @@ def test_admin_assistant_api(gw: Gateway, fake_a: Fake, hr: str) -> None:
     assert sources[name] == "api" and sources["hr-assistant"] == "config"
     put = httpx.put(
         f"{gw.url}/admin/assistants/{name}",
-        json={"model": "fake-model", "system_prompt": "Second prompt.", "collections": ["hr"], "retrieval": "off"},
+        json={
+            "model": "fake-model",
+            "system_prompt": "Second prompt.",
+            "collections": ["hr"],
+            "retrieval": "off",
+            "max_steps": 3.0,  # JSON Schema's integer: 3.0 is 3
+            "top_k": 4.0,
+        },
         headers=admin,
     )
-    assert (
-        put.status_code == 200
-        and httpx.get(f"{gw.url}/admin/assistants/{name}", headers=admin).json()["retrieval"] == "off"
-    )
+    assert put.status_code == 200, put.text
+    stored = httpx.get(f"{gw.url}/admin/assistants/{name}", headers=admin).json()
+    assert (stored["retrieval"], stored["max_steps"], stored["top_k"]) == ("off", 3, 4)
+    not_integral = httpx.put(f"{gw.url}/admin/assistants/{name}", json={"model": "m", "max_steps": 2.5}, headers=admin)
+    assert not_integral.status_code == 400 and not_integral.json()["error"]["details"]["field"] == "max_steps"
     assert name in [m["id"] for m in httpx.get(gw.base_url + "/models", headers=admin).json()["data"]]
     tag = "ab-" + secrets.token_hex(4)
     answer = httpx.post(gw.base_url + "/chat/completions", json=chat_body(tag, "parental leave?", name), headers=admin)

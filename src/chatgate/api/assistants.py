@@ -24,10 +24,23 @@ def _registry(request: Request) -> Assistants:
     return services.rag.assistants
 
 
+def _integer_fields() -> frozenset[str]:
+    """The assistant fields JSON Schema calls integers (where 5.0 is 5)."""
+    props = AssistantSettings.model_json_schema()["properties"]
+    return frozenset(
+        name
+        for name, prop in props.items()
+        if prop.get("type") == "integer" or any(a.get("type") == "integer" for a in prop.get("anyOf", ()))
+    )
+
+
+INTEGER_FIELDS = _integer_fields()
+
+
 def _parse(request: Request, data: dict[str, Any]) -> Assistant:
-    top_k = data.get("top_k")
-    if isinstance(top_k, float) and top_k.is_integer():  # JSON Schema's integer: 5.0 is 5
-        data = {**data, "top_k": int(top_k)}
+    data = {
+        k: int(v) if k in INTEGER_FIELDS and isinstance(v, float) and v.is_integer() else v for k, v in data.items()
+    }
     try:  # strict: `research: 0` is not a boolean, `top_k: "5"` not an integer
         settings = AssistantSettings.model_validate(data, strict=True)
     except ValidationError as exc:

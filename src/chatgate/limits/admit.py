@@ -33,6 +33,8 @@ from chatgate.observe.metrics import Metrics
 from chatgate.settings import LimitSettings
 
 if TYPE_CHECKING:
+    from chatgate.tokens.counter import TokenCounter
+    from chatgate.turn import Turn
     from chatgate.upstream.stream import ReplyBuffer
 
 log = logging.getLogger("chatgate.limits")
@@ -278,3 +280,21 @@ def used_tokens(usage: Mapping[str, Any] | None) -> int | None:
     if any(isinstance(p, int) for p in parts):
         return sum(p for p in parts if isinstance(p, int))
     return None
+
+
+def spent(turn: Turn, counter: TokenCounter) -> int | None:
+    """The tokens to charge for ``turn``: the usage, else a count of the reply; None (a refund) when nothing
+    was answered. The summariser's tokens were spent for this user whatever became of the call; a hit spent
+    none."""
+    admitted = turn.admitted
+    if admitted is None:
+        return None
+    summarised = (turn.fitted.summary_usage or {}).get("total_tokens", 0) if turn.fitted is not None else 0
+    tokens = 0 if turn.cache_status == "HIT" else used_tokens(turn.usage)
+    if tokens is None and turn.completed:
+        prompt = turn.fitted.prompt_tokens if turn.fitted is not None else admitted.prompt_tokens
+        counted = counter.count_reply(turn.reply, turn.payload.get("model"))
+        tokens = prompt + counted if counted is not None else admitted.reservation.costs.get("tokens")
+    if summarised:
+        tokens = (tokens or 0) + summarised
+    return tokens
