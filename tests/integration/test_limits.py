@@ -570,7 +570,7 @@ def per_worker(g: Gateway, tries: int = 100) -> dict[int, tuple[int, int]]:
 
 
 def test_two_workers_without_redis_admit_exactly_60_of_200(tmp_path, fake_a: Fake) -> None:
-    g = start_gateway(tmp_path, config(fake_a, user_requests_per_minute=60), args=["--workers", "2"])
+    g = start_gateway(tmp_path, config(fake_a, user_requests_per_minute=60), args=["--workers", "2"], ready_timeout=90)
     try:
         before = per_worker(g)
         for _ in range(5):  # until a burst was spread over both workers (the kernel deals the connections)
@@ -603,6 +603,7 @@ def test_two_workers_without_redis_hold_a_token_budget_exactly(tmp_path, fake_a:
         tmp_path,
         config(fake_a, user_tokens_per_hour=5000, user_requests_per_minute=10_000),
         args=["--workers", "2"],
+        ready_timeout=90,
     )
 
     async def scenario() -> None:
@@ -652,7 +653,7 @@ def test_redis_fail_open_falls_back_to_the_workers_shared_limiter(tmp_path, fake
         **config(fake_a, user_requests_per_minute=60, fail_open=True),
         "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
     }
-    g = start_gateway(tmp_path, cfg, args=["--workers", "2"])
+    g = start_gateway(tmp_path, cfg, args=["--workers", "2"], ready_timeout=90)
     try:
         proxy.stop()
         user = new_user()
