@@ -18,6 +18,8 @@ tests set them on the client request):
 - ``style``: ``multiline`` (JSON split over several ``data:`` lines), ``crlf``, ``keepalive``.
 - ``no_done``: end the stream without ``data: [DONE]``.
 - ``answer``: the answer's text, instead of the echo.
+- ``words``: the answer is this many words (``w1 w2 ...``), whatever ``max_tokens`` says: an upstream that
+  ignores it. Streamed one word a chunk like any answer; usage counts them.
 - ``script``: a tool loop's answers, one per step (tool calls, then content; see ``_scripted``).
 
 Knobs can also ride in the last user message, for doors that send the upstream only messages (the chat
@@ -236,6 +238,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     knobs = _knobs(request, body)
     name = request.app["name"]
     text = str(knobs["answer"]) if "answer" in knobs else "echo: " + asked
+    if "words" in knobs:
+        text = " ".join(f"w{i}" for i in range(1, int(knobs["words"]) + 1))
     openwebui = request.app["openwebui"]
     if openwebui:
         STATS["openwebui"]["attempts"] += 1

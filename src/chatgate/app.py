@@ -36,8 +36,9 @@ from chatgate.context import ContextFitter, Summariser, WindowResolver
 from chatgate.identity.jwt import JWTVerifier
 from chatgate.identity.keys import ADMIN, Credentials, JWTSignIn, StaticKeys, StoredKeys, bootstrap_admin_digest
 from chatgate.identity.resolve import IdentityResolver
-from chatgate.limits import Limiter, MemoryLimiter, RedisLimiter
+from chatgate.limits import Limiter, MemoryLimiter, RedisLimiter, SharedLimiter
 from chatgate.limits.admit import Admission
+from chatgate.limits.shared import FILE as SHARED_FILE
 from chatgate.observe.logging import AccessLog
 from chatgate.observe.logging import configure as configure_logging
 from chatgate.observe.metrics import Metrics, metrics_dir
@@ -108,14 +109,22 @@ def build_counter(settings: Settings) -> TokenCounter:
 
 
 def build_limiter(settings: Settings) -> Limiter:
-    """Redis when ``redis_url`` is set (exact across processes), else in process memory."""
-    local = MemoryLimiter(max_keys=settings.limits.memory_max_keys)
+    """Redis when ``redis_url`` is set (exact across instances); else, with several workers, one table every
+    worker of this server shares (``limits/shared.py``); else in process memory. Redis's fail-open fallback is
+    the shared table or the process's memory by the same rule."""
+    local: Limiter
+    if settings.server.workers > 1 and settings.limits.enabled:
+        local = SharedLimiter(settings.data_dir / SHARED_FILE)
+    else:
+        local = MemoryLimiter(max_keys=settings.limits.memory_max_keys)
     if settings.redis_url:
         return RedisLimiter.from_url(
-            settings.redis_url, prefix=settings.limits.redis_prefix, fail_open=settings.limits.fail_open, fallback=local
+            settings.redis_url,
+            timeout=settings.redis_timeout,
+            prefix=settings.limits.redis_prefix,
+            fail_open=settings.limits.fail_open,
+            fallback=local,
         )
-    if settings.server.workers > 1 and settings.limits.enabled:
-        log.warning("rate limits are per worker process without Redis: set CHATGATE_REDIS_URL to share them")
     return local
 
 
@@ -161,7 +170,11 @@ def build_cache(settings: Settings) -> ResponseCache | None:
         return None
     if settings.redis_url:
         return RedisCache.from_url(
-            settings.redis_url, prefix=c.redis_prefix, ttl=c.ttl, max_entry_bytes=c.max_entry_bytes
+            settings.redis_url,
+            timeout=settings.redis_timeout,
+            prefix=c.redis_prefix,
+            ttl=c.ttl,
+            max_entry_bytes=c.max_entry_bytes,
         )
     return MemoryCache(ttl=c.ttl, max_entries=c.max_entries, max_bytes=c.max_bytes, max_entry_bytes=c.max_entry_bytes)
 

@@ -99,6 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     # The workers read the same settings: the data directory as resolved here, whatever their folder.
     os.environ["CHATGATE_DATA_DIR"] = str(settings.data_dir)
+    # And how many they are (``--workers`` wins over the setting): with more than one, they share one limiter.
+    os.environ["CHATGATE_SERVER__WORKERS"] = str(workers)
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     make_private(settings.data_dir, deep=True)  # a data directory from before: its files made private too
     # Before the workers start, so they all share one key and none prints it again.

@@ -234,6 +234,7 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
 
     async def tail() -> bytes:  # the stream completed: keep the turn, then the door's last event
         turn.completed, turn.called_tool = True, reply.called_tool
+        turn.stopped = isinstance(relay, Relay) and relay.stopped
         assert turn.session is not None  # the reply is read only when something needs it
         if turn.usage is None or turn.sources or turn.cache_key is not None or not turn.session.ephemeral:
             turn.reply, turn.reply_head = reply.content(), reply.head
@@ -249,7 +250,8 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
 
     async def end(completed: bool) -> None:
         turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
-        if completed and turn.completed and turn.cache_key is not None and services.answers is not None:
+        cacheable = completed and turn.completed and not turn.stopped  # an answer stopped at a limit is not whole
+        if cacheable and turn.cache_key is not None and services.answers is not None:
             if loop is None or loop.cacheable:
                 await services.answers.put(turn.cache_key, with_sources(reply.completion(turn.usage), turn.sources))
         await account(services, door, turn)
@@ -258,6 +260,7 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
     if loop is not None:
         relay = loop.stream(services.upstream, opened, framing, reply, tail, end)
     else:
+        model = payload["model"]
         relay = Relay(
             opened,
             include_usage=framing.include_usage,
@@ -266,6 +269,7 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
             transform=framing.transform,
             tail=tail,
             on_end=end,
+            cap=services.admission.stream_cap(turn.admitted, reply, lambda text: services.counter.count(text, model)),
         )
     turn.streaming = True
     return relay

@@ -970,7 +970,18 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None,
         description="Redis URL, e.g. `redis://127.0.0.1:6379/0`: rate limits and budgets are then shared by every "
-        "process and instance using it (exact across them). Unset: in process memory, per worker.",
+        "process and instance using it (exact across them), and so is the response cache. Unset: with several "
+        "workers, rate limits in one table the workers of one `chatgate serve` share (`<data_dir>/limits.sqlite`), "
+        "else in process memory; the cache per worker.",
+    )
+    redis_timeout: float = Field(
+        1.0,
+        gt=0,
+        le=30,
+        description="Seconds the rate limiter and the response cache give Redis to connect, to answer one command "
+        "and to lend a pooled connection; past it the call counts as an outage (the limiter fails open or closed "
+        "as `limits.fail_open` says, the cache misses). Too low and one slow answer under load sends a process to "
+        "its local limiter; too high and a hung Redis holds every request that long.",
     )
     server: ServerSettings = Field(default_factory=ServerSettings, description="HTTP server.")
     retry: RetrySettings = Field(default_factory=RetrySettings, description="Upstream retries.")

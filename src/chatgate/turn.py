@@ -157,6 +157,7 @@ class Turn:
     reply_head: dict[str, Any] = field(default_factory=dict)  # a streamed reply's id, model and created
     streaming: bool = False  # the answer is a stream: it is accounted when it ends
     stream_failed: bool = False  # the upstream broke off a stream after it had begun
+    stopped: bool = False  # the gateway ended the stream: past its reservation with a token limit spent
     completed: bool = False  # the client got (or is getting) a whole answer
     kept_turn: bool = False  # the turn's messages are in the conversation
     accounted: bool = False

@@ -4,9 +4,14 @@ the official openai SDK, the admin API, and Redis (real, and lost mid-test behin
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -210,6 +215,55 @@ def test_user_field_on_an_ordinary_key_does_not_mint_new_limits(tmp_path, fake_a
         stop(g.proc)
 
 
+def key_id_of(gw: Gateway, user_id: str) -> str:
+    """The id of ``user_id``'s one key, as ``chatgate keys list --json`` shows it."""
+    cli = str(Path(sys.executable).with_name("chatgate"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")} | {
+        "CHATGATE_DATA_DIR": str(gw.data_dir)
+    }
+    out = subprocess.run(
+        [cli, "keys", "list", "--user", user_id, "--json"], check=True, env=env, capture_output=True, text=True
+    ).stdout
+    (key,) = json.loads(out)
+    return str(key["id"])
+
+
+def test_admin_view_shows_the_lines_enforced_with_a_keys_override(tmp_path, fake_a: Fake) -> None:
+    """The key's overrides (``limits.keys``) and a listed model's lines, as the admit step enforced them."""
+    limits: dict[str, Any] = {"user_requests_per_minute": 60, "models": {"fake-other": {"requests_per_minute": 2}}}
+    g = start_gateway(tmp_path, config(fake_a, **limits))
+    key = user_key(g, "erin")
+    key_id = key_id_of(g, "erin")
+    stop(g.proc)
+    limits["keys"] = {key_id: {"requests_per_minute": 3, "tokens_per_day": 50_000}}
+    g = start_gateway(tmp_path, config(fake_a, **limits))  # the same data directory: the key is there
+    try:
+
+        def post(model: str) -> int:
+            body = {"model": model, "messages": MESSAGES}
+            headers = {"Authorization": f"Bearer {key}"}
+            return httpx.post(g.base_url + "/chat/completions", json=body, headers=headers, timeout=10).status_code
+
+        assert [post("fake-model") for _ in range(2)] + [post("fake-other") for _ in range(2)] == [200, 200, 200, 429]
+        view = usage_of_user(g, "erin")
+        assert (
+            view["user:requests_per_minute"] | {"limit": 3, "used": 3, "remaining": 0, "key_ids": [key_id]}
+            == (view["user:requests_per_minute"])
+        )
+        assert view["key:tokens_per_day"]["limit"] == 50_000 and view["key:tokens_per_day"]["used"] > 0
+        assert (
+            view["model:fake-other:requests_per_minute"] | {"limit": 2, "used": 1}
+            == (view["model:fake-other:requests_per_minute"])
+        )
+        assert view["user:tokens_per_hour"]["limit"] == 100_000  # not overridden: the user's own
+        one = httpx.get(f"{g.url}/admin/users/erin/limits", params={"key_id": key_id}, headers=auth(g)).json()
+        assert {line["scope"]: line["limit"] for line in one["limits"]}["user:requests_per_minute"] == 3
+        other = httpx.get(f"{g.url}/admin/users/erin/limits", params={"key_id": "k-other"}, headers=auth(g)).json()
+        assert {line["scope"]: line["limit"] for line in other["limits"]}["user:requests_per_minute"] == 60
+    finally:
+        stop(g.proc)
+
+
 def usage_of_user(gw: Gateway, user_id: str) -> dict[str, dict[str, Any]]:
     resp = httpx.get(f"{gw.url}/admin/users/{user_id}/limits", headers=auth(gw), timeout=10)
     assert resp.status_code == 200, resp.text
@@ -347,9 +401,11 @@ def test_admin_limits_are_hidden_from_a_non_admin_key(tmp_path, fake_a: Fake) ->
 
 
 class Proxy:
-    """A TCP proxy to Redis in its own thread's loop; ``stop`` cuts every connection, like Redis dying."""
+    """A TCP proxy to Redis in its own thread's loop; ``stop`` cuts every connection, like Redis dying.
+    ``delay``: seconds each of Redis's answers is held back (a Redis slow to answer)."""
 
-    def __init__(self, target_port: int = 6379) -> None:
+    def __init__(self, target_port: int = 6379, delay: float = 0.0) -> None:
+        self.delay = delay
         import socket
         import threading
 
@@ -384,9 +440,11 @@ class Proxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float = 0.0) -> None:
             try:
                 while data := await src.read(65536):
+                    if delay:
+                        await asyncio.sleep(delay)
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -394,7 +452,7 @@ class Proxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer, self.delay))
 
 
 @pytest.mark.parametrize("fail_open", [True, False])
@@ -436,6 +494,45 @@ def test_redis_stopped_mid_test(tmp_path, fake_a: Fake, fail_open: bool) -> None
         proxy.stop()
 
 
+@pytest.mark.parametrize("redis_timeout", [0.2, 5.0])
+def test_redis_timeout_is_the_setting(tmp_path, fake_a: Fake, redis_timeout: float) -> None:
+    """Redis answers 0.6 s late: below ``redis_timeout`` the limiter and the cache go on using it, above it
+    both take it for an outage (the limiter falls back, the cache misses)."""
+    proxy = Proxy(delay=0.6)
+    proxy.start()
+    prefix = f"cgtest:{secrets.token_hex(6)}:"
+    cfg = {
+        **config(fake_a, user_requests_per_minute=100, redis_prefix=prefix),
+        "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
+        "redis_timeout": redis_timeout,
+        "cache": {"enabled": True, "redis_prefix": prefix + "cache:"},
+    }
+    g = start_gateway(tmp_path, cfg)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        body = chat_body(new_user(), temperature=0)
+        answers = [
+            httpx.post(g.base_url + "/chat/completions", json=body, headers=auth(g), timeout=30) for _ in range(2)
+        ]
+        assert [r.status_code for r in answers] == [200, 200]
+        errors = httpx.get(g.url + "/ready", headers=auth(g), timeout=30).json()["limits"]["redis_errors"]
+        logs = g.logs()
+        if redis_timeout > 0.6:
+            assert errors == 0 and "Redis unreachable" not in logs
+            assert redis.keys(prefix + "u:*"), "the limiter counted in Redis"
+            assert answers[1].headers["x-cache"] == "HIT"  # the cache kept the answer in Redis
+        else:
+            assert errors >= 2
+            assert "rate limiter: Redis unreachable" in logs and "response cache: Redis unreachable" in logs
+            assert answers[1].headers["x-cache"] == "MISS"
+    finally:
+        stop(g.proc)
+        proxy.stop()
+        for key in redis.keys(prefix + "*"):
+            redis.delete(key)
+        redis.close()
+
+
 def test_anonymous_callers_are_limited_per_ip(tmp_path, fake_a: Fake) -> None:
     cfg = {**config(fake_a, anonymous_ip_requests_per_minute=3), "identity": {"allow_anonymous": True}}
     g = start_gateway(tmp_path, cfg)
@@ -454,3 +551,190 @@ def test_anonymous_callers_are_limited_per_ip(tmp_path, fake_a: Fake) -> None:
         )
     finally:
         stop(g.proc)
+
+
+# ---- the workers of one server: one limiter without Redis ----------------------------------------------
+
+
+def per_worker(g: Gateway, tries: int = 100) -> dict[int, tuple[int, int]]:
+    """Each worker's (admitted, refused) counts (``/admin/metrics`` answers for the worker that took the
+    connection: asked on new connections until both answered)."""
+    seen: dict[int, tuple[int, int]] = {}
+    for _ in range(tries):
+        limits = httpx.get(g.url + "/admin/metrics", headers=auth(g), timeout=10).json()
+        seen[limits["pid"]] = (limits["limits"]["admitted"], limits["limits"]["limited"])
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, seen
+    return seen
+
+
+def test_two_workers_without_redis_admit_exactly_60_of_200(tmp_path, fake_a: Fake) -> None:
+    g = start_gateway(tmp_path, config(fake_a, user_requests_per_minute=60), args=["--workers", "2"], ready_timeout=90)
+    try:
+        before = per_worker(g)
+        for _ in range(5):  # until a burst was spread over both workers (the kernel deals the connections)
+            user = new_user()
+            responses = asyncio.run(burst(g, [chat_body(user) for _ in range(200)]))
+            statuses = [r.status_code for r in responses]
+            assert statuses.count(200) == 60 and statuses.count(429) == 140
+            after = per_worker(g)
+            admitted = {pid: after[pid][0] - before[pid][0] for pid in after}
+            served = {pid: sum(after[pid]) - sum(before[pid]) for pid in after}
+            assert sum(admitted.values()) == 60
+            before = after
+            if all(served.values()):
+                break
+        else:
+            raise AssertionError(f"every burst went to one worker: {served}")
+        view = httpx.get(f"{g.url}/admin/users/admin/{user}/limits", headers=auth(g)).json()
+        assert view["backend"] == "shared"
+        assert {line["scope"]: line["used"] for line in view["limits"]}["user:requests_per_minute"] == 60
+        for name in ("limits.sqlite", "limits.sqlite-wal", "limits.sqlite-shm", "limits.sqlite.lock"):
+            assert (g.data_dir / name).stat().st_mode & 0o777 == 0o600, name
+        assert "per worker process" not in g.logs()
+    finally:
+        stop(g.proc)
+
+
+def test_two_workers_without_redis_hold_a_token_budget_exactly(tmp_path, fake_a: Fake) -> None:
+    """Admitted calls hang (their reservations held), so the budget admits exactly ``limit // reservation``."""
+    g = start_gateway(
+        tmp_path,
+        config(fake_a, user_tokens_per_hour=5000, user_requests_per_minute=10_000),
+        args=["--workers", "2"],
+        ready_timeout=90,
+    )
+
+    async def scenario() -> None:
+        def body(user: str) -> dict[str, Any]:
+            return chat_body(user, max_tokens=90, fake={"hang": True, "id": "lim-hang-" + user})
+
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(headers=auth(g), timeout=120, limits=limits) as client:
+            probe = new_user()
+            one = asyncio.create_task(client.post(g.base_url + "/chat/completions", json=body(probe)))
+            reservation = 0
+            while not reservation:  # what one call reserves: the prompt as counted + max_tokens
+                await asyncio.sleep(0.05)
+                resp = await client.get(f"{g.url}/admin/users/admin/{probe}/limits")
+                reservation = {line["scope"]: line["used"] for line in resp.json()["limits"]}["user:tokens_per_hour"]
+            one.cancel()
+            expected = 5000 // reservation
+            user = new_user()
+            tasks = [
+                asyncio.create_task(client.post(g.base_url + "/chat/completions", json=body(user))) for _ in range(200)
+            ]
+            done: set[asyncio.Task[httpx.Response]] = set()
+            pending = set(tasks)
+            while len(done) < 200 - expected:  # the refusals come back at once; the admitted calls hang
+                finished, pending = await asyncio.wait(pending, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                assert finished, f"only {len(done)} answers, expected {200 - expected} refusals"
+                done |= finished
+            assert [t.result().status_code for t in done] == [429] * (200 - expected)
+            assert len(pending) == expected
+            resp = await client.get(f"{g.url}/admin/users/admin/{user}/limits")
+            used = {line["scope"]: line["used"] for line in resp.json()["limits"]}["user:tokens_per_hour"]
+            assert used == expected * reservation <= 5000
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop(g.proc)
+
+
+def test_redis_fail_open_falls_back_to_the_workers_shared_limiter(tmp_path, fake_a: Fake) -> None:
+    proxy = Proxy()
+    proxy.start()
+    cfg = {
+        **config(fake_a, user_requests_per_minute=60, fail_open=True),
+        "redis_url": f"redis://127.0.0.1:{proxy.port}/0",
+    }
+    g = start_gateway(tmp_path, cfg, args=["--workers", "2"], ready_timeout=90)
+    try:
+        proxy.stop()
+        user = new_user()
+        statuses = [r.status_code for r in asyncio.run(burst(g, [chat_body(user) for _ in range(200)]))]
+        assert statuses.count(200) == 60 and statuses.count(429) == 140  # the local fallback is one for both
+        ready = httpx.get(g.url + "/ready", headers=auth(g)).json()["limits"]
+        assert ready["backend"] == "redis" and ready["fallback"] == "shared" and ready["redis_errors"] >= 1
+    finally:
+        stop(g.proc)
+        proxy.stop()
+
+
+# ---- an upstream that ignores max_tokens -------------------------------------------------------------------
+
+
+def sse_events(resp: httpx.Response) -> list[Any]:
+    """The data events of a stream, JSON-decoded; ``[DONE]`` as the string."""
+    events: list[Any] = []
+    for line in resp.iter_lines():
+        if line.startswith("data: "):
+            data = line.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+def test_a_stream_past_its_reservation_stops_once_the_token_limit_is_spent(tmp_path, fake_a: Fake) -> None:
+    limit = 2000
+    g = start_gateway(tmp_path, config(fake_a, user_tokens_per_hour=limit, user_requests_per_minute=1000))
+    try:
+        user = new_user()
+        options = {"stream_options": {"include_usage": True}, "fake": {"words": 3000}, "temperature": 0}
+        body = chat_body(user, stream=True, max_tokens=50, **options)
+        with httpx.stream("POST", g.base_url + "/chat/completions", json=body, headers=auth(g), timeout=60) as resp:
+            assert resp.status_code == 200
+            events = sse_events(resp)
+        assert events[-1] == "[DONE]"
+        chunks = events[:-1]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        finishes = [
+            c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]
+        ]
+        assert finishes == ["length"]  # one end, the gateway's: the upstream's own "stop" never came
+        assert 0 < len(text.split()) < 3000
+        usage = chunks[-1]["usage"]  # counted by the gateway (the upstream's usage chunk was never read)
+        charged = usage_of(g, user)["user:tokens_per_hour"]["used"]
+        assert charged == usage["total_tokens"]  # what was sent is what was charged
+        # Stopped within CHECK_EVERY (16) chunks of the limit being spent: a word is at most 3 tokens here.
+        assert limit - 50 <= charged <= limit + 16 * 3
+        refused = httpx.post(g.base_url + "/chat/completions", json=chat_body(user), headers=auth(g), timeout=10)
+        assert refused.status_code == 429
+        # A stopped answer is not whole: not cached for the next caller asking the same.
+        again = chat_body(new_user(), stream=True, max_tokens=50, **options)
+        with httpx.stream("POST", g.base_url + "/chat/completions", json=again, headers=auth(g), timeout=60) as resp:
+            assert resp.headers["x-cache"] == "MISS"
+            assert [e for e in sse_events(resp) if e != "[DONE]" and e["choices"]][-1]["choices"][0][
+                "finish_reason"
+            ] == ("length")
+
+        # The chat API's stream ends the same way: its done event says why.
+        chat = {"message": '[fake:{"words": 3000}] go', "model": "fake-model", "stream": True, "max_tokens": 50}
+        other = user_key(g, "frank")
+        with httpx.stream(
+            "POST", g.url + "/api/v1/chat", json=chat, headers={"Authorization": f"Bearer {other}"}, timeout=60
+        ) as resp:
+            assert resp.status_code == 200
+            events = sse_events(resp)
+        assert events[-1] == "[DONE]"
+        done = events[-2]
+        assert done["type"] == "done" and done["finish_reason"] == "length"
+        assert 0 < len(done["response"].split()) < 3000
+        charged = usage_of_user(g, "frank")["user:tokens_per_hour"]["used"]
+        assert charged == done["usage"]["total_tokens"] and limit - 50 <= charged <= limit + 16 * 3
+    finally:
+        stop(g.proc)
+
+
+def test_a_long_stream_within_the_limit_is_not_stopped(gw: Gateway) -> None:
+    user = new_user()
+    body = chat_body(user, stream=True, max_tokens=50, fake={"words": 3000})
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, headers=auth(gw), timeout=60) as resp:
+        events = sse_events(resp)
+    chunks = [c for c in events[:-1] if c["choices"]]
+    assert len("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks).split()) == 3000
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]] == ["stop"]

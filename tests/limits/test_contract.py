@@ -1,4 +1,5 @@
-"""The limiter contract: every test here runs on the memory backend and on the real Redis.
+"""The limiter contract: every test here runs on the memory backend, the machine-wide SQLite one (two
+limiters on one file, as two workers hold it, taking turns) and on the real Redis.
 
 Redis: ``CHATGATE_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``), a fresh key prefix per
 test, its keys deleted afterwards. Unreachable: the Redis cases fail (a skipped test proves nothing).
@@ -10,11 +11,13 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from chatgate.limits import SLOTS, Limit, Limiter, MemoryLimiter, RedisLimiter
+from chatgate.limits import SLOTS, Limit, Limiter, MemoryLimiter, RedisLimiter, SharedLimiter
 
 REDIS_URL = os.environ.get("CHATGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -25,12 +28,30 @@ async def drop_prefix(client: Redis, prefix: str) -> None:
         await client.unlink(*keys)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
+class TwoWorkers:
+    """Two ``SharedLimiter`` on one file, as two worker processes hold it: calls alternate between them."""
+
+    def __init__(self, path: Path) -> None:
+        self.workers = [SharedLimiter(path), SharedLimiter(path)]
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls += 1
+        return getattr(self.workers[self.calls % 2], name)
+
+
+@pytest.fixture(params=["memory", "shared", "redis"])
+async def limiter(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Limiter]:
     if request.param == "memory":
         mem = MemoryLimiter()
         yield mem
         await mem.close()
+        return
+    if request.param == "shared":
+        pair = TwoWorkers(tmp_path / "limits.sqlite")
+        yield pair  # type: ignore[misc]
+        for worker in pair.workers:
+            await worker.close()
         return
     prefix = f"cgtest:{secrets.token_hex(6)}:"
     red = RedisLimiter.from_url(REDIS_URL, prefix=prefix, fail_open=False, timeout=5)

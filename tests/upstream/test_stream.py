@@ -10,7 +10,7 @@ from chatgate.settings import RetrySettings, TimeoutSettings
 from chatgate.upstream.client import CallTrace, UpstreamClient
 from chatgate.upstream.routing import Router, Upstream
 from chatgate.upstream.sse import SSEDecoder
-from chatgate.upstream.stream import Relay, ask_for_usage
+from chatgate.upstream.stream import Relay, ReplyBuffer, ask_for_usage
 
 
 async def run(fake: Any, client_options: dict[str, Any] | None = None, **knobs: Any) -> tuple[list[Any], list[Any]]:
@@ -154,3 +154,46 @@ def test_reply_buffer_merges_text_and_tool_call_deltas():
     plain = ReplyBuffer()
     plain.feed(b'{"choices": [{"delta": {"content": "hi"}}]}')
     assert plain.content() == "hi" and plain.text == "hi" and plain.feed(b"not json") == ""
+
+
+class StopAt:
+    """A ``Cap`` that asks to be asked after the ``n``-th data chunk and then says stop (or not)."""
+
+    def __init__(self, n: int, stop: bool = True) -> None:
+        self.n, self.stop, self.fed, self.asked = n, stop, 0, 0
+
+    def feed(self, data: bytes) -> bool:
+        self.fed += 1
+        return self.fed == self.n
+
+    async def spent(self) -> bool:
+        self.asked += 1
+        return self.stop
+
+
+@pytest.mark.parametrize("stop", [True, False])
+async def test_a_cap_stops_the_stream_between_events_with_a_length_chunk(fake_b: Any, stop: bool) -> None:
+    """The upstream writes 300 words quickly (many events per read): the stop comes right after the chunk the
+    cap asked about, not at the end of the read; the stream still ends as a completed one."""
+    up = Upstream(name="b", base_url=fake_b.base_url, configured_models=("fake-model",))
+    client = UpstreamClient(Router([up]), RetrySettings(), TimeoutSettings())
+    payload = {"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    cap = StopAt(10, stop)
+    try:
+        opened = await client.open("/chat/completions", payload | {"fake": {"words": 300}}, None, CallTrace())
+        relay = Relay(opened, include_usage=False, reply=ReplyBuffer(lazy=True), cap=cap)
+        out = b"".join([c async for c in relay])
+        await relay.aclose()
+    finally:
+        await client.close()
+    assert up.in_flight == 0
+    events = [e.data for e in SSEDecoder().feed(out)]
+    assert events[-1] == b"[DONE]" and relay.completed and cap.asked == 1
+    chunks = [orjson.loads(d) for d in events[:-1]]
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+    if stop:
+        assert relay.stopped and len(chunks) == 11 and finishes == ["length"]  # 10 relayed, then the end
+        assert chunks[-1]["id"] == chunks[0]["id"]  # named after the stream's own chunks
+    else:
+        assert not relay.stopped and finishes == ["stop"]
+        assert sum(1 for c in chunks if c["choices"][0]["delta"].get("content")) == 300

@@ -21,6 +21,8 @@ from chatgate.api.query import int_param
 from chatgate.api.rag import collection_json, job_json
 from chatgate.api.responses import json_response, no_route
 from chatgate.errors import BadRequest, NotFound
+from chatgate.identity.keys import ADMIN
+from chatgate.identity.model import check_id
 from chatgate.limits.policy import lines_for_user, subject_of
 from chatgate.rag.service import Rag
 from chatgate.store.analytics import EXPORT_COLUMNS
@@ -36,34 +38,57 @@ def _admin(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-async def _limit_status(services: Services, user_id: str) -> list[dict[str, Any]]:
-    """Each limit line that can apply to ``user_id``, with its current usage."""
-    lines = lines_for_user(services.admission.settings, user_id)
-    usage = await services.admission.limiter.usage(lines)
-    return [
-        {
-            "scope": line.scope,
-            "unit": line.unit,
-            "window_seconds": line.window,
-            "limit": line.limit,
-            "used": int(usage[line.scope]["used"]),
-            "remaining": int(usage[line.scope]["remaining"]),
-            "reset_in_seconds": round(usage[line.scope]["reset_in"], 3),
-        }
-        for line in lines
-    ]
+async def _key_ids(services: Services, user_id: str) -> list[str | None]:
+    """The keys whose calls can be charged to ``user_id``: its own (a JWT sign-in's for a ``jwt:`` user), else
+    the trusted forwarders' (the bootstrap admin key's, and stored keys with that scope), which limit the end
+    users they forward one by one."""
+    if user_id.startswith("ip:"):
+        return [None]
+    keys = await services.sessions.store.keys.list()
+    own: list[str | None] = [k.id for k in keys if k.user_id == user_id]
+    if user_id.startswith("jwt:"):
+        own.append("jwt")
+    if own:
+        return own
+    return [ADMIN.key_id, *(k.id for k in keys if "trusted_forwarder" in k.scopes)]
+
+
+async def _limit_status(services: Services, user_id: str, key_id: str | None = None) -> list[dict[str, Any]]:
+    """Each limit line enforced on ``user_id``'s calls (with ``key_id`` only: on the calls made with that key),
+    the keys it applies to, and its current usage. Lines are those the admit step builds (``limits_for``)."""
+    key_ids = [key_id] if key_id is not None else await _key_ids(services, user_id)
+    out = []
+    for line, keys in lines_for_user(services.admission.settings, user_id, key_ids):
+        used = (await services.admission.limiter.usage([line]))[line.scope]
+        out.append(
+            {
+                "scope": line.scope,
+                "unit": line.unit,
+                "window_seconds": line.window,
+                "limit": line.limit,
+                "key_ids": keys,
+                "used": int(used["used"]),
+                "remaining": max(0, line.limit - int(used["used"])),
+                "reset_in_seconds": round(used["reset_in"], 3),
+            }
+        )
+    return out
 
 
 async def get_user_limits(request: Request) -> Response:
-    """``GET /admin/users/{user_id}/limits``: each limit line with its current usage."""
+    """``GET /admin/users/{user_id}/limits`` (``?key_id=``: the calls made with that key): each limit line enforced
+    with its current usage."""
     services = _admin(request)
     user_id = request.path_params["user_id"]
+    key_id = request.query_params.get("key_id") or None
+    if key_id is not None:
+        check_id("key_id", key_id)
     return json_response(
         {
             "user_id": user_id,
             "enabled": services.admission.settings.enabled,
             "backend": services.admission.backend,
-            "limits": await _limit_status(services, user_id),
+            "limits": await _limit_status(services, user_id, key_id),
         }
     )
 

@@ -139,7 +139,11 @@ class ChatAPIDoor:
         return Framing(include_usage=False, transform=_delta, parse=True)
 
     def tail(self, turn: Turn) -> bytes:
-        return encode_data(orjson.dumps({"type": "done", **self.body(turn)}))
+        """The ``done`` event; with ``finish_reason: "length"`` when the answer was stopped at a token limit."""
+        done = {"type": "done", **self.body(turn)}
+        if turn.stopped:
+            done["finish_reason"] = "length"
+        return encode_data(orjson.dumps(done))
 
     def tool_event(self, turn: Turn, step: ToolStep) -> bytes:
         """``{"type": "tool", "step", "name", "arguments"}`` when a server tool starts; ``{"type": "tool_result",

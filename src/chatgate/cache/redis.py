@@ -49,7 +49,7 @@ class RedisCache:
         self._down = False
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 0.5, max_connections: int = 64, **kwargs: Any) -> RedisCache:
+    def from_url(cls, url: str, *, timeout: float = 1.0, max_connections: int = 64, **kwargs: Any) -> RedisCache:
         """A cache with its own client: a blocking pool, no retries (a slow Redis is a miss, not a wait),
         ``timeout`` seconds to connect, to answer and to get a connection."""
         return cls(fail_fast_client(url, timeout=timeout, max_connections=max_connections), **kwargs)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +25,17 @@ from chatgate.errors import Rate, RateLimited
 from chatgate.identity.keys import Principal
 from chatgate.identity.model import Resolved
 from chatgate.limits.base import Decision, Limit, Limiter, LimiterUnavailable, Reservation
+from chatgate.limits.cap import StreamCap
 from chatgate.limits.policy import limits_for
 from chatgate.limits.redis import RedisLimiter
+from chatgate.limits.shared import SharedLimiter
 from chatgate.observe.metrics import Metrics
 from chatgate.settings import LimitSettings
 
 if TYPE_CHECKING:
     from chatgate.tokens.counter import TokenCounter
     from chatgate.turn import Turn
+    from chatgate.upstream.stream import ReplyBuffer
 
 log = logging.getLogger("chatgate.limits")
 
@@ -71,6 +74,7 @@ class Admitted:
     reservation: Reservation
     rates: tuple[Rate, ...]  # where the caller stands, per unit (the answer's x-ratelimit-* headers)
     prompt_tokens: int
+    limits: list[Limit] = field(default_factory=list)  # the lines it was charged to
     settled: bool = False
 
 
@@ -140,13 +144,17 @@ class Admission:
 
     @property
     def backend(self) -> str:
-        return "redis" if isinstance(self.limiter, RedisLimiter) else "memory"
+        """``redis``, ``shared`` (the workers of this server, one table) or ``memory`` (this process)."""
+        if isinstance(self.limiter, RedisLimiter):
+            return "redis"
+        return "shared" if isinstance(self.limiter, SharedLimiter) else "memory"
 
     def overview(self) -> dict[str, Any]:
         """Admission counters (this process), and the Redis backend's outage count."""
         out: dict[str, Any] = {"enabled": self.settings.enabled, "backend": self.backend, **self.stats.as_dict()}
         if isinstance(self.limiter, RedisLimiter):
             out["redis_errors"] = self.limiter.redis_errors
+            out["fallback"] = "shared" if isinstance(self.limiter.fallback, SharedLimiter) else "memory"
         return out
 
     def route_limits(self, principal: Principal | None, client_ip: str | None, route: str) -> list[Limit]:
@@ -192,7 +200,20 @@ class Admission:
             self.metrics.budget_remaining.observe(tightest)
         self.stats.admitted += 1
         self.stats.tokens_reserved += tokens
-        return Admitted(decision.reservation, rates, prompt_tokens)
+        return Admitted(decision.reservation, rates, prompt_tokens, limits)
+
+    def stream_cap(
+        self, admitted: Admitted | None, reply: ReplyBuffer, count: Callable[[str], int]
+    ) -> StreamCap | None:
+        """What stops a stream that writes past its reservation once a token limit is spent (``cap.py``); None
+        when the request has no token limit."""
+        if admitted is None:
+            return None
+        lines = [line for line in admitted.limits if line.unit == "tokens"]
+        if not lines:
+            return None
+        reserved = admitted.reservation.costs.get("tokens", 0) - admitted.prompt_tokens
+        return StreamCap(self.limiter, lines, reserved, reply, count)
 
     def _refused(self, decision: Decision, rates: tuple[Rate, ...], tokens: int) -> RateLimited:
         blocked = decision.blocked

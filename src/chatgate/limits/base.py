@@ -26,7 +26,16 @@ Bounds (``L`` the limit):
   after it was made (``w = W / 20``: 3 s for a minute, 3 min for an hour, 72 min for a day).
 - **Reconcile may overshoot**: ``reconcile`` does not refuse (the tokens are already spent), so a
   token counter can exceed ``L`` by at most ``actual - reserved`` of the requests reconciled
-  upward; the next acquire then waits until usage falls back under the limit.
+  upward; the next acquire then waits until usage falls back under the limit. While the upstream
+  honours ``max_tokens`` (the reserved completion), ``actual - reserved`` is at most the prompt's
+  miscount, so the overshoot is within one reservation. An upstream that ignores it is bounded
+  differently: a stream is stopped once past its reservation with a limit spent (``cap.py``: within
+  ``CHECK_EVERY`` chunks of that), but a non-streamed answer is charged whole, so the bound is one
+  answer's tokens past its reservation per such request in flight.
+
+Backends: ``memory.MemoryLimiter`` (one process), ``shared.SharedLimiter`` (the workers of one server,
+a SQLite file), ``redis.RedisLimiter`` (every instance); the same arithmetic and the same contract
+(``tests/limits/test_contract.py`` runs on all three).
 """
 
 from __future__ import annotations
@@ -75,7 +84,7 @@ class Reservation:
 
     costs: Mapping[str, int]  # unit -> amount reserved
     charges: tuple[Charge, ...]
-    origin: str = "memory"  # "memory" | "redis": which backend holds the charge
+    origin: str = "memory"  # "memory" | "shared" | "redis": which backend holds the charge
 
 
 @dataclass(slots=True)  # not frozen: built per request, and frozen init is slow

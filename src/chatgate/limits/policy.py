@@ -14,6 +14,7 @@ separate key parts).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import quote
 
 from chatgate.limits.base import Limit
@@ -94,23 +95,30 @@ def limits_for(
     return out
 
 
-def lines_for_user(settings: LimitSettings, user_id: str) -> list[Limit]:
-    """Every limit line that can apply to ``user_id`` (what ``limits_for`` gives it on any route and model):
-    its own, and per configured route and model. A user id ``ip:<address>`` is an anonymous caller's."""
+def lines_for_user(
+    settings: LimitSettings, user_id: str, key_ids: Sequence[str | None] = (None,)
+) -> list[tuple[Limit, list[str]]]:
+    """Every limit line that can apply to ``user_id`` (what ``limits_for`` gives it on any route and model), for
+    calls made with each of ``key_ids`` (None: without a key), and the keys whose calls each line applies to:
+    a key's overrides (``limits.keys``) replace the user's lines for its calls, and a key has budget lines of its
+    own. A user id ``ip:<address>`` is an anonymous caller's (no key)."""
     anonymous = user_id.startswith("ip:")
-    seen: dict[str, Limit] = {}
-    for route in ["", *settings.routes]:
-        for model in [None, *settings.models]:
-            for line in limits_for(
-                settings,
-                user_id=user_id,
-                key_id=None,
-                anonymous=anonymous,
-                client_ip=user_id.removeprefix("ip:") if anonymous else None,
-                route=route,
-                model=model,
-            ):
-                seen.setdefault(line.scope, line)
+    seen: dict[tuple[str, str, int], tuple[Limit, list[str]]] = {}
+    for key_id in [None] if anonymous else dict.fromkeys(key_ids or [None]):
+        for route in ["", *settings.routes]:
+            for model in [None, *settings.models]:
+                for line in limits_for(
+                    settings,
+                    user_id=user_id,
+                    key_id=key_id,
+                    anonymous=anonymous,
+                    client_ip=user_id.removeprefix("ip:") if anonymous else None,
+                    route=route,
+                    model=model,
+                ):
+                    _, keys = seen.setdefault((line.scope, line.counter, line.limit), (line, []))
+                    if key_id is not None and key_id not in keys:
+                        keys.append(key_id)
     return list(seen.values())
 
 

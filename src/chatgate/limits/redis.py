@@ -15,7 +15,8 @@ it expires ``SLOTS + 2`` slots after its last charge.
 
 When Redis cannot be reached (connection refused, timeout): ``redis_errors`` is incremented, the
 outage is logged once (and its end once), and the call either goes to a local ``MemoryLimiter``
-(``fail_open``: each instance then limits on its own) or raises ``LimiterUnavailable``.
+(``fail_open``: each instance then limits on its own; its workers together, when the fallback is the
+machine-wide ``SharedLimiter``) or raises ``LimiterUnavailable``.
 Reconciling or refunding a Redis reservation during an outage is dropped (logged, counted).
 """
 
@@ -34,6 +35,7 @@ from chatgate.limits.base import (
     Charge,
     Decision,
     Limit,
+    Limiter,
     LimiterUnavailable,
     Reservation,
     refund_costs,
@@ -145,17 +147,17 @@ class RedisLimiter:
         *,
         prefix: str = "chatgate:limits:",
         fail_open: bool = True,
-        fallback: MemoryLimiter | None = None,
+        fallback: Limiter | None = None,
     ) -> None:
         self._redis = client
         self.prefix = prefix
         self.fail_open = fail_open
-        self.fallback = fallback or MemoryLimiter()
+        self.fallback: Limiter = fallback or MemoryLimiter()
         self.redis_errors = 0  # calls that could not reach Redis
         self._down = False
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 0.5, max_connections: int = 64, **kwargs: Any) -> RedisLimiter:
+    def from_url(cls, url: str, *, timeout: float = 1.0, max_connections: int = 64, **kwargs: Any) -> RedisLimiter:
         """A limiter with its own client: a blocking pool (callers queue for a connection), no retries
         (the caller falls back at once), ``timeout`` seconds to connect, to answer and to get a connection."""
         return cls(fail_fast_client(url, timeout=timeout, max_connections=max_connections), **kwargs)

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from chatgate.errors import UpstreamError, UpstreamTimeout
 from chatgate.upstream.client import Opened
-from chatgate.upstream.sse import DONE_EVENT, SSEDecoder, encode_comment, encode_data, error_event
+from chatgate.upstream.sse import DONE_EVENT, Event, SSEDecoder, encode_comment, encode_data, error_event
 
 UsageSink = Callable[[dict[str, Any]], None]
+
+
+class Cap(Protocol):
+    """What may stop a stream early (``limits/cap.StreamCap``): ``feed`` each data chunk, a cheap check that says
+    when to ask; ``await spent()`` True: stop here."""
+
+    def feed(self, data: bytes) -> bool: ...
+    async def spent(self) -> bool: ...
 
 
 def ask_for_usage(payload: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -52,6 +60,7 @@ class ReplyBuffer:
     """
 
     def __init__(self, lazy: bool = False) -> None:
+        self.lazy = lazy
         self._pending: list[bytes] | None = [] if lazy else None
         self.called_tool = False  # a chunk carried tool calls (known without parsing)
         self.parts: list[str] = []
@@ -71,7 +80,9 @@ class ReplyBuffer:
         return self._parse(data)
 
     def _settle(self) -> None:
-        pending, self._pending = self._pending, None
+        """Parse the chunks kept unparsed (lazy: the next ones are kept too, until the reply is asked for again)."""
+        pending = self._pending
+        self._pending = [] if self.lazy else None
         for data in pending or ():
             self._parse(data)
 
@@ -169,7 +180,9 @@ class Relay:
     Hooks: ``on_usage`` gets the usage chunk; ``reply`` collects the reply; ``transform`` re-encodes a
     data chunk for the client (``b""`` drops it; default: passed on as it came); ``tail`` gives a last
     event before ``[DONE]`` when the stream completed (awaited); ``on_end(completed)`` runs once, when
-    it is closed (awaited if it returns an awaitable).
+    it is closed (awaited if it returns an awaitable); ``cap`` may stop the stream early: the upstream is
+    dropped and the client gets a last chunk with ``finish_reason: "length"`` (as from an upstream that stopped
+    at its length), then the tail and ``[DONE]``; the stream counts as completed (``stopped`` True).
     """
 
     def __init__(
@@ -182,8 +195,12 @@ class Relay:
         transform: Callable[[bytes, str], bytes] | None = None,
         tail: Callable[[], Awaitable[bytes]] | None = None,
         on_end: Callable[[bool], Awaitable[None] | None] | None = None,
+        cap: Cap | None = None,
     ) -> None:
         self._opened = opened
+        self.cap = cap
+        self.stopped = False  # the cap ended the stream
+        self._ask = False  # the cap wants asking after this chunk
         self.include_usage = include_usage
         self.on_usage = on_usage
         self.reply = reply
@@ -216,19 +233,48 @@ class Relay:
         if usage_only and not self.include_usage:
             return b""
         text = self.reply.feed(data) if self.reply is not None else ""
+        if self.cap is not None and self.cap.feed(data):
+            self._ask = True
         return self.transform(data, text) if self.transform is not None else encode_data(data)
 
-    def _feed(self, decoder: SSEDecoder, chunk: bytes) -> tuple[bytes, bool]:
-        """(bytes for our client, whether ``[DONE]`` came) for one chunk of the upstream's stream."""
+    def _feed(self, events: list[Event]) -> tuple[bytes, bool, list[Event]]:
+        """(bytes for our client, whether ``[DONE]`` came, the events left) for the upstream's events: up to
+        ``[DONE]``, or to the chunk after which the cap wants asking."""
         out: list[bytes] = []
-        for ev in decoder.feed(chunk):
+        for i, ev in enumerate(events):
             if ev.data is None:
                 out.extend(encode_comment(c) for c in ev.comments)
                 continue
             if ev.is_done:
-                return b"".join(out), True
+                return b"".join(out), True, []
             out.append(self._data(ev.data))
-        return b"".join(out), False
+            if self._ask:
+                return b"".join(out), False, events[i + 1 :]
+        return b"".join(out), False, []
+
+    async def _stop(self) -> bool:
+        """Whether the cap stops the stream here (it asked to be asked)."""
+        self._ask = False
+        assert self.cap is not None
+        self.stopped = await self.cap.spent()
+        return self.stopped
+
+    def _length_chunk(self) -> bytes:
+        """The chunk an upstream ends with when it stops at its length, named after the stream's own."""
+        head: dict[str, Any] = {}
+        if self.reply is not None:
+            self.reply.text  # noqa: B018 -- parses what it kept unparsed: the head is its first chunk's
+            head = self.reply.head
+        choice = {"index": 0, "delta": {}, "finish_reason": "length"}
+        return orjson.dumps(
+            {
+                "id": head.get("id", ""),
+                "object": "chat.completion.chunk",
+                "created": head.get("created", 0),
+                "model": head.get("model", ""),
+                "choices": [choice],
+            }
+        )
 
     async def _run(self) -> AsyncGenerator[bytes, None]:
         """Yield SSE bytes for our client. Always ends with ``data: [DONE]``."""
@@ -238,19 +284,26 @@ class Relay:
         done = False
         try:
             async with asyncio.timeout_at(opened.deadline):
-                if opened.head:  # read up to the first event before the stream was handed over
-                    out, done = self._feed(decoder, opened.head)
-                    if out:
-                        yield out
-                if not done:
-                    async for chunk in opened.response.content.iter_any():
-                        if self.first_at is None:
-                            self.first_at = asyncio.get_running_loop().time()
-                        out, done = self._feed(decoder, chunk)
+                # The events read up to the first one before the stream was handed over, then each read's.
+                events = decoder.feed(opened.head) if opened.head else []
+                reads = opened.response.content.iter_any().__aiter__()
+                while True:
+                    while events and not done:
+                        out, done, events = self._feed(events)
                         if out:
                             yield out
-                        if done:
-                            break
+                        if not done and self._ask and await self._stop():
+                            done = True
+                            yield self._data(self._length_chunk())
+                    if done:
+                        break
+                    try:
+                        chunk = await anext(reads)
+                    except StopAsyncIteration:
+                        break
+                    if self.first_at is None:
+                        self.first_at = asyncio.get_running_loop().time()
+                    events = decoder.feed(chunk)
                 if not done:  # ended without [DONE]: pass on what is pending, then end it ourselves
                     pending = [self._data(ev.data) for ev in decoder.flush() if ev.data is not None and not ev.is_done]
                     if any(pending):
@@ -264,7 +317,7 @@ class Relay:
             yield error_event(UpstreamError("The model's server broke off the answer.").body())
         finally:
             # Not done here means failed, or our client left: drop the upstream connection at once.
-            opened.close(failed=failed, abort=not done)
+            opened.close(failed=failed, abort=not done or self.stopped)
         self.failed = failed
         self.completed = done and not failed
         if self.completed and self.tail is not None:

@@ -122,7 +122,7 @@ function drawLimits(el, lines) {
       "Limit lines",
       [["Limit"], ["Used", true], ["Limit", true], ["Remaining", true], ["Resets in", true]],
       (lines ?? []).map((l) => [
-        l.scope,
+        l.key_ids?.length ? `${l.scope} (key ${l.key_ids.join(", ")})` : l.scope,
         formatNumber(l.used),
         formatNumber(l.limit),
         formatNumber(l.remaining),
