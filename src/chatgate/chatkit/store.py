@@ -125,17 +125,14 @@ class SqlStore(Store[Owner], AttachmentStore[Owner]):
 
     async def save_thread(self, thread: ThreadMetadata, context: Owner) -> None:
         """Upsert the metadata; a ``Thread`` that still carries items is stored without them."""
-        thread.created_at = utc(thread.created_at)
-        meta = (
-            ThreadMetadata.model_validate(thread.model_dump(exclude={"items"}))
-            if isinstance(thread, Thread)
-            else thread
-        )
+        created = utc(thread.created_at)
+        fields = thread.model_dump(exclude={"items"}) if isinstance(thread, Thread) else thread.model_dump()
+        meta = ThreadMetadata.model_validate({**fields, "created_at": created})
         values = {
             "user_id": context.user_id,
             "id": thread.id,
             "seq": self.seq(),
-            "created_at": thread.created_at,
+            "created_at": created,
             "data": meta.model_dump_json(),
         }
         async with self._tx() as conn:
