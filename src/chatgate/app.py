@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from chatgate.api import admin, assistants, chat_api, docs, health, openai, rag, web
@@ -290,6 +291,25 @@ def reload_on_sighup(services: Services) -> Iterator[None]:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # still ignored while shutting down
 
 
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """``server.cors``: Starlette's CORS middleware on every route, when origins are allowed (off by default).
+    Preflight requests are answered there, without a key; every answer, errors too, carries the headers."""
+    cors = settings.server.cors
+    if not cors.allow_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=cors.allow_origins,
+            allow_methods=cors.allow_methods,
+            allow_headers=cors.allow_headers,
+            expose_headers=cors.expose_headers,
+            allow_credentials=cors.allow_credentials,
+            max_age=cors.max_age,
+        )
+    ]
+
+
 def create_app(settings: Settings | None = None, access_stream: BinaryIO | None = None) -> Starlette:
     """The gateway. ``access_stream`` receives the JSON access log instead of standard error (tests)."""
     settings = settings or load_settings()
@@ -424,6 +444,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         middleware=[
             *([Middleware(TraceRequests)] if settings.tracing.enabled else []),  # outermost: logs inside its span
             Middleware(RequestLog, access_log=access_log, metrics=metrics),
+            *cors_middleware(settings),  # before authentication: a preflight carries no key
             Middleware(
                 BodyLimit,
                 max_bytes=settings.server.max_body_bytes,

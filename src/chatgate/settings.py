@@ -923,6 +923,15 @@ class CorsSettings(_Section):
     )
     max_age: int = Field(600, ge=0, description="Seconds a browser may cache a preflight's answer.")
 
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("server.cors: allow_origins '*' cannot be combined with allow_credentials")
+        for origin in self.allow_origins:
+            if origin != "*" and (origin.endswith("/") or "://" not in origin):
+                raise ValueError(f"server.cors: {origin!r} is not an origin (scheme://host[:port], no path)")
+        return self
+
 
 class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address `chatgate serve` binds.")
