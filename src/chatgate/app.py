@@ -438,7 +438,11 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             *([Route(metrics_api.PATH, scrape)] if scrape is not None else []),  # every method: it says 405
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
-            *docs.routes(credentials, settings.server.public_paths, tool_names=tool_names(settings.tools)),
+            *docs.routes(
+                credentials,
+                [*settings.server.public_paths, chatkit_api.ATTACHMENT_PREFIX],  # the upload URL's token is its key
+                tool_names=tool_names(settings.tools),
+            ),
             *(pages.routes() if pages is not None else []),
         ],
         middleware=[
