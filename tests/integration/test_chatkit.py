@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import Fake, Gateway, stop
+from tests.conftest import Fake, Gateway, start_gateway, stop
 from tests.integration.test_rag import EXPENSES, POLICY, h, make_collection, sse_events
 from tests.integration.test_sessions import _pg_database, _psql
 from tests.integration.test_tool_loop import new_key
@@ -637,3 +637,44 @@ def test_attachment_limits(sqlite_gw: Gateway) -> None:
     assert httpx.put(forged, content=HANDBOOK).status_code == 404
     never = post(gw, alice, {"type": "threads.create", "params": {"input": user_input("hi", attachments=[made["id"]])}})
     assert never.status_code == 400 and never.json()["error"]["details"]["field"] == "params.input.attachments"
+
+
+# ---- the store down ----------------------------------------------------------------------------------------------
+
+
+def test_store_down_is_a_503_and_the_rest_keeps_serving(tmp_path: Path, fake_a: Fake) -> None:
+    dbname, url = _pg_database()
+    _psql(f"CREATE DATABASE {dbname}")
+    config = {
+        "upstreams": [{"name": "a", "base_url": fake_a.base_url, "api_key": "upstream-secret-a"}],
+        "chatkit": {"default_model": "fake-model"},
+    }
+    g = start_gateway(tmp_path, config, env={"CHATGATE_DATABASE_URL": url, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        thread_id, _ = create(g, g.key, "before")
+        _psql(f"ALTER DATABASE {dbname} WITH ALLOW_CONNECTIONS false")
+        _psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{dbname}'")
+        for body in (
+            {"type": "threads.list", "params": {}},
+            {"type": "threads.create", "params": {"input": user_input("during")}},
+            {"type": "threads.add_user_message", "params": {"thread_id": thread_id, "input": user_input("during")}},
+            {"type": "items.list", "params": {"thread_id": thread_id}},
+        ):
+            resp = post(g, g.key, body)
+            assert resp.status_code == 503, (body["type"], resp.text)
+            error = resp.json()["error"]
+            assert error["code"] == "STORE_UNAVAILABLE" and "Traceback" not in resp.text
+            assert resp.headers["retry-after"]
+        assert httpx.get(g.url + "/health").status_code == 200
+        ready = httpx.get(g.url + "/ready", headers=h(g.key))
+        assert ready.status_code == 503 and ready.json()["store"]["reachable"] is False  # and says why
+        chat = {"model": "fake-model", "messages": [{"role": "user", "content": "still here?"}]}
+        answered = httpx.post(g.url + "/v1/chat/completions", json=chat, headers=h(g.key), timeout=30)
+        assert answered.status_code == 200 and "still here" in answered.text
+        _psql(f"ALTER DATABASE {dbname} WITH ALLOW_CONNECTIONS true")
+        assert len(items(g, g.key, thread_id)) == 2  # back: nothing was lost
+        assert "Traceback" not in g.logs()
+    finally:
+        stop(g.proc)
+        _psql(f"ALTER DATABASE {dbname} WITH ALLOW_CONNECTIONS true")
+        _psql(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
