@@ -23,8 +23,25 @@ import pytest
 from tests.conftest import Fake, Gateway, start_gateway, stop
 from tests.integration.test_rag import EXPENSES, POLICY, h, make_collection, sse_events
 from tests.integration.test_sessions import _pg_database, _psql
+from tests.integration.test_tool_loop import config as tools_config
 from tests.integration.test_tool_loop import new_key
-from tests.integration.test_tool_loop import start as start_tools
+
+
+def start_gateways(tmp: Path, fake: Fake, env: dict[str, str], **extra: Any) -> Gateway:
+    """Two workers sharing limits and cache through Redis, as ``test_tool_loop.start`` (its assistants and
+    tools), with time to start on a loaded machine."""
+    prefix = "cg-chatkit-" + secrets.token_hex(4)
+    env = {
+        "CHATGATE_TEST_TOOL_LOG": str(tmp / "tools.log"),
+        "CHATGATE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "CHATGATE_LIMITS__REDIS_PREFIX": prefix + ":limits",
+        "CHATGATE_CACHE__REDIS_PREFIX": prefix + ":cache",
+        **env,
+    }
+    g = start_gateway(tmp, tools_config(fake, **extra), env=env, args=["--workers", "2"], ready_timeout=120)
+    g.extra["env"] = {k: v for k, v in env.items() if k == "CHATGATE_DATABASE_URL"}
+    return g
+
 
 ROOT = Path(__file__).parents[2]
 CLIENT_TOOLS = [
@@ -54,7 +71,7 @@ class Gateways:
             _psql(f"CREATE DATABASE {dbname}")
             self.databases.append(dbname)
             env["CHATGATE_DATABASE_URL"] = url
-        g = start_tools(self.tmp.mktemp(f"chatkit-{backend}"), self.fake, env, chatkit={**CHATKIT, **chatkit})
+        g = start_gateways(self.tmp.mktemp(f"chatkit-{backend}"), self.fake, env, chatkit={**CHATKIT, **chatkit})
         g.extra["backend"] = backend.split("-")[0]
         g.extra["alice"] = new_key(g, "alice")
         g.extra["bob"] = new_key(g, "bob")

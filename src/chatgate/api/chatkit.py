@@ -7,6 +7,8 @@ serves ChatKit imports none of it. The store unreachable is a 503 here while the
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -45,6 +47,8 @@ async def service(scope: Scope) -> ChatKitService:
     async with state.chatkit_lock:
         made = getattr(state, "chatkit", None)
         if made is None:
+            # Seconds of imports (openai-agents): in a thread, so the worker keeps serving other requests meanwhile.
+            await asyncio.to_thread(importlib.import_module, "chatgate.chatkit.attachments")
             from chatgate.chatkit.attachments import Attachments
             from chatgate.chatkit.service import ChatKitService
 

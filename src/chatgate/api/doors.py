@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -206,6 +206,7 @@ class ChatKitDoor:
         keep_message: Any = None,
         system: str | None = None,
         collections: tuple[str, ...] = (),
+        session: Awaitable[Session | None] | None = None,
     ) -> None:
         self.thread_id = thread_id
         self.history = history
@@ -213,6 +214,7 @@ class ChatKitDoor:
         self.keep_message = keep_message  # what the conversation keeps of it (None: nothing new)
         self.system = system  # the page's context, for the system prompt
         self.collections = collections  # the thread's own documents (attachments), searched like the assistant's
+        self.session = session  # the conversation's lookup, when it was started already (with the thread's items)
         self.events: list[ChatKitEvent] = []
 
     @staticmethod
@@ -227,7 +229,10 @@ class ChatKitDoor:
             model = turn.payload["model"]
             found = turn.assistant or Assistant(name=model, model=model)
             turn.assistant = replace(found, collections=(*found.collections, *self.collections))
-        session = await services.sessions.find_for_user(identity.user_id, conversation_id(identity.user_id, key))
+        lookup = self.session or services.sessions.find_for_user(
+            identity.user_id, conversation_id(identity.user_id, key)
+        )
+        session = await lookup
         if session is None:
             return services.sessions.new(identity, key, self.name)
         services.sessions.saw(identity)

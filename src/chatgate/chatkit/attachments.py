@@ -30,6 +30,7 @@ from chatkit.types import (
     UserMessageItem,
 )
 
+from chatgate.chatkit.server import COLLECTION
 from chatgate.chatkit.store import Owner, new_id
 from chatgate.errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 from chatgate.rag.jobs import Upload
@@ -264,6 +265,7 @@ class Attachments(AttachmentStore[Owner]):
         for attachment_id, job in jobs:
             await self._wait(job.id)
             await self.store.set_attachment(attachment_id, context, collection_id=collection.id)
+        thread.metadata[COLLECTION] = collection.id  # ChatKit saves the thread: later turns search it too
 
     async def collection(self, thread_id: str, context: Owner, *, create: bool = False) -> Any:
         rag = self.service.services.rag

@@ -10,6 +10,7 @@ page's. A stream the client stops keeps what was said, marked cut off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any, cast
 import orjson
 from chatkit.actions import Action
 from chatkit.errors import CustomStreamError
-from chatkit.server import ChatKitServer
+from chatkit.server import ChatKitServer, NonStreamingResult, StreamingResult
 from chatkit.store import NotFoundError, Store
 from chatkit.types import (
     Annotation,
@@ -29,6 +30,7 @@ from chatkit.types import (
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
     AudioInput,
+    ChatKitReq,
     ClientToolCallItem,
     CustomSummary,
     CustomTask,
@@ -51,7 +53,9 @@ from chatkit.types import (
     WorkflowItem,
     WorkflowTaskAdded,
     WorkflowTaskUpdated,
+    is_streaming_req,
 )
+from pydantic import TypeAdapter
 from starlette.types import Scope
 
 from chatgate import pipeline
@@ -62,11 +66,16 @@ from chatgate.chatkit import history
 from chatgate.chatkit.store import Owner, SqlStore, set_feedback, utc
 from chatgate.errors import ChatgateError, NotFound, Unsupported
 from chatgate.identity.model import Identity
+from chatgate.sessions.manager import conversation_id
 from chatgate.settings import ChatKitSettings
 from chatgate.turn import Chunks, Services, ToolStep, Turn
 from chatgate.upstream.sse import DONE_EVENT
 
 TITLE_CHARS = 60
+COLLECTION = "chatgate_collection"  # the thread's own documents: a key of its metadata
+
+
+REQUEST = TypeAdapter[ChatKitReq](ChatKitReq)
 
 
 class _NoTraceback(logging.Filter):
@@ -115,6 +124,14 @@ class Gateway(ChatKitServer[Request]):
 
     # ---- the answer ----------------------------------------------------------------------------------------
 
+    async def dispatch(self, request: bytes, context: Request) -> StreamingResult | NonStreamingResult:
+        """``ChatKitServer.process`` with its request type adapter built once (``process`` builds one per request,
+        ~40 ms): parse, then ChatKit's own streaming or JSON handler. (Its private handlers: the package is pinned.)"""
+        parsed = REQUEST.validate_json(request)
+        if is_streaming_req(parsed):
+            return StreamingResult(self._process_streaming(parsed, context))
+        return NonStreamingResult(await self._process_non_streaming(parsed, context))
+
     async def respond(
         self, thread: ThreadMetadata, input_user_message: UserMessageItem | None, context: Request
     ) -> AsyncIterator[ThreadStreamEvent]:
@@ -137,8 +154,18 @@ class Gateway(ChatKitServer[Request]):
         thread.created_at = utc(thread.created_at)  # before ChatKit compares it with its copy: one save, not two
         if item is not None and self.documents is not None:
             await self.documents(thread, item, context)
-        items = await self.sql.recent_items(thread.id, history.items_window(self.settings.history_turns), context)
-        cut_off = await self.sql.cut_off_ids(thread.id, context)
+        # The thread's items and its conversation (the door's, for the pipeline's session step) read together.
+        assert context.identity is not None
+        cid = conversation_id(context.user_id, ChatKitDoor.key(thread.id))
+        session = asyncio.ensure_future(self.services.sessions.find_for_user(context.user_id, cid))
+        session.add_done_callback(lambda f: f.cancelled() or f.exception())  # a turn refused first never awaits it
+        try:
+            items, cut_off = await self.sql.recent_items(
+                thread.id, history.items_window(self.settings.history_turns), context
+            )
+        except BaseException:
+            session.cancel()
+            raise
         before = items
         message: Any = None
         if item is not None:
@@ -154,6 +181,7 @@ class Gateway(ChatKitServer[Request]):
             keep_message=history.user_text(item) if item is not None and not retry else None,
             system=page_context.render(self.settings, context.metadata),
             collections=await self._collections(thread, context),
+            session=session,
         )
         if item is not None and thread.title is None:
             thread.title = _title(history.user_text(item))  # ChatKit saves it and tells the client
@@ -198,11 +226,10 @@ class Gateway(ChatKitServer[Request]):
             await chunks.aclose()
 
     async def _collections(self, thread: ThreadMetadata, context: Request) -> tuple[str, ...]:
-        """The thread's private collection, once a document was attached."""
-        if self.documents is None:
-            return ()
-        found = await self.attachment_store.collection(thread.id, context)  # type: ignore[union-attr]
-        return (found.id,) if found is not None else ()
+        """The thread's private collection, once a document was attached (its id kept in the thread's
+        metadata, which ChatKit stores and never shows the client)."""
+        found = thread.metadata.get(COLLECTION)
+        return (found,) if isinstance(found, str) else ()
 
     def _refused(self, context: Request, exc: ChatgateError) -> CustomStreamError:
         """Before the answer began: the endpoint answers with the error's own status and body."""
@@ -244,10 +271,12 @@ class Gateway(ChatKitServer[Request]):
             content=note,
         )
         await self.sql.add_thread_item(thread.id, hidden, context)
-        items = await self.sql.recent_items(thread.id, history.items_window(self.settings.history_turns), context)
+        items, cut_off = await self.sql.recent_items(
+            thread.id, history.items_window(self.settings.history_turns), context
+        )
         door = ChatKitDoor(
             thread.id,
-            history.messages(items, await self.sql.cut_off_ids(thread.id, context), self.settings.history_turns),
+            history.messages(items, cut_off, self.settings.history_turns),
             None,
             system=page_context.render(self.settings, context.metadata),
             collections=await self._collections(thread, context),

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from chatkit.server import NonStreamingResult
 from chatkit.store import NotFoundError
-from chatkit.types import ClientToolCallItem, UserMessageItem
+from chatkit.types import UserMessageItem
 from pydantic import ValidationError
 from starlette.types import Scope
 
@@ -23,16 +23,6 @@ from chatgate.identity.model import Identity
 from chatgate.sessions.manager import conversation_id
 from chatgate.settings import Settings
 from chatgate.turn import Services
-
-THREAD_REQUESTS = frozenset(
-    {
-        "threads.add_user_message",
-        "threads.add_client_tool_output",
-        "threads.retry_after_item",
-        "threads.custom_action",
-        "threads.add_structured_input",
-    }
-)
 
 
 class Prepared:
@@ -92,7 +82,7 @@ class ChatKitService:
         metadata = data.get("metadata")
         context.metadata = metadata if isinstance(metadata, dict) else {}
         try:
-            result = await self.server.process(raw, context)
+            result = await self.server.dispatch(raw, context)
             if isinstance(result, NonStreamingResult):
                 return result.json
         except ValidationError as exc:
@@ -124,23 +114,16 @@ class ChatKitService:
 
     async def _check(self, data: dict[str, Any], context: Request) -> None:
         """A streaming request on a thread (or item) that is not the caller's is a 404 before any stream."""
-        if context.kind not in THREAD_REQUESTS:
+        # (Elsewhere ChatKit's own first steps load the thread and the item, before any event: not found there
+        # is a 404 here too, and its checks of the thread's state -- no pending client tool call -- a 409.)
+        if context.kind != "threads.retry_after_item":
             return
         params = data["params"]
         thread_id = params["thread_id"]
         await self.store.load_thread(thread_id, context)
-        if context.kind == "threads.retry_after_item":
-            item = await self.store.load_item(thread_id, params["item_id"], context)
-            if not isinstance(item, UserMessageItem):
-                raise BadRequest("'params.item_id' must name a user message.", details={"field": "params.item_id"})
-        elif context.kind == "threads.add_client_tool_output":
-            last = await self.store.load_thread_items(thread_id, None, 1, "desc", context)
-            if not (last.data and isinstance(last.data[0], ClientToolCallItem) and last.data[0].status == "pending"):
-                raise Conflict(
-                    "The thread has no client tool call waiting for its output.", details={"thread_id": thread_id}
-                )
-        elif context.kind == "threads.custom_action" and params.get("item_id"):
-            await self.store.load_item(thread_id, params["item_id"], context)
+        item = await self.store.load_item(thread_id, params["item_id"], context)
+        if not isinstance(item, UserMessageItem):
+            raise BadRequest("'params.item_id' must name a user message.", details={"field": "params.item_id"})
 
 
 def _invalid(exc: ValidationError) -> BadRequest:

@@ -223,18 +223,20 @@ class SqlStore(Store[Owner], AttachmentStore[Owner]):
                 .values(cut_off=True)
             )
 
-    async def cut_off_ids(self, thread_id: str, context: Owner) -> set[str]:
+    async def recent_items(self, thread_id: str, limit: int, context: Owner) -> tuple[list[ThreadItem], set[str]]:
+        """The thread's last ``limit`` items, oldest first, and the ids of those a stopped stream cut off: the
+        history a turn is built from, in one query (the thread was loaded by this request already)."""
         i = CHATKIT_ITEMS.c
         async with self._tx() as conn:
-            rows = await conn.scalars(
-                select(i.id).where(i.user_id == context.user_id, i.thread_id == thread_id, i.cut_off.is_(True))
+            query = (
+                select(i.id, i.cut_off, i.data)
+                .where(i.user_id == context.user_id, i.thread_id == thread_id)
+                .order_by(i.seq.desc(), i.id.desc())
+                .limit(limit)
             )
-            return set(rows)
-
-    async def recent_items(self, thread_id: str, limit: int, context: Owner) -> list[ThreadItem]:
-        """The thread's last ``limit`` items, oldest first (the history a turn is built from)."""
-        page = await self.load_thread_items(thread_id, None, limit, "desc", context)
-        return list(reversed(page.data))
+            rows = list((await conn.execute(query)).all())
+        rows.reverse()
+        return [ITEM.validate_json(r.data) for r in rows], {r.id for r in rows if r.cut_off}
 
     # ---- attachments ----------------------------------------------------------------------------------
 
