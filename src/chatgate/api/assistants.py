@@ -25,9 +25,10 @@ def _registry(request: Request) -> Assistants:
 
 
 def _parse(request: Request, data: dict[str, Any]) -> Assistant:
-    top_k = data.get("top_k")
-    if isinstance(top_k, float) and top_k.is_integer():  # JSON Schema's integer: 5.0 is 5
-        data = {**data, "top_k": int(top_k)}
+    for name in ("top_k", "max_steps"):  # JSON Schema's integer: 5.0 is 5
+        value = data.get(name)
+        if isinstance(value, float) and value.is_integer():
+            data = {**data, name: int(value)}
     try:  # strict: `research: 0` is not a boolean, `top_k: "5"` not an integer
         settings = AssistantSettings.model_validate(data, strict=True)
     except ValidationError as exc:
