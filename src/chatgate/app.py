@@ -21,10 +21,13 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from chatgate.api import admin, assistants, chat_api, docs, health, openai, rag, web
+from chatgate.api import chatkit as chatkit_api
 from chatgate.api import metrics as metrics_api
+from chatgate.api.asgi import Endpoint
 from chatgate.api.doors import OpenAIDoor
 from chatgate.api.errors import EXCEPTION_HANDLERS
 from chatgate.api.fastlane import GatewayApp
@@ -301,6 +304,25 @@ def reload_on_sighup(services: Services) -> Iterator[None]:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # still ignored while shutting down
 
 
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """``server.cors``: Starlette's CORS middleware on every route, when origins are allowed (off by default).
+    Preflight requests are answered there, without a key; every answer, errors too, carries the headers."""
+    cors = settings.server.cors
+    if not cors.allow_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=cors.allow_origins,
+            allow_methods=cors.allow_methods,
+            allow_headers=cors.allow_headers,
+            expose_headers=cors.expose_headers,
+            allow_credentials=cors.allow_credentials,
+            max_age=cors.max_age,
+        )
+    ]
+
+
 def create_app(settings: Settings | None = None, access_stream: BinaryIO | None = None) -> Starlette:
     """The gateway. ``access_stream`` receives the JSON access log instead of standard error (tests)."""
     settings = settings or load_settings()
@@ -379,7 +401,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
     scrape = metrics_api.MetricsEndpoint(settings.metrics, credentials, metrics) if settings.metrics.enabled else None
     pages = web.WebPages(settings.web.content_security_policy) if settings.web.enabled else None
     app = GatewayApp(
-        hot_paths=PIPELINE_PATHS,  # the fast lane (api/fastlane.py)
+        hot_paths=PIPELINE_PATHS | {chatkit_api.PATH},  # the fast lane (api/fastlane.py)
         routes=[
             Route(
                 "/v1/chat/completions",
@@ -390,6 +412,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             Route("/v1/models", openai.list_models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", openai.get_model, methods=["GET"]),
             Route("/api/v1/chat", chat_api.chat, methods=["POST"]),
+            Route(chatkit_api.PATH, Endpoint(chatkit_api.chatkit), methods=["POST"]),
+            Route(chatkit_api.ATTACHMENT_PATH, chatkit_api.attachment, methods=["GET", "PUT", "POST"]),
             Route("/api/v1/chat/sessions", chat_api.list_sessions, methods=["GET"]),
             Route("/api/v1/chat/sessions/stats", chat_api.session_stats, methods=["GET"]),
             Route("/api/v1/chat/sessions/{session_id}", chat_api.get_session, methods=["GET"]),
@@ -427,13 +451,22 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
             *([Route(metrics_api.PATH, scrape)] if scrape is not None else []),  # every method: it says 405
             Route("/health", health.health, methods=["GET"]),
             Route("/ready", health.ready, methods=["GET"]),
-            *docs.routes(credentials, settings.server.public_paths, tool_names=tool_names(settings.tools)),
+            *docs.routes(
+                credentials,
+                [*settings.server.public_paths, chatkit_api.ATTACHMENT_PREFIX],  # the upload URL's token is its key
+                tool_names=tool_names(settings.tools),
+            ),
             *(pages.routes() if pages is not None else []),
         ],
         middleware=[
             *([Middleware(TraceRequests)] if settings.tracing.enabled else []),  # outermost: logs inside its span
             Middleware(RequestLog, access_log=access_log, metrics=metrics),
-            Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes, routes=[rag.upload_body_limit(settings)]),
+            *cors_middleware(settings),  # before authentication: a preflight carries no key
+            Middleware(
+                BodyLimit,
+                max_bytes=settings.server.max_body_bytes,
+                routes=[rag.upload_body_limit(settings), *chatkit_api.attachment_body_limits(settings)],
+            ),
             *([Middleware(web.CookieSignIn, cookie=cookie)] if (cookie := settings.web.jwt_cookie) else []),
             Middleware(
                 Authenticate,
@@ -442,6 +475,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
                 public_paths=[
                     *settings.server.public_paths,
                     metrics_api.PATH,
+                    chatkit_api.ATTACHMENT_PREFIX,
                     *docs.PUBLIC_PATHS,
                     *(web.PUBLIC_PATHS if pages is not None else ()),
                 ],
@@ -458,6 +492,8 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
     app.state.metrics = metrics
     app.state.access_log = access_log
     app.state.tracing = None  # the lifespan starts it when enabled
+    app.state.chatkit = None  # the ChatKit door's service, made on its first request (api/chatkit.py)
+    app.state.chatkit_lock = asyncio.Lock()
     app.state.started = time.monotonic()
     return app
 

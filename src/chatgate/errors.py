@@ -53,6 +53,12 @@ class BadRequest(ChatgateError):
     type = "invalid_request_error"
 
 
+class Unsupported(BadRequest):
+    """A request the protocol defines that this gateway does not serve (ChatKit's ``input.transcribe``)."""
+
+    code = "UNSUPPORTED"
+
+
 class InvalidJSON(BadRequest):
     code = "INVALID_JSON"
 

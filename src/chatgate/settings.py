@@ -905,6 +905,42 @@ class WebSettings(_Section):
     content_security_policy: str = Field(DEFAULT_CSP, description="The `Content-Security-Policy` of the pages.")
 
 
+class CorsSettings(_Section):
+    """Browsers on other origins (a ChatKit front end on the deployer's site). Off while `allow_origins` is empty;
+    on, it applies to every route, and preflight requests (`OPTIONS` with `Access-Control-Request-Method`) are
+    answered without a key."""
+
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed, exactly as the browser sends them (`https://app.example.com`). Empty: CORS off. "
+        "`*` allows any origin (never with credentials); no wildcard by default.",
+    )
+    allow_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "POST", "PUT", "DELETE"], description="Methods a cross-origin request may use."
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: ["authorization", "content-type", "x-api-key"],
+        description="Request headers a cross-origin request may send.",
+    )
+    expose_headers: list[str] = Field(
+        default_factory=lambda: ["retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"],
+        description="Response headers a cross-origin page may read.",
+    )
+    allow_credentials: bool = Field(
+        False, description="Allow cookies and HTTP authentication on cross-origin requests."
+    )
+    max_age: int = Field(600, ge=0, description="Seconds a browser may cache a preflight's answer.")
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsSettings:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise ValueError("server.cors: allow_origins '*' cannot be combined with allow_credentials")
+        for origin in self.allow_origins:
+            if origin != "*" and (origin.endswith("/") or "://" not in origin):
+                raise ValueError(f"server.cors: {origin!r} is not an origin (scheme://host[:port], no path)")
+        return self
+
+
 class ServerSettings(_Section):
     host: str = Field("127.0.0.1", description="Address `chatgate serve` binds.")
     port: int = Field(8080, ge=0, le=65535, description="Port `chatgate serve` binds.")
@@ -923,6 +959,80 @@ class ServerSettings(_Section):
     max_headers: int = Field(100, ge=8, description="Most header fields a request may have (431 above).")
     header_timeout: float = Field(
         30.0, gt=0, description="Seconds a client has to send a request's whole head once it began (408 after)."
+    )
+    cors: CorsSettings = Field(default_factory=CorsSettings, description="Cross-origin requests (CORS).")
+
+
+DEFAULT_CHATKIT_CONTEXT = (
+    "Context the user's page supplied (not verified):\n"
+    "- page: {title} {url}\n"
+    "- selected text: {selected_text}\n"
+    "- the user's name: {display_name}\n"
+    "- the user's locale: {locale}"
+)
+CHATKIT_CONTEXT_FIELDS = ("url", "title", "selected_text", "display_name", "locale")
+
+
+class ChatKitAttachmentSettings(_Section):
+    directory: Path | None = Field(
+        None,
+        description="Where uploaded attachments are kept (files 0600). Relative: to the data directory. "
+        "Unset: `chatkit-attachments` in the data directory.",
+    )
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1, description="Largest attachment accepted (413 above).")
+    base_url: str | None = Field(
+        None,
+        description="The gateway's public URL as browsers reach it (`https://chat.example.com`), for the upload "
+        "URLs `attachments.create` gives. Unset: the request's own scheme and `Host`.",
+    )
+    image_types: list[str] = Field(
+        default_factory=lambda: ["image/png", "image/jpeg", "image/gif", "image/webp"],
+        description="Image types accepted: sent to the model as image parts.",
+    )
+    document_types: list[str] = Field(
+        default_factory=lambda: [
+            "application/pdf",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "text/plain",
+            "text/markdown",
+            "text/html",
+        ],
+        description="Document types accepted: ingested into the thread's own collection, searchable on this and "
+        "later turns.",
+    )
+
+
+class ChatKitClientTool(_Section):
+    """A tool the front end runs (ChatKit's client tools): the model may call it; the call goes to the page as a
+    `client_tool_call` item and `threads.add_client_tool_output` brings its result back."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="The name the model and the page use.")
+    description: str = Field(min_length=1, description="What it does, for the model.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}}, description="Its arguments (a JSON schema)."
+    )
+
+
+class ChatKitSettings(_Section):
+    """The ChatKit door (`POST /chatkit`): threads, history, page context, attachments."""
+
+    default_model: str | None = Field(
+        None,
+        description="Assistant (or model) for requests whose `inference_options.model` names none. Unset: "
+        "`sessions.default_model`, else `local` when served, else the first model.",
+    )
+    history_turns: int = Field(10, ge=0, description="Recent turns of the thread sent with each new message.")
+    context_template: str = Field(
+        DEFAULT_CHATKIT_CONTEXT,
+        description="System-prompt text made of the request's `metadata` (set by the page; never identity). "
+        f"Placeholders: {', '.join(CHATKIT_CONTEXT_FIELDS)}; a line whose placeholders are all missing is left out, "
+        "and nothing at all when none is given. Empty: page context is not used.",
+    )
+    context_field_chars: int = Field(500, ge=1, description="Characters of one metadata value used, at most.")
+    context_max_chars: int = Field(2000, ge=1, description="Characters the page context may add, at most.")
+    client_tools: list[ChatKitClientTool] = Field(default_factory=list, description="Tools the page runs.")
+    attachments: ChatKitAttachmentSettings = Field(
+        default_factory=ChatKitAttachmentSettings, description="Attachments (two-phase upload)."
     )
 
 
@@ -1016,6 +1126,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Assistants: model ids with a system prompt and collections (see below)."
     )
     tools: ToolSettings = Field(default_factory=ToolSettings, description="Server tools and the tool loop.")
+    chatkit: ChatKitSettings = Field(default_factory=ChatKitSettings, description="The ChatKit door (`/chatkit`).")
 
     @field_validator("data_dir")
     @classmethod

@@ -62,6 +62,11 @@ def fuzz(gw: Gateway, key: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         "--request-timeout",
         "20",
         "--no-color",
+        # /chatkit's body is the ChatKit protocol's, validated by openai-chatkit itself (the document describes it
+        # only loosely, without its dozens of nested types); its answers to bad bodies, another user's ids and
+        # unsupported types are tested in test_chatkit.py.
+        "--exclude-path",
+        "/chatkit",
     ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
 

@@ -16,7 +16,8 @@ TABLES = {"alembic_version", "api_keys", "conversations", "messages", "request_l
 TABLES |= {"rag_collections", "rag_documents", "rag_chunks", "rag_jobs", "assistants"}  # 0004, 0005
 TABLES |= {"write_batches"}  # 0006
 TABLES |= {"rag_uploads", "rag_dense_deletions"}  # 0008 (0007: conversations.request_task)
-HEAD = "0010"  # 0009: the chunk change log (PostgreSQL), outside the models; 0010: assistants.tools
+TABLES |= {"chatkit_threads", "chatkit_items", "chatkit_attachments"}  # 0011
+HEAD = "0011"  # 0009: the chunk change log (PostgreSQL), outside the models; 0010: assistants.tools
 
 
 def _not_lexical_index(name: str | None, type_: str, _parent: object) -> bool:

@@ -4,20 +4,25 @@
   names one) stores what the request adds; answers are OpenAI's bodies and chunks, passed on as they came.
 - ``ChatAPIDoor`` (``/api/v1/chat``): one message in, the history from the stored conversation; the answer
   is ``{response, session_id, cached, sources, usage}``, a stream is ``delta`` events then a ``done`` one.
+- ``ChatKitDoor`` (``/chatkit``): one per request. The history is the thread's (``chatkit/history.py`` made it
+  from the stored items); what streams is not bytes for the client but ``ChatKitEvent`` values the protocol
+  adapter (``chatkit/server.py``) turns into ChatKit's thread events; the relay's bytes only say "look".
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from chatgate.cache import Entry, replay_sse
 from chatgate.errors import NotFound
+from chatgate.rag.assistants import Assistant
 from chatgate.rag.ground import sources_event
-from chatgate.sessions.manager import Session
+from chatgate.sessions.manager import Session, conversation_id
 from chatgate.sessions.messages import Kept, new_messages
 from chatgate.turn import Answer, Framing, Services, ToolStep, Turn
 from chatgate.upstream.answer import parse_answer
@@ -169,3 +174,113 @@ class ChatAPIDoor:
 
 def _delta(_data: bytes, text: str) -> bytes:
     return encode_data(orjson.dumps({"type": "delta", "content": text})) if text else b""
+
+
+# ---- ChatKit --------------------------------------------------------------------------------------------------
+
+TICK = b"\x00"  # what a ChatKit stream relays: its events wait in the door's list
+
+
+@dataclass(slots=True)
+class ChatKitEvent:
+    """What happened on a ChatKit stream: ``delta`` (text), ``tool`` (a server tool's step), ``done`` (the whole
+    reply, as stored, and its sources)."""
+
+    kind: str
+    text: str = ""
+    step: ToolStep | None = None
+    reply: Any = None
+    sources: list[dict[str, Any]] | None = None
+
+
+class ChatKitDoor:
+    """One ChatKit turn: the thread's history and the new message (or none: a client tool's output, an
+    action), the conversation ``chatkit:<thread id>`` kept like the chat API's (read through the store, each
+    turn committed before the answer completes)."""
+
+    name = "chatkit"
+    stored_history = True
+
+    def __init__(
+        self,
+        thread_id: str,
+        history: list[dict[str, Any]],
+        message: Any,
+        *,
+        keep_message: Any = None,
+        system: str | None = None,
+        collections: tuple[str, ...] = (),
+        session: Awaitable[Session | None] | None = None,
+    ) -> None:
+        self.thread_id = thread_id
+        self.history = history
+        self.message = message  # the model's user message content (None: the turn has none)
+        self.keep_message = keep_message  # what the conversation keeps of it (None: nothing new)
+        self.system = system  # the page's context, for the system prompt
+        self.collections = collections  # the thread's own documents (attachments), searched like the assistant's
+        self.session = session  # the conversation's lookup, when it was started already (with the thread's items)
+        self.events: list[ChatKitEvent] = []
+
+    @staticmethod
+    def key(thread_id: str) -> str:
+        return "chatkit:" + thread_id
+
+    async def open(self, services: Services, turn: Turn) -> Session:
+        assert turn.resolved is not None
+        identity = turn.resolved.identity
+        key = self.key(self.thread_id)
+        if self.collections:  # the thread's documents: grounded (or searched, for a tool assistant) with its own
+            model = turn.payload["model"]
+            found = turn.assistant or Assistant(name=model, model=model)
+            turn.assistant = replace(found, collections=(*found.collections, *self.collections))
+        lookup = self.session or services.sessions.find_for_user(
+            identity.user_id, conversation_id(identity.user_id, key)
+        )
+        session = await lookup
+        if session is None:
+            return services.sessions.new(identity, key, self.name)
+        services.sessions.saw(identity)
+        return session
+
+    def messages(self, services: Services, turn: Turn) -> list[dict[str, Any]]:
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        out += self.history
+        if self.message is not None:
+            out.append({"role": "user", "content": self.message})
+        return out
+
+    def kept(self, turn: Turn) -> tuple[list[Kept], int]:
+        assert turn.session is not None
+        position = turn.session.message_count
+        if self.keep_message is None:
+            return [], position
+        return [Kept(position, "user", self.keep_message, None)], position + 1
+
+    def answer(self, turn: Turn, body: bytes) -> bytes:
+        self.events.append(ChatKitEvent("delta", text=turn.reply if isinstance(turn.reply, str) else ""))
+        self.events.append(ChatKitEvent("done", reply=turn.reply, sources=turn.sources))
+        return body
+
+    def framing(self, turn: Turn) -> Framing:
+        return Framing(include_usage=False, transform=self._delta, parse=True)
+
+    def _delta(self, _data: bytes, text: str) -> bytes:
+        if not text:
+            return b""
+        self.events.append(ChatKitEvent("delta", text=text))
+        return TICK
+
+    def tail(self, turn: Turn) -> bytes:
+        self.events.append(ChatKitEvent("done", reply=turn.reply, sources=turn.sources))
+        return TICK
+
+    def tool_event(self, turn: Turn, step: ToolStep) -> bytes:
+        self.events.append(ChatKitEvent("tool", step=step))
+        return TICK
+
+    def replay(self, turn: Turn, entry: Entry) -> Answer:
+        stored = parse_answer(entry.body).get("sources")
+        reply = turn.reply if isinstance(turn.reply, str) else ""
+        self.events.append(ChatKitEvent("delta", text=reply))
+        self.events.append(ChatKitEvent("done", reply=turn.reply, sources=stored if isinstance(stored, list) else None))
+        return Replay([TICK])

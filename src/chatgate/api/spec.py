@@ -483,6 +483,77 @@ def _analytics_export(
 def _metrics() -> None: ...
 
 
+# ---- ChatKit (last: the fuzz's deterministic cases for the routes above stay as they were) -------------
+
+_CHATKIT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {
+                        "type": {
+                            "type": "string",
+                            "description": "The request type: `threads.create`, `threads.add_user_message`, "
+                            "`threads.add_client_tool_output`, `threads.retry_after_item`, `threads.custom_action` "
+                            "(SSE), `threads.get_by_id`, `threads.list`, `items.list`, `items.feedback`, "
+                            "`threads.update`, `threads.delete`, `attachments.create`, `attachments.delete` (JSON).",
+                        },
+                        "params": {"type": "object", "description": "The type's parameters (see docs/chatkit.md)."},
+                        "metadata": {"type": "object", "description": "The page's context (never identity)."},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@_doc.post(
+    "/chatkit",
+    tags=["chatkit"],
+    summary="The ChatKit protocol: one endpoint for every request type (SSE or JSON, as the type requires)",
+    openapi_extra=_CHATKIT_BODY,
+    responses={
+        **errors(400, 404, 409, 413, "4XX", 502, 504),
+        200: {"content": {"text/event-stream": {}}, "description": "SSE thread events, or JSON"},
+    },
+)
+def _chatkit() -> None: ...
+
+
+_ATTACHMENT_TOKEN = Query(description="The token of the upload URL `attachments.create` gave.")
+
+
+@_doc.get(
+    "/chatkit/attachments/{attachment_id}",
+    tags=["chatkit"],
+    summary="An attachment's bytes (its preview), by its URL's token (no API key)",
+    responses={404: {"model": ErrorBody, "description": _WHEN[404]}},
+)
+def _attachment(attachment_id: str, token: str = _ATTACHMENT_TOKEN) -> None: ...
+
+
+@_doc.put(
+    "/chatkit/attachments/{attachment_id}",
+    tags=["chatkit"],
+    summary="Upload an attachment's bytes (the second phase of `attachments.create`; no API key)",
+    responses={code: {"model": ErrorBody, "description": _WHEN[code]} for code in (400, 404, 409, 413)},
+)
+def _put_attachment(attachment_id: str, token: str = _ATTACHMENT_TOKEN) -> None: ...
+
+
+@_doc.post(
+    "/chatkit/attachments/{attachment_id}",
+    tags=["chatkit"],
+    summary="Upload an attachment's bytes as multipart `file` (no API key)",
+    responses={code: {"model": ErrorBody, "description": _WHEN[code]} for code in (400, 404, 409, 413)},
+)
+def _post_attachment(attachment_id: str, token: str = _ATTACHMENT_TOKEN) -> None: ...
+
+
 DOCUMENTED = _doc.routes
 ADMIN_PATHS = ("/admin/", "/metrics")  # served to admin keys only: to any other key they do not exist (404)
 _NOT_OURS = ("HTTPValidationError", "ValidationError")  # FastAPI's 422: chatgate answers a bad request with 400

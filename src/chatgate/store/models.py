@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -404,6 +405,76 @@ class Assistant(Base):
     updated_at: Mapped[datetime]
 
 
+class ChatKitThread(Base):
+    """A ChatKit thread (migration 0011): keyed by its user, ``data`` the ChatKit ``ThreadMetadata`` as JSON."""
+
+    __tablename__ = "chatkit_threads"
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "id", name="pk_chatkit_threads"),
+        Index("ix_chatkit_threads_user_seq", "user_id", "seq", "id"),
+    )
+
+    user_id: Mapped[str] = mapped_column(String(255))
+    id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)  # first stored (ns): cursors page on (seq, id)
+    created_at: Mapped[datetime]
+    data: Mapped[str] = mapped_column(Text)
+
+
+class ChatKitItem(Base):
+    """A thread's item: its key holds the user, and its foreign key (user_id, thread_id) the thread's, so an
+    item can only land in its own user's thread."""
+
+    __tablename__ = "chatkit_items"
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "thread_id", "id", name="pk_chatkit_items"),
+        ForeignKeyConstraint(
+            ["user_id", "thread_id"],
+            ["chatkit_threads.user_id", "chatkit_threads.id"],
+            name="fk_chatkit_items_user_id_chatkit_threads",
+            ondelete="CASCADE",
+        ),
+        Index("ix_chatkit_items_thread_seq", "user_id", "thread_id", "seq", "id"),
+    )
+
+    user_id: Mapped[str] = mapped_column(String(255))
+    thread_id: Mapped[str] = mapped_column(String(64))
+    id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
+    cut_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # a stream stopped early
+    feedback: Mapped[str | None] = mapped_column(String(16))  # items.feedback: positive | negative
+    data: Mapped[str] = mapped_column(Text)
+
+
+class ChatKitAttachment(Base):
+    """An attachment's record (its bytes are a file under ``chatkit.attachments.directory``)."""
+
+    __tablename__ = "chatkit_attachments"
+    __table_args__ = (
+        PrimaryKeyConstraint("user_id", "id", name="pk_chatkit_attachments"),
+        ForeignKeyConstraint(
+            ["user_id", "thread_id"],
+            ["chatkit_threads.user_id", "chatkit_threads.id"],
+            name="fk_chatkit_attachments_user_id_chatkit_threads",
+            ondelete="CASCADE",
+        ),
+    )
+
+    user_id: Mapped[str] = mapped_column(String(255))
+    id: Mapped[str] = mapped_column(String(64))
+    thread_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))  # image | file
+    mime_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    uploaded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    collection_id: Mapped[str | None] = mapped_column(String(32))  # a document's, once ingested
+    token_digest: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of its upload and read URL's token
+    created_at: Mapped[datetime]
+    data: Mapped[str] = mapped_column(Text)
+
+
 RAG_COLLECTIONS = _table(RagCollection)
 RAG_DOCUMENTS = _table(RagDocument)
 RAG_CHUNKS = _table(RagChunk)
@@ -411,3 +482,6 @@ RAG_JOBS = _table(RagJob)
 RAG_UPLOADS = _table(RagUpload)
 RAG_DENSE_DELETIONS = _table(RagDenseDeletion)
 ASSISTANTS = _table(Assistant)
+CHATKIT_THREADS = _table(ChatKitThread)
+CHATKIT_ITEMS = _table(ChatKitItem)
+CHATKIT_ATTACHMENTS = _table(ChatKitAttachment)
