@@ -659,8 +659,10 @@ def test_redis_fail_open_falls_back_to_the_workers_shared_limiter(tmp_path, fake
         user = new_user()
         statuses = [r.status_code for r in asyncio.run(burst(g, [chat_body(user) for _ in range(200)]))]
         assert statuses.count(200) == 60 and statuses.count(429) == 140  # the local fallback is one for both
-        ready = httpx.get(g.url + "/ready", headers=auth(g)).json()["limits"]
-        assert ready["backend"] == "redis" and ready["fallback"] == "shared" and ready["redis_errors"] >= 1
+        # Each worker says what it met: ask (new connections) until one that served part of the burst answers.
+        seen = [httpx.get(g.url + "/ready", headers=auth(g)).json()["limits"] for _ in range(20)]
+        assert all(r["backend"] == "redis" and r["fallback"] == "shared" for r in seen), seen
+        assert any(r["redis_errors"] >= 1 for r in seen), seen
     finally:
         stop(g.proc)
         proxy.stop()
