@@ -612,6 +612,11 @@ class EmbeddingSettings(_Section):
         description="`openai` only: retries after a connection error, a timeout, 429 or 5xx (exponential backoff "
         "with jitter, honouring `Retry-After`).",
     )
+    serve: bool = Field(
+        True,
+        description="`local` only: also answer `POST /v1/embeddings` for `model` (and the alias `local-embed`) "
+        "with this model, offline, while no upstream serves a model of that name; listed in `/v1/models`.",
+    )
 
 
 class RetrievalSettings(_Section):

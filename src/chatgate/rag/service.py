@@ -160,18 +160,26 @@ class Rag:
 
     async def _open(self) -> None:
         dense = await asyncio.to_thread(self._open_dense, "try")
-        embedder = self._make_embedder()
-        start = getattr(embedder, "start", None)
-        if start is not None:
-            start()  # the local model loads on its own thread
+        embedder = self.shared_embedder()
         parser = await asyncio.to_thread(Parser.from_settings, self.settings)
-        self.dense, self.embedder = dense, embedder
+        self.dense = dense
         self.retriever.dense, self.retriever.embedder = dense, embedder
         self.ingestor = CountingIngestor(self.metrics, self.repo, dense, embedder, parser, self.retrieval)
         if dense.writable:
             self.runner = JobRunner(self.jobs, self.ingestor, self.retrieval, DenseDeletions(self.engine))
             self.runner.start()
         log.info("document index open", extra={"where": dense.where, "writer": dense.writable})
+
+    def shared_embedder(self) -> Embedder:
+        """The embedder, made (and its model's load started) once: document search and the local
+        ``/v1/embeddings`` (``upstream/local_embeddings.py``) share it, without the dense index."""
+        embedder = self.embedder
+        if embedder is None:
+            embedder = self.embedder = self._make_embedder()
+            start = getattr(embedder, "start", None)
+            if start is not None:
+                start()  # the local model loads on its own thread
+        return embedder
 
     async def _watch_for_jobs(self) -> None:
         """Not open yet (no documents when it started), this instance still takes its share of the jobs: it
