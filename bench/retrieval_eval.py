@@ -4,6 +4,7 @@
     .venv/bin/python bench/retrieval_eval.py [--data ../shared/datasets/scifact] [--split test|train]
                                              [--keep DIR] [--modes lexical,dense,hybrid] [--quick]
                                              [--store sqlite|postgres] [--pg-url URL] [--vectors-from DIR]
+                                             [--sweep] [--floors] [--docs N]
 
 The system under test is chatgate's own RAG stack, as ``chatgate ingest`` and the search API run it:
 
@@ -30,7 +31,10 @@ Settings come from the environment as for the server (``CHATGATE_RAG__RETRIEVAL_
 ``CHATGATE_RAG__CHUNKING__SIZE=256``, ...), which is how tuning runs try values. Tune with
 ``--split train`` only; ``--split test`` is the figure to report. ``--sweep`` adds hybrid nDCG@10 over a
 grid of fusion settings (RRF k, lexical weight, candidates), from each query's real dense and lexical
-rankings fused by ``retrieve.rrf``. Prints figures, never a verdict.
+rankings fused by ``retrieve.rrf``. ``--floors`` adds hybrid nDCG@10, the queries left without a source and
+the sources off-topic chat questions get, over a grid of relevance floors (``rag.retrieval.relevance_floor``
+and ``relevance_floor_lexical``), with and without the default floor in the same run. Prints figures,
+never a verdict.
 """
 
 from __future__ import annotations
@@ -189,6 +193,14 @@ async def evaluate_in(args: argparse.Namespace, root: Path, url: str | None) -> 
     # The system under test sees a query's id and text only (metadata holds the gold evidence).
     queries = {q["_id"]: q["text"] for q in read_jsonl(data / "queries.jsonl") if q["_id"] in qrels}
     corpus = read_jsonl(data / "corpus.jsonl")
+    if args.docs is not None:  # the first N documents and every document either split judges relevant
+        judged = {
+            d
+            for split in ("train", "test")
+            for rel in read_qrels(data / "qrels" / f"{split}.tsv").values()
+            for d in rel
+        }
+        corpus = [d for i, d in enumerate(corpus) if i < args.docs or d["_id"] in judged]
     if args.quick:  # the split's relevant documents and the first 1,000 others
         wanted = {d for rel in qrels.values() for d in rel}
         corpus = [d for i, d in enumerate(corpus) if i < 1000 or d["_id"] in wanted]
@@ -251,6 +263,8 @@ async def evaluate_in(args: argparse.Namespace, root: Path, url: str | None) -> 
         print(f"(issue 6 targets on the test split: {targets}; ms/query includes embedding the query)")
         if args.sweep:
             await sweep(retriever, collection, queries, qrels)
+        if args.floors:
+            await floors(retriever, collection, queries, qrels)
     finally:
         await lexical.close()
         await embedder.close()
@@ -299,6 +313,91 @@ async def sweep(retriever: Any, collection: Any, queries: dict[str, str], qrels:
             print(f"  rrf_k {k:4}:   " + " ".join(f"{v:6.4f}" for v in row))
 
 
+# Questions a chat user asks that no SciFact abstract answers ("2+2" got five sources from an HR handbook).
+OFF_TOPIC = (
+    "What is 2+2?",
+    "Hello!",
+    "Hi, how are you today?",
+    "Tell me a joke.",
+    "What's the weather like tomorrow?",
+    "Write a short poem about the sea.",
+    "Who won the football match last night?",
+    "How do I bake sourdough bread?",
+    "Translate 'good morning' into French.",
+    "What time is it?",
+    "Thanks, that's all for now.",
+    "Can you recommend a good movie?",
+    "What is the capital of France?",
+    "How do I reset my password?",
+    "What's your name?",
+    "Give me a recipe for pancakes.",
+    "What is 17 times 3?",
+    "Play some relaxing music.",
+    "Where can I park my car at the office?",
+    "Good night!",
+)
+FLOOR_DENSE = (None, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
+FLOOR_LEXICAL = (None, 5.0, 10.0, 15.0, 20.0, 30.0)
+SOURCES = 5  # grounding's default top_k: the sources an answer gets
+
+
+def relevant(hits: list[Any], dense: float | None, lexical: float | None) -> list[Any]:
+    """The hits a relevance floor keeps (``Retriever.search``'s rule): a side that ranked the hit clears its own
+    floor. ``dense`` None: no floor."""
+    if dense is None:
+        return hits
+    return [
+        h
+        for h in hits
+        if (h.dense_score is not None and h.dense_score >= dense)
+        or (lexical is not None and h.lexical_score is not None and h.lexical_score >= lexical)
+    ]
+
+
+async def floors(retriever: Any, collection: Any, queries: dict[str, str], qrels: dict[str, dict[str, int]]) -> None:
+    """Hybrid nDCG@10 of the split's queries, the share of them left with no source, and the sources the
+    OFF_TOPIC questions get, for a grid of relevance floors (cosine similarity x BM25); from each query's
+    unfloored hybrid hits (``floor=False``, top 50), filtered as ``Retriever.search`` filters. Tune on train."""
+    from chatgate.settings import MINILM_RELEVANCE_FLOOR, MINILM_RELEVANCE_FLOOR_LEXICAL
+
+    hits = {
+        qid: await retriever.search([collection], text, top_k=NDCG_TOP_K, mode="hybrid", floor=False)
+        for qid, text in queries.items()
+    }
+    off = [await retriever.search([collection], q, top_k=NDCG_TOP_K, mode="hybrid", floor=False) for q in OFF_TOPIC]
+    best_off = sorted(max((h.dense_score or 0.0 for h in found), default=0.0) for found in off)
+    best_on = sorted(max((h.dense_score or 0.0 for h in found), default=0.0) for found in hits.values())
+    print(
+        f"\nfloors: best cosine similarity per question, off-topic median {best_off[len(best_off) // 2]:.3f} "
+        f"max {best_off[-1]:.3f}; {len(best_on)} split queries: 5th percentile {best_on[len(best_on) // 20]:.3f}, "
+        f"median {best_on[len(best_on) // 2]:.3f}"
+    )
+    print(
+        f"rows: cosine floor; columns: BM25 floor; each cell: hybrid nDCG@10 / split queries with no source / "
+        f"sources per off-topic question (top {SOURCES}, {len(OFF_TOPIC)} questions)"
+    )
+    print("          " + " ".join(f"{'-' if lf is None else lf:>20}" for lf in FLOOR_LEXICAL))
+    for df in FLOOR_DENSE:
+        cells = []
+        for lf in FLOOR_LEXICAL:
+            runs = {
+                q: rank_documents((h.source, h.score) for h in relevant(found, df, lf)) for q, found in hits.items()
+            }
+            ndcg = mean_over(qrels, runs, "ndcg", 10)
+            empty = sum(1 for found in hits.values() if not relevant(found, df, lf)) / max(1, len(hits))
+            sources = sum(len(relevant(found, df, lf)[:SOURCES]) for found in off) / len(off)
+            cells.append(f"{ndcg:.4f}/{empty:5.1%}/{sources:3.1f}")
+        print(f"  {'-' if df is None else df:>6}: " + " ".join(f"{c:>20}" for c in cells))
+    default = (MINILM_RELEVANCE_FLOOR, MINILM_RELEVANCE_FLOOR_LEXICAL)
+    for name, (df, lf) in (("no floor", (None, None)), (f"default floor {default}", default)):
+        runs = {q: rank_documents((h.source, h.score) for h in relevant(found, df, lf)) for q, found in hits.items()}
+        per_question = [len(relevant(found, df, lf)[:SOURCES]) for found in off]
+        print(
+            f"{name}: hybrid nDCG@10 {mean_over(qrels, runs, 'ndcg', 10):.4f}; off-topic questions' sources "
+            f"{per_question} ({sum(1 for n in per_question if n == 0)}/{len(off)} with none)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR SciFact folder")
@@ -307,6 +406,13 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: lexical, dense, hybrid")
     parser.add_argument("--quick", action="store_true", help="1,000 documents + the relevant ones, 100 queries")
     parser.add_argument("--sweep", action="store_true", help="also a grid of fusion settings (tune on train)")
+    parser.add_argument(
+        "--docs",
+        type=int,
+        metavar="N",
+        help="a smaller corpus, the same for both splits: the first N documents and every judged one",
+    )
+    parser.add_argument("--floors", action="store_true", help="also a grid of relevance floors (tune on train)")
     parser.add_argument("--store", choices=STORES, default="sqlite", help="the store the index is built on")
     parser.add_argument("--pg-url", default=DEFAULT_PG, help=f"PostgreSQL server for --store postgres ({DEFAULT_PG})")
     parser.add_argument(

@@ -68,6 +68,7 @@ from chatgate.tokens.counter import TokenCounter
 from chatgate.tools.loop import ToolLoop
 from chatgate.tools.registry import Tools, tool_names
 from chatgate.turn import Services
+from chatgate.upstream import local_embeddings
 from chatgate.upstream.breaker import CircuitBreaker
 from chatgate.upstream.catalog import ModelCatalog
 from chatgate.upstream.client import UpstreamClient
@@ -81,7 +82,9 @@ GC_THRESHOLD = 20_000  # allocations between young-generation collections (Pytho
 PIPELINE_PATHS = frozenset({"/v1/chat/completions", "/v1/embeddings", "/api/v1/chat"})  # limited in the pipeline
 
 
-def build_upstream(settings: Settings, tracing: Tracing | None = None) -> UpstreamClient:
+def build_upstream(settings: Settings, tracing: Tracing | None = None, rag: Rag | None = None) -> UpstreamClient:
+    """The upstream client over every configured upstream; with ``rag``, its local embedding model too, as an
+    in-process upstream on standby (``rag.embeddings.serve``)."""
     upstreams = [
         Upstream(
             name=u.name,
@@ -97,7 +100,21 @@ def build_upstream(settings: Settings, tracing: Tracing | None = None) -> Upstre
         )
         for u in settings.all_upstreams()
     ]
-    router = Router(upstreams, aliases=settings.all_aliases(), fallbacks=settings.fallbacks)
+    aliases = settings.all_aliases()
+    embeddings = settings.rag.embeddings
+    if rag is not None and embeddings.backend == "local" and embeddings.serve:
+        upstreams.append(
+            Upstream(
+                name=local_embeddings.UPSTREAM_NAME,
+                base_url="",
+                configured_models=(embeddings.model,),
+                target=local_embeddings.LocalEmbeddings(rag.shared_embedder, embeddings.model),
+                standby=True,
+                breaker=CircuitBreaker.from_settings(settings.breaker),
+            )
+        )
+        aliases.setdefault(local_embeddings.ALIAS, embeddings.model)
+    router = Router(upstreams, aliases=aliases, fallbacks=settings.fallbacks)
     return UpstreamClient(router, settings.retry, settings.timeouts, tracer=tracing.tracer if tracing else None)
 
 
@@ -223,7 +240,8 @@ def build_services(
     tracing: Tracing | None = None,
     personaliser: Personaliser | None = None,
 ) -> Services:
-    client = build_upstream(settings, tracing)
+    rag = build_rag(settings, store.engine, metrics)  # cheap: the index and the embedder open when documents are in use
+    client = build_upstream(settings, tracing, rag)
     catalog = ModelCatalog(client, settings.server.models_cache_ttl)
     sessions = SessionManager(store, writer, settings.sessions, settings.store)
     counter = build_counter(settings)
@@ -237,7 +255,6 @@ def build_services(
         metrics,
     )
     cache = build_cache(settings)
-    rag = build_rag(settings, store.engine, metrics)  # cheap: the index and the embedder open when documents are in use
     tools = Tools(settings.tools, rag, counter.count)
     for defined in settings.assistants:  # the config file's assistants offer tools that exist
         unknown = [name for name in defined.tools if name not in tools.named]
@@ -362,7 +379,7 @@ def create_app(settings: Settings | None = None, access_stream: BinaryIO | None 
         await asyncio.to_thread(services.counter.warm_up)  # tokenizers load now, not on a first request
         if services.rag is not None:
             await services.rag.start()  # with documents: the index opens and the embedder loads in the background
-        if not services.upstream.router.upstreams:
+        if not any(u.remote for u in services.upstream.router.upstreams):
             log.warning("no upstream configured: every model is unknown until one is (see docs/configuration.md)")
         # Start-up objects live as long as the process: keep them out of every garbage collection.
         gc.collect()

@@ -181,7 +181,7 @@ async def ground(services: Services, turn: Turn) -> None:
             applied=session is not None and session.rag_applied,
             versioned=services.answers is not None,
         )
-    turn.scope = grounded.scope
+    turn.scope, turn.warnings = grounded.scope, grounded.warnings
     if grounded.messages is not None:
         turn.rewrite({**turn.payload, "messages": grounded.messages})
         turn.sources = grounded.sources
@@ -217,7 +217,7 @@ async def call(services: Services, door: Door, turn: Turn) -> Answer:
     data = parse_answer(body)
     turn.usage, turn.reply, turn.completed = usage_of(data) or turn.usage, reply_content(data), True
     turn.called_tool = calls_tool(turn.reply)
-    body = with_sources(body, turn.sources) or body
+    body = with_sources(body, turn.sources, turn.warnings) or body
     if services.answers is not None and (loop is None or loop.cacheable):
         await services.answers.put(turn.cache_key, body)
     return door.answer(turn, body)
@@ -253,7 +253,8 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
         cacheable = completed and turn.completed and not turn.stopped  # an answer stopped at a limit is not whole
         if cacheable and turn.cache_key is not None and services.answers is not None:
             if loop is None or loop.cacheable:
-                await services.answers.put(turn.cache_key, with_sources(reply.completion(turn.usage), turn.sources))
+                completion = with_sources(reply.completion(turn.usage), turn.sources, turn.warnings)
+                await services.answers.put(turn.cache_key, completion)
         await account(services, door, turn)
 
     relay: Relay | ToolStream

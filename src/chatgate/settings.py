@@ -105,6 +105,12 @@ class BreakerSettings(_Section):
         return data
 
 
+# SciFact train (bench/retrieval_eval.py --docs 1000 --split train --floors, docs/benchmarks.md): of the floors that
+# kept train hybrid nDCG@10 at its unfloored 0.8089 and left no train query without a source, cosine 0.3 with BM25
+# 10 gave off-topic chat questions the fewest sources (0.3 a question, against 5 unfloored; 17 of 20 got none).
+MINILM_RELEVANCE_FLOOR = 0.3
+MINILM_RELEVANCE_FLOOR_LEXICAL = 10.0
+
 PackagedModelName = Literal[
     "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct", "gemma-3-270m"
 ]  # the names in chatgate.upstream.models.PACKAGED (a test keeps the two in step)
@@ -620,6 +626,11 @@ class EmbeddingSettings(_Section):
         description="`openai` only: retries after a connection error, a timeout, 429 or 5xx (exponential backoff "
         "with jitter, honouring `Retry-After`).",
     )
+    serve: bool = Field(
+        True,
+        description="`local` only: also answer `POST /v1/embeddings` for `model` (and the alias `local-embed`) "
+        "with this model, offline, while no upstream serves a model of that name; listed in `/v1/models`.",
+    )
 
 
 class RetrievalSettings(_Section):
@@ -657,6 +668,21 @@ class RetrievalSettings(_Section):
         None,
         description="Drop hits scoring below this: cosine similarity (dense), BM25 (lexical), or the fused score "
         "scaled to 0..1 (hybrid, 1 = first in every ranking). Unset: no threshold.",
+    )
+    relevance_floor: float | Literal["auto"] | None = Field(
+        "auto",
+        description="A dense or hybrid hit is relevant only when a side that ranked it clears its own floor: this "
+        "cosine similarity for the dense side, `relevance_floor_lexical` for BM25; hits below both are dropped "
+        "(grounding, the search tool, the search API), so an off-topic question gets no sources. `auto`: "
+        f"{MINILM_RELEVANCE_FLOOR} for all-MiniLM-L6-v2 (tuned on SciFact train, docs/benchmarks.md), none for "
+        "another embedding model (its similarities have a scale of their own: set one). Unset: no floor. A "
+        "lexical search (BM25 alone, whose scale grows with the corpus) has none.",
+    )
+    relevance_floor_lexical: float | None = Field(
+        MINILM_RELEVANCE_FLOOR_LEXICAL,
+        ge=0,
+        description="With a relevance floor: the BM25 score at which a hybrid hit is relevant whatever its cosine "
+        "similarity (an exact word match, a code or a name). Unset: the dense side decides alone.",
     )
     lexical_postings: bool = Field(
         True,

@@ -143,6 +143,7 @@ class Turn:
     fitted: Fitted | None = None
     scope: Scope | None = None  # what a grounded answer may be built from (part of the cache key)
     sources: list[dict[str, Any]] | None = None  # the citations of a grounded request
+    warnings: list[dict[str, Any]] | None = None  # what the answer must say it could not do (rag/ground.py)
     cache_key: str | None = None
     cache_status: str | None = None  # "HIT" | "MISS" once the cache was consulted
     # call, account

@@ -274,7 +274,8 @@ def test_fallback_to_another_model(tmp_path, fake_a):
 def test_single_upstream_from_env(tmp_path, fake_b: Fake):
     gateway = start_gateway(tmp_path, env={"CHATGATE_UPSTREAM_BASE_URL": fake_b.base_url})
     try:
-        assert {m.id for m in client(gateway).models.list()} == {"fake-model"}
+        # and the local embedding model, offline (tests/integration/test_local_embeddings.py)
+        assert {m.id for m in client(gateway).models.list()} == {"fake-model", "all-MiniLM-L6-v2", "local-embed"}
         assert client(gateway).chat.completions.create(model="fake-model", messages=MESSAGES).choices
     finally:
         stop(gateway.proc)

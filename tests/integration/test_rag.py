@@ -234,7 +234,7 @@ def test_chat_is_grounded_and_cites_its_sources(gw: Gateway, fake_a: Fake, hr: s
     resp = httpx.post(gw.base_url + "/chat/completions", json=body, headers=h(gw.key))
     assert resp.status_code == 200, resp.text
     answer = resp.json()
-    assert answer["object"] == "chat.completion" and answer["sources"]
+    assert answer["object"] == "chat.completion" and answer["sources"] and "warnings" not in answer
     assert answer["sources"][0]["document"] == "policy.md" and answer["sources"][0]["index"] == 1
     sent = fake_a.stats(tag)["bodies"][0]
     assert sent["model"] == "fake-model"
@@ -280,6 +280,45 @@ def test_chat_api_answer_carries_sources(gw: Gateway, hr: str) -> None:
     )
     done = [e for e in sse_events(streamed.text) if isinstance(e, dict) and e.get("type") == "done"]
     assert done and done[0]["sources"] and done[0]["sources"][0]["document"] == "policy.md"
+
+
+def test_an_assistant_whose_collections_match_nothing_says_so_in_the_answer(gw: Gateway, fake_a: Fake) -> None:
+    """``notes-assistant`` names ``notes``: an ordinary user with no collection of that name gets an answer
+    that says the collection matched nothing, on every door, whole and streamed; it is logged once (by each of the
+    two workers), not on every request."""
+    dave = user_key(gw, "dave-" + secrets.token_hex(3))
+    tag = "u-" + secrets.token_hex(4)
+    whole = httpx.post(
+        gw.base_url + "/chat/completions",
+        json=chat_body(tag, "What is in my notes?", "notes-assistant"),
+        headers=h(dave),
+    )
+    assert whole.status_code == 200, whole.text
+    answer = whole.json()
+    assert answer["sources"] == [] and answer["choices"][0]["message"]["content"]
+    (warning,) = answer["warnings"]
+    assert warning["code"] == "COLLECTION_UNRESOLVED" and warning["collection"] == "notes"
+    assert "notes" in warning["message"]
+    assert "[1]" not in orjson.dumps(fake_a.stats(tag)["bodies"][0]).decode()  # nothing was grounded
+    body = chat_body("us-" + secrets.token_hex(4), "What is in my notes?", "notes-assistant", stream=True)
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json=body, headers=h(dave)) as r:
+        events = sse_events(r.read().decode())
+    assert events[-1] == "[DONE]" and events[-2]["choices"] == [] and events[-2]["sources"] == []
+    assert [w["collection"] for w in events[-2]["warnings"]] == ["notes"]
+    api = httpx.post(
+        gw.url + "/api/v1/chat", json={"message": "My notes?", "model": "notes-assistant"}, headers=h(dave)
+    )
+    assert api.status_code == 200 and api.json()["sources"] == []
+    assert [w["code"] for w in api.json()["warnings"]] == ["COLLECTION_UNRESOLVED"]
+    streamed = httpx.post(
+        gw.url + "/api/v1/chat",
+        json={"message": "My notes?", "model": "notes-assistant", "stream": True},
+        headers=h(dave),
+    )
+    done = [e for e in sse_events(streamed.text) if isinstance(e, dict) and e.get("type") == "done"]
+    assert done and [w["collection"] for w in done[0]["warnings"]] == ["notes"]
+    logged = [line for line in gw.logs().splitlines() if "matches nothing the caller may read" in line]
+    assert 1 <= len([line for line in logged if '"notes-assistant"' in line]) <= 2  # once a worker, not per request
 
 
 def test_once_per_conversation_retrieves_once(gw: Gateway, fake_a: Fake, hr: str) -> None:
@@ -340,7 +379,7 @@ def test_a_private_collection_is_invisible_to_another_user(gw: Gateway, fake_a: 
     body = chat_body(tag_b, question, "notes-assistant")
     as_alice = httpx.post(gw.base_url + "/chat/completions", json=body, headers=h(alice))
     assert as_alice.status_code == 200 and as_alice.headers["x-cache"] == "MISS"
-    assert "sources" not in as_alice.json()
+    assert as_alice.json()["sources"] == [] and as_alice.json()["warnings"][0]["collection"] == "notes"
     sent = fake_a.stats(tag_b)["bodies"][-1]
     assert "zebra-4921" not in orjson.dumps(sent).decode()
     # a private collection: only its owner may delete it

@@ -68,3 +68,48 @@ def test_ingest_then_serve_grounded_answers_with_the_local_model(tmp_path: Path,
         assert hits[0]["document"] == "canteen.txt"
     finally:
         stop(gw.proc)
+
+
+def test_an_off_topic_question_gets_no_sources_an_on_topic_one_does(tmp_path: Path, fake_a: Fake) -> None:
+    """The default relevance floor (rag.retrieval.relevance_floor: auto, tuned for this model): "What is 2+2?"
+    asked of a handbook assistant (hybrid search, the default) gets no sources and nothing grounded upstream."""
+    data = tmp_path / "data"
+    cli = str(Path(sys.executable).with_name("chatgate"))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHATGATE_")}, "CHATGATE_DATA_DIR": str(data)}
+    done = subprocess.run(
+        [cli, "ingest", str(SAMPLES / "handbook.md"), "--collection", "handbook"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    config = {
+        "upstreams": [{"name": "a", "base_url": fake_a.base_url, "api_key": "upstream-secret-a"}],
+        "assistants": [{"name": "handbook-bot", "model": "fake-model", "collections": ["handbook"]}],
+        "rag": {"retrieval": {"lexical_while_loading": False}},  # hybrid, not BM25 alone while the model loads
+    }
+    gw = start_gateway(tmp_path, config)
+    try:
+        headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+        def ask(question: str) -> tuple[dict, str]:
+            tag = "floor-" + secrets.token_hex(4)
+            body = {"model": "handbook-bot", "messages": [{"role": "user", "content": question}], "fake": {"id": tag}}
+            resp = httpx.post(gw.base_url + "/chat/completions", json=body, headers=headers, timeout=120)
+            assert resp.status_code == 200, resp.text
+            return resp.json(), str(fake_a.stats(tag)["bodies"][0]["messages"][0]["content"])
+
+        for question in ("What is 2+2?", "Tell me a joke about penguins.", "Hello!"):
+            answer, system = ask(question)
+            assert "sources" not in answer, (question, answer.get("sources"))
+            assert "[1] " not in system and "sixteen weeks" not in system
+        answer, system = ask("How long is parental leave?")
+        assert answer["sources"] and answer["sources"][0]["document"].endswith("handbook.md")
+        assert "[1] " in system and "sixteen weeks" in system
+        api = httpx.post(
+            gw.url + "/api/v1/chat", json={"message": "What is 2+2?", "model": "handbook-bot"}, headers=headers
+        )
+        assert api.status_code == 200 and api.json()["sources"] == []
+    finally:
+        stop(gw.proc)

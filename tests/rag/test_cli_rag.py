@@ -11,12 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chatgate.cli import parser
 from chatgate.cli_rag import cmd_ingest, cmd_reindex
 from chatgate.rag.dense import DenseIndex
+from chatgate.rag.jobs import JobRepo
 from chatgate.rag.lexical_fts5 import Fts5Search
 from chatgate.rag.repo import RagRepo
 from chatgate.rag.retrieve import Retriever
@@ -81,16 +83,38 @@ def test_reindex_after_an_embedder_change(tmp_path: Path, capsys: pytest.Capture
         cmd_reindex(parser().parse_args(["reindex", "--collection", "nope"]), settings, embedder=other)
 
 
-def test_ingest_refuses_while_another_process_writes(tmp_path: Path) -> None:
+def test_ingest_hands_its_files_over_while_another_process_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The index's writer is another process: the files become its upload jobs (named as ingest names them),
+    nothing is embedded here; with --tag (jobs carry none) it stops and says why. (The server running the jobs:
+    tests/integration/test_ingest_handoff.py.)"""
     folder = tmp_path / "docs"
-    docs(folder, 1)
+    docs(folder, 2)
     settings = Settings(data_dir=tmp_path / "data")
     holder = DenseIndex.open(RetrievalSettings(), settings.data_dir, write="require")
     try:
-        with pytest.raises(SystemExit, match="being written by another process"):
-            ingest(settings, str(folder), "--collection", "kb", embedder=HashEmbedder())
+        embedder = CountingEmbedder(HashEmbedder())
+        assert ingest(settings, str(folder), "--collection", "kb", embedder=embedder) == 0
+        out = capsys.readouterr().out
+        assert "being written by another process" in out and "handed 2 files to it as 1 ingestion job" in out
+        assert embedder.calls == 0
+        with pytest.raises(SystemExit, match="carry no tags"):
+            ingest(settings, str(folder), "--collection", "kb", "--tag", "x", embedder=embedder)
     finally:
         holder.close()
+    job_id = next(line.split()[1] for line in out.splitlines() if line.strip().startswith("job "))
+
+    async def stored() -> tuple[Any, list[str]]:
+        store = await Store.open(f"sqlite+aiosqlite:///{settings.data_dir}/chatgate.db")
+        try:
+            jobs = JobRepo(store.engine)
+            return await jobs.get_job(job_id), await jobs.stored_uploads(job_id)
+        finally:
+            await store.close()
+
+    job, uploads = asyncio.run(stored())
+    assert job.status == "queued" and job.files == ("docs/doc0.md", "docs/doc1.md") == tuple(uploads)
 
 
 def _env(data: Path, **extra: str) -> dict[str, str]:

@@ -141,3 +141,31 @@ async def test_query_vector_given(rag: Rag, tmp_path: Path) -> None:
     vector = HashEmbedder().vector("canteen lunch")
     hits = await rag.retriever.search(collections, "canteen lunch", mode="dense", query_vector=vector)
     assert hits[0].source == "food.md" and rag.embedder.calls == calls
+
+
+async def test_the_relevance_floor_drops_what_neither_side_finds_relevant(rag: Rag, tmp_path: Path) -> None:
+    """A hit stays when a side that ranked it clears its own floor (cosine, or BM25); ``auto`` is a floor for
+    the bundled model only."""
+    await ingest_docs(rag, tmp_path)
+    collections = await rag.repo.list_collections()
+    r = rag.retriever
+    unfloored = await r.search(collections, "quantum chromodynamics of gluons", top_k=4, mode="hybrid")
+    assert r.relevance_floor() is None and len(unfloored) == 4  # auto: no floor for the test embedder
+    # BM25 grows with the corpus: over four documents a match scores a few points, not SciFact's 10
+    strict = {"relevance_floor": 0.99, "relevance_floor_lexical": 0.1}
+    floored = Retriever(r.repo, r.lexical, r.dense, r.embedder, r.settings.model_copy(update=strict))
+    assert await floored.search(collections, "quantum chromodynamics of gluons", top_k=4, mode="hybrid") == []
+    assert await floored.search(collections, "quantum chromodynamics of gluons", top_k=4, mode="dense") == []
+    kept = await floored.search(collections, "vegetarian dishes", top_k=4, mode="hybrid")
+    assert [h.source for h in kept] == ["food.md"] and kept[0].dense_score < 0.99  # its BM25 kept it
+    assert kept[0].lexical_score >= floored.settings.relevance_floor_lexical
+    dense_only = Retriever(
+        r.repo,
+        r.lexical,
+        r.dense,
+        r.embedder,
+        r.settings.model_copy(update={"relevance_floor": 0.99, "relevance_floor_lexical": None}),
+    )
+    assert await dense_only.search(collections, "vegetarian dishes", top_k=4, mode="hybrid") == []
+    everything = await floored.search(collections, "quantum chromodynamics of gluons", top_k=4, floor=False)
+    assert len(everything) == 4

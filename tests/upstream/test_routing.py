@@ -86,3 +86,16 @@ def test_rebuild_picks_up_discovered_models():
     a.discovered_models = frozenset({"m"})
     r.rebuild()
     assert r.plan("m") == ["m"]
+
+
+def test_a_standby_upstream_serves_only_what_no_other_upstream_serves():
+    local = up("local-embeddings", "all-MiniLM-L6-v2", "only-here")
+    local.standby = True
+    remote = up("tei", "all-MiniLM-L6-v2")
+    r = Router([local, remote, up("chat", "m")], aliases={"local-embed": "all-MiniLM-L6-v2"})
+    assert r.served_models()["all-MiniLM-L6-v2"] == [remote]  # a configured upstream serving the name wins
+    assert r.served_models()["only-here"] == [local]
+    assert r.pick(r.resolve("local-embed")) is remote
+    remote.configured_models = ()  # its discovered list no longer has the model: the standby takes over
+    r.rebuild()
+    assert r.pick("all-MiniLM-L6-v2") is local

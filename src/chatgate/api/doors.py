@@ -81,8 +81,9 @@ class OpenAIDoor:
         return Framing(include_usage=_wants_usage(turn))
 
     def tail(self, turn: Turn) -> bytes:
-        """A grounded stream's sources; the usage counted here when the upstream sent none and the client asked."""
-        out = sources_event(turn.reply_head, turn.sources) if turn.sources else b""
+        """A grounded stream's sources (and warnings); the usage counted here when the upstream sent none and the
+        client asked."""
+        out = sources_event(turn.reply_head, turn.sources, turn.warnings)
         if turn.usage_counted and _wants_usage(turn):
             out += choiceless_chunk(turn.reply_head, usage=turn.usage)
         return out
@@ -97,8 +98,8 @@ class OpenAIDoor:
             return entry.body  # a grounded answer was stored with its sources
         events = replay_sse(entry, include_usage=_wants_usage(turn), chunk_chars=self.replay_chunk_chars)
         data = parse_answer(entry.body)
-        if isinstance(data.get("sources"), list) and data["sources"]:
-            events.insert(-1, sources_event(data, data["sources"]))  # before [DONE]
+        if event := sources_event(data, _listed(data, "sources"), _listed(data, "warnings")):
+            events.insert(-1, event)  # before [DONE]
         return Replay(events)
 
 
@@ -127,15 +128,19 @@ class ChatAPIDoor:
         return [Kept(position, "user", turn.message, turn.resolved.message_id)], position + 1
 
     def body(self, turn: Turn, sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The answer; ``warnings`` only when there are any (an assistant's collection that matched nothing)."""
         assert turn.session is not None
         reply = turn.reply
-        return {
+        body = {
             "response": reply if isinstance(reply, str) else "",
             "session_id": turn.session.id,
             "cached": turn.cache_status == "HIT",
             "sources": sources if sources is not None else turn.sources or [],
             "usage": turn.usage,
         }
+        if turn.warnings:
+            body["warnings"] = turn.warnings
+        return body
 
     def answer(self, turn: Turn, body: bytes) -> bytes:
         return orjson.dumps(self.body(turn))
@@ -170,6 +175,11 @@ class ChatAPIDoor:
             return orjson.dumps(answer)
         events = [{"type": "delta", "content": answer["response"]}, {"type": "done", **answer}]
         return Replay([*(encode_data(orjson.dumps(e)) for e in events), DONE_EVENT])
+
+
+def _listed(data: dict[str, Any], key: str) -> list[dict[str, Any]] | None:
+    value = data.get(key)
+    return value if isinstance(value, list) and value else None
 
 
 def _delta(_data: bytes, text: str) -> bytes:

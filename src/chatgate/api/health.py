@@ -21,7 +21,8 @@ async def ready(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     reachable = await services.catalog.reachable()
     store = {"reachable": await services.sessions.store.ping(), "queue": state.queue(services)}
-    ok = any(reachable.values()) and bool(store["reachable"])
+    remote = [reachable[u.name] for u in services.upstream.router.upstreams if u.remote]
+    ok = any(remote) and bool(store["reachable"])  # the local embedding model alone serves no chat
     body = {
         "status": "ready" if ok else "not_ready",
         "upstreams": state.upstreams(services, reachable),

@@ -132,6 +132,11 @@ class ChatAPIResponse(BaseModel):
     cached: bool
     sources: list[dict[str, Any]]
     usage: dict[str, Any] | None
+    warnings: list[dict[str, Any]] | None = Field(
+        None,
+        description="Only when the answer must say what it could not do: `COLLECTION_UNRESOLVED`, an assistant's "
+        "collection that matches nothing the caller may read (`collection`, `message`).",
+    )
 
 
 class ModelObject(_Open):

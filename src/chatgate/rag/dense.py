@@ -10,7 +10,8 @@ included) for as long as the index is open; another process asking to write gets
 worker) falls back to read-only, leaving ingestion to the writer: uploads queue a job row that the
 writer's job runner picks up. Chroma loads a collection's vector index once per process, so a reader
 would not see later writes: the writer touches ``<dir>/chatgate-writes`` after each change, and a reader
-that finds it moved opens the directory afresh (at most every ``reader_refresh`` seconds). A Chroma
+that finds it moved opens the directory afresh (at most every ``reader_refresh`` seconds). A reader
+becomes the writer (``promote``) once the lock is free again. A Chroma
 server takes writes from any number of processes, and every client sees them at once.
 
 Vectors are keyed by the chunk id (decimal) and carry ``document_id`` and ``ordinal``; the space is
@@ -44,7 +45,11 @@ WriteMode = Literal["require", "try", "never"]
 
 
 class IndexBusy(RuntimeError):
-    """Another process writes this persistent Chroma directory."""
+    """Another process writes this persistent Chroma directory (``holder``: its pid, as its lock file says)."""
+
+    def __init__(self, message: str, holder: str = "?") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class ReadOnlyIndex(RuntimeError):
@@ -156,10 +161,12 @@ class DenseIndex:
             lock = WriterLock(path)
             if not lock.acquire():
                 if write == "require":
+                    holder = lock.holder()
                     raise IndexBusy(
-                        f"the Chroma directory {path} is being written by another process (pid {lock.holder()}): "
+                        f"the Chroma directory {path} is being written by another process (pid {holder}): "
                         "stop it (e.g. `chatgate serve`), upload through the API instead, or use a Chroma server "
-                        "(rag.retrieval.chroma_host)"
+                        "(rag.retrieval.chroma_host)",
+                        holder,
                     )
                 lock = None
         path.mkdir(parents=True, exist_ok=True)
@@ -172,6 +179,31 @@ class DenseIndex:
             directory=path,
             refresh=settings.reader_refresh,
         )
+
+    @property
+    def persistent(self) -> bool:
+        """A directory on disk (one writer at a time), not a Chroma server."""
+        return self._stamp is not None
+
+    def promote(self) -> bool:
+        """A reader of a persistent directory becomes its writer, when no process holds the writer's lock any
+        more (it opened the directory while another did: a ``chatgate ingest``, a stopped server); it reopens
+        the directory first, to see what the last writer wrote. Whether it is the writer now. Blocks."""
+        if self.writable or self._stamp is None:
+            return self.writable
+        lock = WriterLock(self._stamp.parent)
+        if not lock.acquire():
+            return False
+        with self._reload:
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            SharedSystemClient._identifier_to_system.pop(str(self._stamp.parent), None)
+            SharedSystemClient._identifier_to_refcount.pop(str(self._stamp.parent), None)
+            self._client = persistent_client(self._stamp.parent)
+            self._collections = {}
+            self._seen = self._stamp_value()
+        self._lock, self.writable = lock, True
+        return True
 
     def close(self) -> None:
         self._collections.clear()

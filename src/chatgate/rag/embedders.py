@@ -189,6 +189,20 @@ class LocalEmbedder:
                 future.cancel()
         return out
 
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's tokens as the model reads them (special tokens included, cut at its
+        ``max_seq_length`` as ``embed`` cuts the text), counted on the model's thread."""
+        if not texts:
+            return []
+        await self.wait_ready()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._count, list(texts))
+
+    def _count(self, texts: list[str]) -> list[int]:
+        model = self._model
+        ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+        return [len(x) for x in ids]
+
     def _encode(self, texts: list[str]) -> list[list[float]]:
         vectors = self._model.encode(
             texts,

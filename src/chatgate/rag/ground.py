@@ -28,6 +28,7 @@ from chatgate.upstream.answer import parse_answer
 from chatgate.upstream.sse import choiceless_chunk
 
 if TYPE_CHECKING:
+    from chatgate.rag.repo import CollectionRow
     from chatgate.rag.service import Rag
 
 log = logging.getLogger("chatgate.rag")
@@ -42,6 +43,7 @@ class Grounded:
     scope: Scope
     messages: list[dict[str, Any]] | None = None
     sources: list[dict[str, Any]] | None = None
+    warnings: list[dict[str, Any]] | None = None  # the assistant's collections that matched nothing for the caller
 
 
 class Grounder:
@@ -65,9 +67,31 @@ class Grounder:
         was grounded before, which ``once_per_conversation`` heeds), within the room the window leaves.
 
         With ``retrieval: tool`` nothing goes in: the model searches when it chooses (the tool loop), so what
-        it may find is part of the scope: with ``versioned`` (the cache is on), the collections' versions."""
+        it may find is part of the scope: with ``versioned`` (the cache is on), the collections' versions.
+
+        The assistant's collections that match nothing the caller may read are said in ``warnings``, whatever
+        else happens: an answer not grounded in them must not look like one that found nothing in them."""
+        if not assistant.collections:
+            return await self._ground(assistant, user_id, messages, fitted, [], applied=applied, versioned=versioned)
+        found = await self.rag.resolve_collections(assistant, user_id)
+        grounded = await self._ground(
+            assistant, user_id, messages, fitted, found.collections, applied=applied, versioned=versioned
+        )
+        grounded.warnings = unresolved_warnings(found.unresolved) or None
+        return grounded
+
+    async def _ground(
+        self,
+        assistant: Assistant,
+        user_id: str,
+        messages: list[dict[str, Any]],
+        fitted: Fitted | None,
+        collections: list[CollectionRow],
+        *,
+        applied: bool,
+        versioned: bool,
+    ) -> Grounded:
         rag = self.rag
-        collections = await rag.for_assistant(assistant, user_id) if assistant.collections else []
         private = any(c.visibility == "private" for c in collections)
         scope = Scope(assistant.name, tuple(c.id for c in collections), user_id if private else None)
         if assistant.retrieval == "tool":
@@ -168,16 +192,44 @@ def source_json(number: int, hit: Hit) -> dict[str, Any]:
     }
 
 
-def with_sources(body: bytes | None, sources: list[dict[str, Any]] | None) -> bytes | None:
-    """A ``chat.completion`` body with a top-level ``sources`` field (OpenAI clients ignore it)."""
-    if body is None or not sources:
+UNRESOLVED = "COLLECTION_UNRESOLVED"
+
+
+def unresolved_warnings(references: Sequence[str]) -> list[dict[str, Any]]:
+    """The answer's ``warnings`` for the assistant's collections that matched nothing the caller may read."""
+    return [
+        {
+            "code": UNRESOLVED,
+            "collection": ref,
+            "message": f"The assistant's collection {ref!r} matches no collection you may read: "
+            "the answer is not grounded in it.",
+        }
+        for ref in references
+    ]
+
+
+def with_sources(
+    body: bytes | None, sources: list[dict[str, Any]] | None, warnings: list[dict[str, Any]] | None = None
+) -> bytes | None:
+    """A ``chat.completion`` body with top-level ``sources`` and ``warnings`` fields, when there are any
+    (OpenAI clients ignore them)."""
+    if body is None or not (sources or warnings):
         return body
     data = parse_answer(body)
     if not data:
         return body
-    return orjson.dumps({**data, "sources": sources})
+    return orjson.dumps({**data, **_metadata(sources, warnings)})
 
 
-def sources_event(head: Mapping[str, Any], sources: list[dict[str, Any]]) -> bytes:
-    """The last chunk of a grounded stream, before ``[DONE]``: no choices, the sources."""
-    return choiceless_chunk(head, sources=sources)
+def sources_event(
+    head: Mapping[str, Any], sources: list[dict[str, Any]] | None, warnings: list[dict[str, Any]] | None = None
+) -> bytes:
+    """The last chunk of a grounded stream, before ``[DONE]``: no choices, the sources (and the warnings);
+    nothing when there are neither."""
+    if not (sources or warnings):
+        return b""
+    return choiceless_chunk(head, **_metadata(sources, warnings))
+
+
+def _metadata(sources: list[dict[str, Any]] | None, warnings: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {"sources": sources or [], **({"warnings": warnings} if warnings else {})}

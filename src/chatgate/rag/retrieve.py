@@ -6,6 +6,11 @@ scores ``sum(w_i / (k + rank_i))`` over the rankings it appears in (rank from 1)
 reported scaled to 0..1 (divided by ``sum(w_i) / (k + 1)``, the score of a chunk first everywhere), so
 one ``score_threshold`` reads the same whatever ``k`` and the weights are.
 
+A dense or hybrid hit is relevant when a side that ranked it clears that side's own floor
+(``relevance_floor``: cosine similarity; ``relevance_floor_lexical``: BM25); the others are dropped, so a
+question about nothing in the documents finds nothing (a fused score cannot tell: it is a rank, and some
+chunk is always first).
+
 Only chunks of ready documents come back (the store decides, for both indexes). Near duplicates, the
 same text (content hash) or a word-set overlap (Jaccard) of at least ``dedupe_overlap`` with a better
 hit, are dropped before the cut to ``top_k``.
@@ -20,10 +25,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from chatgate.rag.dense import DenseIndex
+from chatgate.rag.embedders import LOCAL_MODEL_NAME
 from chatgate.rag.lexical import LexicalIndex
 from chatgate.rag.repo import ChunkRow, CollectionRow, RagRepo
 from chatgate.rag.types import Embedder
-from chatgate.settings import RetrievalSettings
+from chatgate.settings import MINILM_RELEVANCE_FLOOR, RetrievalSettings
 
 Mode = Literal["hybrid", "dense", "lexical"]
 MODES: tuple[Mode, ...] = ("hybrid", "dense", "lexical")
@@ -111,6 +117,15 @@ class Retriever:
         self.embedder = embedder
         self.settings = settings
 
+    def relevance_floor(self) -> float | None:
+        """The cosine similarity a dense or hybrid hit needs (unless its BM25 clears ``relevance_floor_lexical``):
+        ``auto`` is the one tuned for the bundled model, and no floor for another."""
+        floor = self.settings.relevance_floor
+        if floor != "auto":
+            return floor
+        embedder = self.embedder
+        return MINILM_RELEVANCE_FLOOR if embedder is not None and embedder.name == LOCAL_MODEL_NAME else None
+
     async def embed_query(self, query: str) -> list[float]:
         if self.embedder is None:
             raise RuntimeError("no embedder configured: only lexical search is available")
@@ -125,8 +140,10 @@ class Retriever:
         filters: SearchFilters | None = None,
         threshold: float | None = None,
         query_vector: Sequence[float] | None = None,
+        floor: bool = True,
     ) -> list[Hit]:
-        """The best ``top_k`` chunks for ``query`` in ``collections`` (best first). ``query_vector``: the
+        """The best ``top_k`` chunks for ``query`` in ``collections`` (best first), the relevant ones only
+        (``relevance_floor``; ``floor=False``: every hit, for the benchmark that tunes it). ``query_vector``: the
         query's embedding when the caller already has it. Raises ``EmbeddingMismatch`` when a dense search
         meets a collection embedded by another model."""
         s = self.settings
@@ -159,6 +176,14 @@ class Retriever:
         else:
             scores = dense_scores if mode == "dense" else lexical_scores
         ranked = sorted(scores, key=lambda i: (-scores[i], i))
+        if floor and mode != "lexical" and (dense_min := self.relevance_floor()) is not None:
+            lexical_min = s.relevance_floor_lexical
+            ranked = [
+                i
+                for i in ranked
+                if dense_scores.get(i, -1.0) >= dense_min
+                or (lexical_min is not None and lexical_scores.get(i, -1.0) >= lexical_min)
+            ]
         if threshold is not None:
             ranked = [i for i in ranked if scores[i] >= threshold]
         ordered = [rows[i] for i in ranked]

@@ -127,6 +127,7 @@ class Rag:
         self._opening: asyncio.Future[None] | None = None
         self._unresolved_logged: set[tuple[str, str]] = set()  # (assistant, reference), logged once each
         self._watching: asyncio.Task[None] | None = None
+        self._promoting: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -160,18 +161,48 @@ class Rag:
 
     async def _open(self) -> None:
         dense = await asyncio.to_thread(self._open_dense, "try")
-        embedder = self._make_embedder()
-        start = getattr(embedder, "start", None)
-        if start is not None:
-            start()  # the local model loads on its own thread
+        embedder = self.shared_embedder()
         parser = await asyncio.to_thread(Parser.from_settings, self.settings)
-        self.dense, self.embedder = dense, embedder
+        self.dense = dense
         self.retriever.dense, self.retriever.embedder = dense, embedder
         self.ingestor = CountingIngestor(self.metrics, self.repo, dense, embedder, parser, self.retrieval)
         if dense.writable:
-            self.runner = JobRunner(self.jobs, self.ingestor, self.retrieval, DenseDeletions(self.engine))
-            self.runner.start()
+            self._start_runner()
+        elif dense.persistent:
+            self._promoting = asyncio.create_task(self._become_writer(), name="chatgate-rag-promote")
         log.info("document index open", extra={"where": dense.where, "writer": dense.writable})
+
+    def _start_runner(self) -> None:
+        assert self.ingestor is not None
+        self.runner = JobRunner(self.jobs, self.ingestor, self.retrieval, DenseDeletions(self.engine))
+        self.runner.start()
+
+    async def _become_writer(self) -> None:
+        """A reader of the Chroma directory (another process wrote it when this one opened it: a `chatgate
+        ingest`, a server stopping) takes the writer's part, and runs the ingestion jobs, once a job waits
+        and the writer's lock is free: an upload, or files `chatgate ingest` handed over, never wait for a
+        restart."""
+        dense = self.dense
+        assert dense is not None
+        while not dense.writable:
+            await asyncio.sleep(self.retrieval.job_poll_interval)
+            try:
+                if await self.jobs.has_claimable() and await asyncio.to_thread(dense.promote):
+                    self._start_runner()
+                    log.info("document index: this process writes it now", extra={"where": dense.where})
+            except Exception as exc:  # the database or the directory briefly away: try again
+                log.warning("taking over the document index failed: %s", exc)
+
+    def shared_embedder(self) -> Embedder:
+        """The embedder, made (and its model's load started) once: document search and the local
+        ``/v1/embeddings`` (``upstream/local_embeddings.py``) share it, without the dense index."""
+        embedder = self.embedder
+        if embedder is None:
+            embedder = self.embedder = self._make_embedder()
+            start = getattr(embedder, "start", None)
+            if start is not None:
+                start()  # the local model loads on its own thread
+        return embedder
 
     async def _watch_for_jobs(self) -> None:
         """Not open yet (no documents when it started), this instance still takes its share of the jobs: it
@@ -187,8 +218,9 @@ class Rag:
             await asyncio.sleep(self.retrieval.job_poll_interval)
 
     async def close(self) -> None:
-        if self._watching is not None:
-            self._watching.cancel()
+        for task in (self._watching, self._promoting):
+            if task is not None:
+                task.cancel()
         await self.assistants.close()
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()

@@ -93,7 +93,7 @@ class ModelCatalog:
         served = self.router.resolve(model)
         ups = self.router.served_models().get(served, [])
         now = time.monotonic()
-        due = [u for u in ups if not u.discovers and now >= self._next_probe.get(u.name, now)]
+        due = [u for u in ups if not u.discovers and u.remote and now >= self._next_probe.get(u.name, now)]
         if due:
             await asyncio.gather(*(asyncio.shield(self._probe(u)) for u in due), return_exceptions=True)
         windows = []
@@ -153,7 +153,9 @@ class ModelCatalog:
         return None
 
     async def reachable(self) -> dict[str, bool]:
-        """Upstream name -> whether it answered ``GET /models`` just now (for ``/ready``)."""
-        ups = self.router.upstreams
+        """Upstream name -> whether it answered ``GET /models`` just now (for ``/ready``); one that runs in
+        this process is there."""
+        ups = [u for u in self.router.upstreams if u.remote]
         results = await asyncio.gather(*(self.fetch(u, timeout=2.0) for u in ups), return_exceptions=True)
-        return {u.name: not isinstance(r, BaseException) for u, r in zip(ups, results, strict=True)}
+        found = {u.name: not isinstance(r, BaseException) for u, r in zip(ups, results, strict=True)}
+        return {u.name: found.get(u.name, True) for u in self.router.upstreams}

@@ -24,9 +24,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from chatgate.errors import ChatgateError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from chatgate.observe.tracing import outgoing
 from chatgate.settings import RetrySettings, TimeoutSettings
-from chatgate.upstream.attempts import FIRST_BYTE_TIMEOUT, Failed, first_event, judge, status_failure
+from chatgate.upstream.attempts import FIRST_BYTE_TIMEOUT, Failed, Health, first_event, judge, status_failure
 from chatgate.upstream.backoff import Backoff
-from chatgate.upstream.routing import Router, Upstream
+from chatgate.upstream.routing import InProcess, Router, Upstream
 
 log = logging.getLogger("chatgate.upstream")
 
@@ -280,6 +280,8 @@ class UpstreamClient:
     ) -> Opened | bytes:
         """One attempt: the answer (a stream once its first event is in), or ``Failed``. The breaker
         is told of a success here; of a failure by the caller, which counts a repeated failure once."""
+        if up.target is not None:
+            return await _in_process(up, up.target, path, body)
         loop = asyncio.get_running_loop()
         attempt_deadline = deadline if up.timeout is None else min(deadline, loop.time() + up.timeout)
         first_byte = min(
@@ -330,6 +332,28 @@ class UpstreamClient:
             if not opened:
                 up.in_flight -= 1
         raise status_failure(up, resp.status, resp.headers.get("Retry-After"), answer)
+
+
+async def _in_process(up: Upstream, target: InProcess, path: str, body: bytes) -> bytes:
+    """One attempt at an upstream that runs in this process: its answer, or ``Failed`` (never retried: it
+    would fail the same way again)."""
+    up.in_flight += 1
+    try:
+        answer = await target.post(path, body)
+    except ChatgateError as exc:
+        if exc.status < 500:  # the request's fault: the upstream is healthy
+            raise Failed(exc, "rejected", retryable=False, health=Health.HEALTHY) from None
+        raise Failed(exc, "failed", retryable=False) from None
+    except Exception as exc:
+        log.exception("in-process upstream failed", extra={"upstream": up.name})
+        raise Failed(UpstreamError("The model failed to answer."), "failed", retryable=False) from exc
+    except BaseException:
+        up.breaker.release()
+        raise
+    finally:
+        up.in_flight -= 1
+    up.breaker.record_success()
+    return answer
 
 
 def _log_retry(failed: Upstream, attempt: int, why: Failed, wait: float, up: Upstream, model: str) -> None:

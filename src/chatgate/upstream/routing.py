@@ -10,10 +10,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from chatgate.errors import ModelNotFound
 from chatgate.upstream.breaker import CircuitBreaker
+
+
+class InProcess(Protocol):
+    """An upstream that runs inside chatgate (the local embedding model, ``rag/embeddings_api.py``): the body
+    the client would have POSTed to ``path`` in, the answer's body out; a ``ChatgateError`` for a request it
+    refuses (a 4xx: the caller's mistake) or cannot answer."""
+
+    async def post(self, path: str, body: bytes) -> bytes: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -30,6 +38,12 @@ class Upstream:
     discovered_models: frozenset[str] = frozenset()
     breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     in_flight: int = 0
+    target: InProcess | None = None  # set: called in process instead of over HTTP at ``base_url``
+    standby: bool = False  # serves only the models no other upstream serves
+
+    @property
+    def remote(self) -> bool:
+        return self.target is None
 
     @property
     def models(self) -> frozenset[str]:
@@ -62,8 +76,14 @@ class Router:
         """Recompute the model table after the upstreams' model lists change."""
         table: dict[str, list[Upstream]] = {}
         for up in self.upstreams:
-            for model in up.models:
-                table.setdefault(model, []).append(up)
+            if not up.standby:
+                for model in up.models:
+                    table.setdefault(model, []).append(up)
+        for up in self.upstreams:
+            if up.standby:
+                for model in up.models:
+                    if model not in table or all(u.standby for u in table[model]):
+                        table.setdefault(model, []).append(up)
         self._table = table
 
     def served_models(self) -> dict[str, list[Upstream]]:
