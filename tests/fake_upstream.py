@@ -17,6 +17,7 @@ tests set them on the client request):
 - ``hang``: never answer (until the client goes away; counted as ``cancelled``).
 - ``style``: ``multiline`` (JSON split over several ``data:`` lines), ``crlf``, ``keepalive``.
 - ``no_done``: end the stream without ``data: [DONE]``.
+- ``no_usage``: a stream carries no usage chunk, whatever ``stream_options`` asks (as llama.cpp's server).
 - ``answer``: the answer's text, instead of the echo.
 - ``words``: the answer is this many words (``w1 w2 ...``), whatever ``max_tokens`` says: an upstream that
   ignores it. Streamed one word a chunk like any answer; usage counts them.
@@ -401,7 +402,7 @@ async def _stream(
             "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls" if tool_calls else "stop"}],
         }
     )
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if (body.get("stream_options") or {}).get("include_usage") and not knobs.get("no_usage"):
         chunks.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": _usage(body, text)})
     try:
         for i, chunk in enumerate(chunks):

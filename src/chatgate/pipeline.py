@@ -240,7 +240,7 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
             turn.reply, turn.reply_head = reply.content(), reply.head
         if turn.usage is None and turn.fitted is not None:  # the upstream reported none: counted here
             turn.usage = services.counter.count_usage(turn.fitted.prompt_tokens, turn.reply, payload["model"])
-            turn.usage_counted = turn.usage is not None
+            turn.usage_counted = turn.usage_estimated = turn.usage is not None
         try:
             await keep(services, door, turn)
         except ChatgateError as exc:  # not kept (the store is down): the answer is not acknowledged

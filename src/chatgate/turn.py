@@ -150,6 +150,7 @@ class Turn:
     trace: CallTrace = field(default_factory=CallTrace)
     usage: dict[str, Any] | None = None
     usage_counted: bool = False  # the usage is the gateway's (counted here, or a tool loop's sum): the door sends it
+    usage_estimated: bool = False  # (part of) the usage was counted here with the tokenizer: the upstream sent none
     server_tools: dict[str, Any] = field(default_factory=dict)  # the assistant's server tools (``tools/``), by name
     tool_calls: int = 0  # server tool calls the tool loop ran
     tool_steps: int = 0  # the tool loop's model answers

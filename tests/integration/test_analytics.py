@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -108,3 +109,26 @@ def test_a_conversation_summary_and_the_routes_are_hidden_from_others(gw: Gatewa
     bad = httpx.get(gw.url + "/admin/analytics/global", headers=admin, params={"from": "yesterday"})
     assert bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "from"
     assert httpx.get(gw.url + "/admin/analytics/global").status_code == 401
+
+
+def test_usage_counted_by_the_gateway_is_marked_so(gw: Gateway) -> None:
+    """An upstream that streams no usage (llama.cpp's server): the gateway counts the tokens with the model's
+    tokenizer, sends the client its usage chunk, and its analytics row says the usage was counted, not reported."""
+    admin = {"x-api-key": gw.key}
+    rows = {}
+    for knob in ("no_usage", "reported"):
+        body = chat(f"count me {knob}", stream=True, stream_options={"include_usage": True}, fake={knob: True})
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, headers=admin, timeout=30) as resp:
+            lines = [line for line in resp.iter_lines() if line.startswith("data: {")]
+        usage = [e["usage"] for e in (json.loads(line[6:]) for line in lines) if e.get("usage")]
+        assert len(usage) == 1 and usage[0]["completion_tokens"] > 0, lines
+        rows[knob] = usage[0]
+    for _ in range(100):  # the rows are written behind
+        exported = httpx.get(gw.url + "/admin/analytics/export", headers=admin, timeout=30).json()
+        mine = [r for r in exported[-10:] if r["stream"] and r["tokens_out"] > 0]
+        if len(mine) >= 2:
+            break
+        asyncio.run(asyncio.sleep(0.1))
+    counted, reported = mine[-2], mine[-1]
+    assert (counted["usage_counted"], reported["usage_counted"]) == (True, False), mine
+    assert counted["tokens_out"] == rows["no_usage"]["completion_tokens"]

@@ -17,7 +17,7 @@ TABLES |= {"rag_collections", "rag_documents", "rag_chunks", "rag_jobs", "assist
 TABLES |= {"write_batches"}  # 0006
 TABLES |= {"rag_uploads", "rag_dense_deletions"}  # 0008 (0007: conversations.request_task)
 TABLES |= {"chatkit_threads", "chatkit_items", "chatkit_attachments"}  # 0011
-HEAD = "0011"  # 0009: the chunk change log (PostgreSQL), outside the models; 0010: assistants.tools
+HEAD = "0012"  # 0009: the chunk change log (PostgreSQL), outside the models; 0012: request_log.usage_counted
 
 
 def _not_lexical_index(name: str | None, type_: str, _parent: object) -> bool:

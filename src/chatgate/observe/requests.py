@@ -63,6 +63,7 @@ class RequestRecorder:
             ttft=ttft if turn.stream else None,
             tool_steps=turn.tool_steps,
             tool_calls=turn.tool_calls,
+            usage_counted=turn.usage_estimated,
         )
 
     def record(
@@ -83,8 +84,10 @@ class RequestRecorder:
         ttft: float | None,
         tool_steps: int = 0,
         tool_calls: int = 0,
+        usage_counted: bool = False,
     ) -> None:
-        """``started``: ``time.perf_counter()`` when the request came in; ``ttft``: seconds to its first token."""
+        """``started``: ``time.perf_counter()`` when the request came in; ``ttft``: seconds to its first token;
+        ``usage_counted``: the tokens were counted by the gateway (the upstream reported none)."""
         if self.writer is None:
             return
         usage = usage or {}
@@ -107,6 +110,7 @@ class RequestRecorder:
                 ttft_ms=round(ttft * 1000) if ttft is not None else None,
                 tool_steps=tool_steps,
                 tool_calls=tool_calls,
+                usage_counted=usage_counted,
             )
         )
 

@@ -130,6 +130,7 @@ class RecordRequest:
     ttft_ms: int | None
     tool_steps: int = 0  # the tool loop's model answers (0: no loop)
     tool_calls: int = 0  # the server tool calls it ran
+    usage_counted: bool = False  # the tokens were counted by the gateway, not reported by the upstream
 
 
 WriteOp = UpsertUser | UpsertConversation | AddMessage | CountRequest | TouchKey | SetBrief | RecordRequest
@@ -380,6 +381,7 @@ _LOG_COLUMNS = (
     "ttft_ms",
     "tool_steps",
     "tool_calls",
+    "usage_counted",
 )
 _ROLLUP_COLUMNS = ("hour", "user_id", "model", "kind", *ROLLUP_SUMS)
 
@@ -453,6 +455,7 @@ async def _record_requests(conn: AsyncConnection, ops: list[RecordRequest]) -> N
                 op.ttft_ms,
                 op.tool_steps,
                 op.tool_calls,
+                op.usage_counted,
             )
         )
         key = (at.replace(minute=0, second=0, microsecond=0), user_id, model, kind)

@@ -215,6 +215,8 @@ class RequestLog(Base):
     ttft_ms: Mapped[int | None]
     tool_steps: Mapped[int] = mapped_column(server_default="0")  # the tool loop's model answers (0: no loop)
     tool_calls: Mapped[int] = mapped_column(server_default="0")  # server tool calls it ran
+    # the tokens were counted by the gateway with the model's tokenizer (the upstream reported none)
+    usage_counted: Mapped[bool] = mapped_column(server_default=false())
 
 
 # Hourly rollups per (UTC hour, user, model, kind), upserted with ``col = col + excluded.col`` in the batch

@@ -145,7 +145,7 @@ class ToolRun:
         if usage is None:
             prompt = self.loop.fitter.prompt_tokens(self.messages, model, turn.payload.get("tools"))
             usage = self.loop.counter.count_usage(prompt, reply, model)
-            turn.usage_counted = True
+            turn.usage_counted = turn.usage_estimated = True
         turn.usage = add_usage(turn.usage, usage)
 
     def split(self, calls: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
