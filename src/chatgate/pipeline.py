@@ -28,6 +28,7 @@ Nothing here knows about HTTP: a ``Door`` (``api/doors.py``) says how its reques
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chatgate.cache import Entry
@@ -218,8 +219,7 @@ async def call(services: Services, door: Door, turn: Turn) -> Answer:
     turn.usage, turn.reply, turn.completed = usage_of(data) or turn.usage, reply_content(data), True
     turn.called_tool = calls_tool(turn.reply)
     body = with_sources(body, turn.sources, turn.warnings) or body
-    if services.answers is not None and (loop is None or loop.cacheable):
-        await services.answers.put(turn.cache_key, body)
+    await _cache(services, turn, loop, body)
     return door.answer(turn, body)
 
 
@@ -250,11 +250,9 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
 
     async def end(completed: bool) -> None:
         turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
-        cacheable = completed and turn.completed and not turn.stopped  # an answer stopped at a limit is not whole
-        if cacheable and turn.cache_key is not None and services.answers is not None:
-            if loop is None or loop.cacheable:
-                completion = with_sources(reply.completion(turn.usage), turn.sources, turn.warnings)
-                await services.answers.put(turn.cache_key, completion)
+        if completed and turn.completed and not turn.stopped:  # an answer stopped at a limit is not whole
+            whole = reply.completion(turn.usage)
+            await _cache(services, turn, loop, lambda: with_sources(whole, turn.sources, turn.warnings))
         await account(services, door, turn)
 
     relay: Relay | ToolStream
@@ -277,25 +275,9 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
 
 
 async def keep(services: Services, door: Door, turn: Turn) -> None:
-    """The turn into its conversation: the request's kind and tokens, its new messages and the reply. A task
-    (a title, tags...) is counted on a conversation that exists, and adds nothing to it."""
-    session = turn.session
-    if turn.kept_turn or session is None or (turn.task is not None and not session.stored):
-        return
-    turn.kept_turn = True
+    """The turn into its conversation, once (``SessionManager.keep_turn``)."""
     with step(services.tracing, "account"):
-        messages, reply_at = ([], 0) if turn.task is not None else door.kept(turn)
-        await services.sessions.keep(
-            session,
-            kind_of(services, turn),
-            turn.usage,
-            rag_applied=bool(turn.sources),
-            messages=messages,
-            reply=turn.reply if turn.task is None else None,
-            reply_at=reply_at,
-            model=turn.trace.model,
-            durable=door.stored_history,
-        )
+        await services.sessions.keep_turn(turn, door, kind_of(services, turn))
 
 
 async def account(services: Services, door: Door | None, turn: Turn) -> None:
@@ -323,6 +305,14 @@ def kind_of(services: Services, turn: Turn) -> str:
         features = turn.resolved.features if turn.resolved is not None else {}
         turn.kind = request_kind(turn.payload, features, services.research_models, called_tool=turn.called_tool)
     return turn.kind
+
+
+async def _cache(
+    services: Services, turn: Turn, loop: ToolRun | None, body: bytes | Callable[[], bytes | None]
+) -> None:
+    """A whole answer into the cache, when it may be (a tool loop's only when every step was deterministic)."""
+    if services.answers is not None and turn.cache_key is not None and (loop is None or loop.cacheable):
+        await services.answers.put(turn.cache_key, body if isinstance(body, bytes) else body())
 
 
 def _tools(payload: dict[str, Any]) -> Any:

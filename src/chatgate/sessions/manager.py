@@ -24,7 +24,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatgate.identity.model import Identity
 from chatgate.sessions.messages import KINDS, Kept, compact, dedupe_key
@@ -40,6 +40,9 @@ from chatgate.store.writebehind import (
     WriteBehind,
     WriteOp,
 )
+
+if TYPE_CHECKING:
+    from chatgate.turn import Door, Turn
 
 KNOWN_KEYS = 256  # dedupe keys remembered per hot session
 
@@ -216,6 +219,27 @@ class SessionManager:
         self._hot.pop(session_id, None)
 
     # ---- what a request did -------------------------------------------------------------------
+
+    async def keep_turn(self, turn: Turn, door: Door, kind: str) -> None:
+        """``turn`` into its conversation, once: the request's kind and tokens, its new messages (what ``door``
+        says the turn adds) and the reply. A task (a title, tags...) is counted on a conversation that exists,
+        and adds nothing to it."""
+        session = turn.session
+        if turn.kept_turn or session is None or (turn.task is not None and not session.stored):
+            return
+        turn.kept_turn = True
+        messages, reply_at = ([], 0) if turn.task is not None else door.kept(turn)
+        await self.keep(
+            session,
+            kind,
+            turn.usage,
+            rag_applied=bool(turn.sources),
+            messages=messages,
+            reply=turn.reply if turn.task is None else None,
+            reply_at=reply_at,
+            model=turn.trace.model,
+            durable=door.stored_history,
+        )
 
     async def keep(
         self,
