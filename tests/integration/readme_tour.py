@@ -13,13 +13,14 @@ A block without a marker fails the test, so a block added to the tour cannot go 
 commands run as written, with only these stand-ins: the test's server for ``make run`` (started with the
 README's own ``export`` lines), its address for ``http://127.0.0.1:8080``, the real executable for
 ``.venv/bin/chatgate``, and the values the README elides (``cg-...``: the key ``keys create`` printed;
-``5f0c...``: the session id the previous answer gave).
+``5f0c...``: the session id the previous answer gave; ``thr_3f9a...``: the ChatKit thread the tour made).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ class Block:
     text: str
 
     def commands(self) -> list[tuple[str, list[str]]]:
-        """A shell block's commands (continuation lines joined), each with the comment lines after it (what the
-        README says it prints)."""
+        """A shell block's commands (continuation lines, and lines inside a single-quoted string, joined), each
+        with the comment lines after it (what the README says it prints)."""
         out: list[tuple[str, list[str]]] = []
         pending = ""
         for line in self.text.splitlines():
@@ -52,14 +53,26 @@ class Block:
                 if out:
                     out[-1][1].append(line[1:].strip())
                 continue
-            if not line.strip():
+            if not line.strip() and not pending:
                 continue
             if line.endswith("\\"):
                 pending += line[:-1] + " "
                 continue
+            if _open_quote(pending + line):  # a quoted string goes on: the newline is part of it
+                pending += line + "\n"
+                continue
             out.append((pending + line, []))
             pending = ""
         return out
+
+
+def _open_quote(command: str) -> bool:
+    """Whether ``command`` ends inside a quoted string (as the shell reads it, comments aside)."""
+    try:
+        shlex.split(command, comments=True)
+    except ValueError:
+        return True
+    return False
 
 
 def tour_blocks(readme: Path = README) -> list[Block]:
@@ -98,6 +111,7 @@ class Tour:
     env: dict[str, str] = field(default_factory=dict)  # what the README exports
     user_key: str | None = None
     session_id: str | None = None
+    thread_id: str | None = None
 
     def substitute(self, command: str) -> str:
         command = command.replace(README_URL, self.url).replace(".venv/bin/chatgate", CLI)
@@ -105,6 +119,8 @@ class Tour:
             command = command.replace("cg-...", self.user_key)
         if self.session_id is not None:
             command = command.replace("5f0c...", self.session_id)
+        if self.thread_id is not None:
+            command = command.replace("thr_3f9a...", self.thread_id)
         return command
 
     def environment(self) -> dict[str, str]:

@@ -143,6 +143,21 @@ def check_agent(tour: ServedTour, results: Results) -> None:
     assert seen[-1] == "[DONE]"
 
 
+def check_chatkit(tour: ServedTour, results: Results) -> None:
+    (_, _, created), (_, listed_said, listed) = results
+    assert created.returncode == 0, created.stderr
+    seen = [e for e in events(created) if isinstance(e, dict)]
+    types = [e["type"] for e in seen]
+    assert types[0] == "thread.created" and tour.thread_id == seen[0]["thread"]["id"], types
+    done = [e["item"]["type"] for e in seen if e["type"] == "thread.item.done"]
+    assert done[0] == "user_message" and "assistant_message" in done, done  # as the README's comments say
+    assert any(t == "thread.item.updated" for t in types), types  # the text deltas
+    items = answer(listed)["data"]
+    assert [i["type"] for i in items] == ["user_message", "assistant_message"], items
+    assert all(i["thread_id"] == tour.thread_id and i["id"].startswith("msg_") for i in items), items
+    assert '"type":"user_message"' in listed_said[0] and '"type":"assistant_message"' in listed_said[0]
+
+
 CHECKS: dict[str, Callable[[ServedTour, Results], None]] = {
     "ask": check_ask,
     "stream": check_stream,
@@ -152,6 +167,7 @@ CHECKS: dict[str, Callable[[ServedTour, Results], None]] = {
     "ingest": check_ingest,
     "assistant": check_assistant,
     "agent": check_agent,
+    "chatkit": check_chatkit,
 }
 
 
@@ -164,6 +180,9 @@ def run_command(tour: Tour, block: Block, command: str) -> subprocess.CompletedP
         tour.user_key = next((w for w in result.stdout.split() if w.startswith("cg-")), None)
     if tour.session_id is None and '"session_id"' in result.stdout:
         tour.session_id = answer(result)["session_id"]
+    if tour.thread_id is None and '"thread.created"' in result.stdout:
+        created = next(e for e in events(result) if isinstance(e, dict) and e.get("type") == "thread.created")
+        tour.thread_id = created["thread"]["id"]
     return result
 
 
