@@ -275,7 +275,12 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
 
 
 async def keep(services: Services, door: Door, turn: Turn) -> None:
-    """The turn into its conversation, once (``SessionManager.keep_turn``)."""
+    """The turn into its conversation, once (``SessionManager.keep_turn``). A task (a title, tags...) is
+    counted on a conversation that exists, and adds nothing to it."""
+    session = turn.session
+    if turn.kept_turn or session is None or (turn.task is not None and not session.stored):
+        return
+    turn.kept_turn = True
     with step(services.tracing, "account"):
         await services.sessions.keep_turn(turn, door, kind_of(services, turn))
 

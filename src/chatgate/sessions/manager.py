@@ -221,13 +221,10 @@ class SessionManager:
     # ---- what a request did -------------------------------------------------------------------
 
     async def keep_turn(self, turn: Turn, door: Door, kind: str) -> None:
-        """``turn`` into its conversation, once: the request's kind and tokens, its new messages (what ``door``
-        says the turn adds) and the reply. A task (a title, tags...) is counted on a conversation that exists,
-        and adds nothing to it."""
+        """``turn`` into its conversation (the pipeline's account step, once per turn): the request's kind and
+        tokens, its new messages (what ``door`` says the turn adds) and the reply; a task adds no message."""
         session = turn.session
-        if turn.kept_turn or session is None or (turn.task is not None and not session.stored):
-            return
-        turn.kept_turn = True
+        assert session is not None
         messages, reply_at = ([], 0) if turn.task is not None else door.kept(turn)
         await self.keep(
             session,
