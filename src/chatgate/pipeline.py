@@ -251,8 +251,11 @@ async def _stream(services: Services, door: Door, turn: Turn, loop: ToolRun | No
     async def end(completed: bool) -> None:
         turn.trace.first_token_at, turn.stream_failed = relay.first_at, relay.failed
         if completed and turn.completed and not turn.stopped:  # an answer stopped at a limit is not whole
-            whole = reply.completion(turn.usage)
-            await _cache(services, turn, loop, lambda: with_sources(whole, turn.sources, turn.warnings))
+
+            def whole() -> bytes | None:  # rebuilt only when it is cached
+                return with_sources(reply.completion(turn.usage), turn.sources, turn.warnings)
+
+            await _cache(services, turn, loop, whole)
         await account(services, door, turn)
 
     relay: Relay | ToolStream
